@@ -1,0 +1,1 @@
+"""Assets, one module per pipeline stage (and Dagster asset group)."""

@@ -1,0 +1,60 @@
+"""Stage 2: synthetic questions for the chunks."""
+
+import time
+
+import dagster as dg
+import polars as pl
+
+from embed_assets.defs.configs import SyntheticQAConfig
+from embed_assets.defs.metadata import counts_table, frame_version, preview
+from embed_assets.defs.resources import ArtifactStoreResource, QuestionGeneratorResource
+
+
+@dg.asset(
+    group_name="generation",
+    kinds={"polars"},
+    description="Questions written for the chunks by the configured generator, single-hop and multi-hop, "
+    "each with the chunk id(s) that answer it and a one-line context per hop.",
+)
+def synthetic_qa(
+    context: dg.AssetExecutionContext,
+    config: SyntheticQAConfig,
+    document_chunks: pl.DataFrame,
+    question_generator: QuestionGeneratorResource,
+    store: ArtifactStoreResource,
+) -> dg.MaterializeResult[pl.DataFrame]:
+    start = time.perf_counter()
+    chunks = document_chunks
+    if config.max_chunks and chunks.height > config.max_chunks:
+        chunks = chunks.sample(config.max_chunks, seed=config.seed).sort(["doc_path", "chunk_index"])
+    generator = question_generator.build(store.path("llm_cache.sqlite"))
+    result = generator.generate(
+        chunks,
+        questions_per_chunk=config.questions_per_chunk,
+        multi_hop_questions=config.multi_hop_questions,
+        seed=config.seed,
+    )
+    qa = result.qa
+    if qa.height == 0:
+        raise ValueError(
+            f"generator {generator.name} wrote no question for {chunks.height} chunks: {result.stats}"
+        )
+    seconds = time.perf_counter() - start
+    by_type = qa.group_by("query_type").len().sort("query_type")
+    return dg.MaterializeResult(
+        value=qa,
+        data_version=frame_version(qa, "qa_id"),
+        metadata={
+            "generator": generator.name,
+            "questions": qa.height,
+            "chunks_used": chunks.height,
+            "multi_hop": int((qa["hops"] > 1).sum()),
+            "by_query_type": counts_table(dict(by_type.iter_rows()), key="query_type"),
+            "generator_stats": counts_table(result.stats, key="counter"),
+            "llm_calls": int(result.stats.get("llm_calls", 0)),
+            "cache_hits": int(result.stats.get("cache_hits", 0)),
+            "preview": preview(qa.select("question", "query_type", "hops", "positive_chunk_ids")),
+            "records_per_second": round(qa.height / max(seconds, 1e-9), 1),
+            "wall_seconds": round(seconds, 2),
+        },
+    )

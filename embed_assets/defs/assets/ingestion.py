@@ -1,0 +1,77 @@
+"""Stage 1: documents in, chunks out."""
+
+import time
+
+import dagster as dg
+import polars as pl
+
+from embed_assets.defs.configs import DocumentChunksConfig, SourceDocumentsConfig
+from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview
+from embed_assets.defs.resources import BaseModelResource
+from embed_assets.ingest.chunking import chunk_documents
+from embed_assets.ingest.documents import read_corpus
+
+
+@dg.asset(
+    group_name="ingestion",
+    kinds={"polars"},
+    description="Every .txt/.md/.html file under the corpus folder, HTML converted to text. "
+    "Document ids are content hashes; binary, non-UTF-8, empty and duplicate files are skipped and counted.",
+)
+def source_documents(
+    context: dg.AssetExecutionContext, config: SourceDocumentsConfig
+) -> dg.MaterializeResult[pl.DataFrame]:
+    start = time.perf_counter()
+    result = read_corpus(config.corpus_dir)
+    docs = result.documents
+    context.log.info(
+        "read %d documents from %s (%d files)", docs.height, config.corpus_dir, result.files_seen
+    )
+    return dg.MaterializeResult(
+        value=docs,
+        data_version=frame_version(docs, "doc_id"),
+        metadata={
+            "corpus_dir": config.corpus_dir,
+            "files_seen": result.files_seen,
+            "documents": docs.height,
+            "files_skipped": sum(result.skipped.values()),
+            "skipped_by_reason": counts_table(dict(result.skipped)),
+            "skipped_files": dg.MetadataValue.md(
+                "\n".join(f"- `{p}`: {r}" for p, r in result.skipped_files[:50]) or "_none_"
+            ),
+            "total_chars": int(docs["n_chars"].sum()),
+            "approx_tokens": int(docs["n_chars"].sum() // 4),
+            "largest_document_chars": int(docs["n_chars"].max()),
+            "preview": preview(docs.select("doc_id", "doc_path", "title", "n_chars")),
+            "wall_seconds": round(time.perf_counter() - start, 2),
+        },
+    )
+
+
+@dg.asset(
+    group_name="ingestion",
+    kinds={"polars"},
+    description="Token-aware chunks with overlap, measured in the base model's tokenizer. Chunk ids are content hashes.",
+)
+def document_chunks(
+    context: dg.AssetExecutionContext,
+    config: DocumentChunksConfig,
+    source_documents: pl.DataFrame,
+    base_model: BaseModelResource,
+) -> dg.MaterializeResult[pl.DataFrame]:
+    start = time.perf_counter()
+    chunks = chunk_documents(source_documents, base_model.load().tokenizer, config.to_core())
+    per_doc = chunks.group_by("doc_path").len().sort("len", descending=True)
+    return dg.MaterializeResult(
+        value=chunks,
+        data_version=frame_version(chunks, "chunk_id"),
+        metadata={
+            "chunks": chunks.height,
+            "documents": source_documents.height,
+            "tokens_total": int(chunks["n_tokens"].sum()),
+            "tokens_per_chunk": histogram(chunks["n_tokens"].to_list(), label="tokens"),
+            "most_chunked_documents": preview(per_doc, n=5),
+            "preview": preview(chunks.select("chunk_id", "doc_path", "chunk_index", "n_tokens", "text")),
+            "wall_seconds": round(time.perf_counter() - start, 2),
+        },
+    )

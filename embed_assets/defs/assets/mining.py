@@ -1,0 +1,54 @@
+"""Stage 5: positive-aware hard negatives for the train queries."""
+
+import time
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from embed_assets.defs.configs import MinedNegativesConfig
+from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview
+from embed_assets.defs.resources import BaseModelResource
+from embed_assets.mining.index import ChunkIndex
+from embed_assets.mining.negatives import mine_hard_negatives
+
+
+@dg.asset(
+    group_name="mining",
+    kinds={"lancedb", "polars"},
+    description="Hard negatives for every train query from the base model's LanceDB index. Positive-aware: "
+    "candidates above 0.95 × the positive's score, the query's positives and their neighbouring chunks are excluded.",
+)
+def mined_negatives(
+    context: dg.AssetExecutionContext,
+    config: MinedNegativesConfig,
+    qa_splits: pl.DataFrame,
+    base_chunk_index: dict,
+    base_model: BaseModelResource,
+) -> dg.MaterializeResult[pl.DataFrame]:
+    start = time.perf_counter()
+    train = qa_splits.filter(pl.col("split") == "train")
+    index = ChunkIndex(base_chunk_index["uri"], base_chunk_index["table"])
+    mined, counts, dist = mine_hard_negatives(train, base_model.load(), index, config.to_core())
+    seconds = time.perf_counter() - start
+    pos, neg = np.array(dist["positive"]), np.array(dist["negative"])
+    return dg.MaterializeResult(
+        value=mined,
+        data_version=frame_version(
+            mined.with_columns(pl.col("negative_chunk_ids").list.join(",").alias("k")), "k"
+        ),
+        metadata={
+            "train_queries": train.height,
+            "queries_mined": mined.height,
+            "negatives_per_query_mean": round(float(mined["negative_chunk_ids"].list.len().mean() or 0), 2),
+            "candidate_counts": counts_table(counts, key="counter"),
+            "removed_by_ceiling": int(counts.get("removed_by_ceiling", 0)),
+            "positive_score_mean": round(float(pos.mean()), 4) if pos.size else 0.0,
+            "negative_score_mean": round(float(neg.mean()), 4) if neg.size else 0.0,
+            "positive_scores": histogram(pos, label="positive score"),
+            "negative_scores": histogram(neg, label="negative score"),
+            "preview": preview(mined.select("question", "positive_score", "negative_scores")),
+            "queries_per_second": round(train.height / max(seconds, 1e-9), 1),
+            "wall_seconds": round(seconds, 2),
+        },
+    )

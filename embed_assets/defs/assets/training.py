@@ -1,0 +1,133 @@
+"""Stage 6: training rows and the fine-tuned bi-encoder."""
+
+import time
+
+import dagster as dg
+import polars as pl
+
+from embed_assets.defs.configs import FinetunedModelConfig, TrainingExamplesConfig
+from embed_assets.defs.metadata import frame_version, preview
+from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.hashing import stable_hash
+from embed_assets.training.examples import unroll_examples
+from embed_assets.training.trainer import ValidationSet, train_bi_encoder
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"polars"},
+    description="One (anchor, positive, hard negatives) row per positive: multi-positive queries are unrolled.",
+    check_specs=[dg.AssetCheckSpec("enough_examples_for_batch", asset="training_examples", blocking=True)],
+)
+def training_examples(
+    context: dg.AssetExecutionContext,
+    config: TrainingExamplesConfig,
+    mined_negatives: pl.DataFrame,
+    document_chunks: pl.DataFrame,
+):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
+    text = dict(zip(document_chunks["chunk_id"], document_chunks["text"], strict=True))
+    rows = unroll_examples(mined_negatives, text, config.negatives_per_example)
+    needed = config.batch_size * config.min_batches
+    return dg.MaterializeResult(
+        value=rows,
+        data_version=frame_version(rows.with_columns(pl.col("qa_id") + pl.col("positive_id")), "qa_id"),
+        metadata={
+            "rows": rows.height,
+            "queries": rows["qa_id"].n_unique(),
+            "unrolled_extra_rows": rows.height - rows["qa_id"].n_unique(),
+            "dropped_queries_short_of_negatives": mined_negatives.height - rows["qa_id"].n_unique(),
+            "preview": preview(rows.drop("qa_id", "positive_id")),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="enough_examples_for_batch",
+                passed=rows.height >= needed,
+                metadata={"rows": rows.height, "needed": needed, "batch_size": config.batch_size},
+                description=f"{rows.height} rows; training needs ≥ {config.min_batches} batches of {config.batch_size}",
+            )
+        ],
+    )
+
+
+def _validation_set(
+    qa_splits: pl.DataFrame, chunks: pl.DataFrame, distractors: int, seed: int
+) -> ValidationSet | None:
+    val = qa_splits.filter(pl.col("split") == "val")
+    if val.height == 0:
+        return None
+    positives = {c for ids in val["positive_chunk_ids"] for c in ids}
+    others = chunks.filter(~pl.col("chunk_id").is_in(list(positives)))
+    sample = others.sample(min(distractors, others.height), seed=seed)
+    corpus_rows = chunks.filter(pl.col("chunk_id").is_in(list(positives)))
+    corpus = dict(zip(corpus_rows["chunk_id"], corpus_rows["text"], strict=True))
+    corpus.update(zip(sample["chunk_id"], sample["text"], strict=True))
+    return ValidationSet(
+        queries=dict(zip(val["qa_id"], val["question"], strict=True)),
+        corpus=corpus,
+        relevant={q: set(p) for q, p in zip(val["qa_id"], val["positive_chunk_ids"], strict=True)},
+    )
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch"},
+    description="The base model fine-tuned contrastively (in-batch + hard negatives, temperature 0.02, "
+    "warmup then cosine), best checkpoint on validation, optional merge with the base; saved with a model card.",
+)
+def finetuned_model(
+    context: dg.AssetExecutionContext,
+    config: FinetunedModelConfig,
+    training_examples: pl.DataFrame,
+    qa_splits: pl.DataFrame,
+    document_chunks: pl.DataFrame,
+    base_model: BaseModelResource,
+    store: ArtifactStoreResource,
+) -> dg.MaterializeResult[dict]:
+    start = time.perf_counter()
+    core = config.to_core()
+    data_version = frame_version(
+        training_examples.with_columns(pl.col("qa_id") + pl.col("positive_id")), "qa_id"
+    ).value
+    run_key = stable_hash(
+        {"data": data_version, "config": config.model_dump(), "base": base_model.name_or_path}
+    )
+    out_dir = store.path("models", f"finetuned-{run_key}")
+    val = _validation_set(qa_splits, document_chunks, config.val_distractors, config.seed)
+    lineage = {
+        "training_examples_version": data_version,
+        "qa_splits_version": frame_version(qa_splits, "qa_id").value,
+        "dagster_run_id": context.run_id,
+    }
+    result = train_bi_encoder(base_model.path(), training_examples, out_dir, core, val=val, card=lineage)
+    context.log.info(
+        "trained %d steps at %.2f examples/s; val nDCG@10 base %s -> %s (merge %.2f)",
+        result.steps,
+        result.examples_per_second,
+        result.base_val_ndcg10,
+        result.best_val_ndcg10,
+        result.merge_weight,
+    )
+    return dg.MaterializeResult(
+        value={
+            "path": str(out_dir.resolve()),
+            "base_model": base_model.path(),
+            **lineage,
+            "steps": result.steps,
+        },
+        data_version=dg.DataVersion(run_key),
+        metadata={
+            "path": dg.MetadataValue.path(str(out_dir.resolve())),
+            "steps": result.steps,
+            "train_rows": result.train_rows,
+            "examples_per_second": result.examples_per_second,
+            "train_seconds": result.train_seconds,
+            "device": result.device,
+            "val_ndcg10_base": result.base_val_ndcg10,
+            "val_ndcg10_selected": result.best_val_ndcg10,
+            "merge_weight": result.merge_weight,
+            "merge_candidates": dg.MetadataValue.json(result.merge_candidates),
+            "training_config": dg.MetadataValue.json(config.model_dump()),
+            **lineage,
+            "wall_seconds": round(time.perf_counter() - start, 2),
+        },
+    )

@@ -1,0 +1,191 @@
+"""Run config for each asset (Dagster ``Config``), with defaults that follow the literature.
+
+Ranges are enforced by pydantic, so a bad value (a threshold of 1.5, negatives < 0)
+is rejected with the field's name. :func:`validate_run_config` checks a whole run
+config up front; the CLI and the sensor call it before they launch anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field, ValidationError, model_validator
+
+from embed_assets.ingest.chunking import ChunkingConfig
+from embed_assets.mining.negatives import MiningConfig
+from embed_assets.quality.filters import QualityConfig
+from embed_assets.splitting.splits import SplitConfig
+from embed_assets.training.trainer import TrainingConfig
+
+DEFAULT_SEED = 42
+
+
+class SourceDocumentsConfig(dg.Config):
+    corpus_dir: str = Field(
+        default="data/corpus", description="Folder read recursively for .txt/.md/.html files."
+    )
+
+
+class DocumentChunksConfig(dg.Config):
+    chunk_tokens: int = Field(default=128, ge=16, le=8192, description="Chunk length in base-model tokens.")
+    overlap_tokens: int = Field(default=24, ge=0, description="Tokens shared by consecutive chunks.")
+    add_title: bool = Field(default=True, description="Prefix each chunk with its document title.")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self):
+        ChunkingConfig(**self.model_dump())  # raises with the field name
+        return self
+
+    def to_core(self) -> ChunkingConfig:
+        return ChunkingConfig(**self.model_dump())
+
+
+class SyntheticQAConfig(dg.Config):
+    questions_per_chunk: int = Field(default=2, ge=1, le=20)
+    multi_hop_questions: int = Field(default=200, ge=0, description="Upper bound on multi-hop questions.")
+    max_chunks: int | None = Field(
+        default=None, ge=1, description="Generate for at most this many chunks (sampled)."
+    )
+    seed: int = DEFAULT_SEED
+
+
+class QAQualityConfig(dg.Config):
+    roundtrip_top_k: int = Field(default=10, ge=1, le=1000)
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    dedup_cosine: float = Field(default=0.9, ge=0.0, le=1.0)
+    min_answer_support: float = Field(default=0.5, ge=0.0, le=1.0)
+    min_judge_overall: float = Field(default=7.0, ge=1.0, le=10.0)
+
+    def to_core(self) -> QualityConfig:
+        return QualityConfig(**self.model_dump())
+
+
+class QASplitsConfig(dg.Config):
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    seed: int = DEFAULT_SEED
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        SplitConfig(**self.model_dump())
+        return self
+
+    def to_core(self) -> SplitConfig:
+        return SplitConfig(**self.model_dump())
+
+
+class MinedNegativesConfig(dg.Config):
+    num_negatives: int = Field(default=5, ge=0, le=100)
+    max_score_ratio: float = Field(default=0.95, gt=0.0, le=1.0)
+    absolute_margin: float | None = Field(default=None, ge=0.0)
+    range_min: int = Field(default=0, ge=0)
+    range_max: int = Field(default=50, ge=1)
+    sampling: Literal["top", "random"] = "top"
+    exclude_neighbours: bool = True
+    seed: int = DEFAULT_SEED
+
+    @model_validator(mode="after")
+    def _range(self):
+        MiningConfig(**self.model_dump())
+        return self
+
+    def to_core(self) -> MiningConfig:
+        return MiningConfig(**self.model_dump())
+
+
+class TrainingExamplesConfig(dg.Config):
+    negatives_per_example: int = Field(
+        default=1, ge=0, le=100, description="Hard negatives per training row."
+    )
+    batch_size: int = Field(
+        default=32,
+        ge=2,
+        description="The training batch size the examples must fill; keep equal to finetuned_model's.",
+    )
+    min_batches: int = Field(default=2, ge=1, description="The check wants at least this many full batches.")
+
+
+class FinetunedModelConfig(dg.Config):
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = Field(default=-1, ge=-1)
+    batch_size: int = Field(default=32, ge=2)
+    mini_batch_size: int = Field(default=32, ge=1)
+    cached_loss: bool = True
+    learning_rate: float = Field(default=2e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    scale: float = Field(default=50.0, gt=0)
+    max_seq_length: int = Field(default=128, ge=8)
+    early_stopping_patience: int = Field(default=2, ge=1)
+    matryoshka_dims: list[int] = Field(default_factory=list)
+    lora_rank: int = Field(default=0, ge=0)
+    merge_weights: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.5])
+    val_distractors: int = Field(default=500, ge=0, description="Extra chunks in the validation corpus.")
+    seed: int = DEFAULT_SEED
+
+    def to_core(self) -> TrainingConfig:
+        d = self.model_dump()
+        d.pop("val_distractors")
+        d["matryoshka_dims"] = tuple(d["matryoshka_dims"])
+        d["merge_weights"] = tuple(d["merge_weights"])
+        return TrainingConfig(**d)
+
+    @model_validator(mode="after")
+    def _core(self):
+        self.to_core()
+        return self
+
+
+class RetrievalEvalConfig(dg.Config):
+    top_k: int = Field(default=100, ge=10)
+    tolerance_points: float = Field(
+        default=0.0, ge=0.0, description="Allowed nDCG@10 drop (points) before the no-regression gate fails."
+    )
+
+
+class OnnxModelConfig(dg.Config):
+    quantize_int8: bool = Field(default=False, description="Also write a MatMul-only int8 model.")
+    min_parity_cosine: float = Field(default=0.999, gt=0.0, le=1.0)
+
+
+CONFIG_BY_ASSET: dict[str, type[dg.Config]] = {
+    "source_documents": SourceDocumentsConfig,
+    "document_chunks": DocumentChunksConfig,
+    "synthetic_qa": SyntheticQAConfig,
+    "qa_quality_scores": QAQualityConfig,
+    "qa_splits": QASplitsConfig,
+    "mined_negatives": MinedNegativesConfig,
+    "training_examples": TrainingExamplesConfig,
+    "finetuned_model": FinetunedModelConfig,
+    "retrieval_eval": RetrievalEvalConfig,
+    "onnx_model": OnnxModelConfig,
+}
+
+
+class RunConfigError(ValueError):
+    pass
+
+
+def validate_run_config(run_config: dict[str, Any] | None) -> None:
+    """Build every asset's Config from ``run_config['ops']`` and raise one error listing
+    every bad field (``ops.<asset>.config.<field>: message``)."""
+    ops = (run_config or {}).get("ops", {})
+    unknown = set(ops) - set(CONFIG_BY_ASSET)
+    errors = [f"ops.{name}: unknown asset" for name in sorted(unknown)]
+    for name, cls in CONFIG_BY_ASSET.items():
+        try:
+            cls(**ops.get(name, {}).get("config", {}))
+        except (ValidationError, ValueError) as e:
+            details = e.errors() if isinstance(e, ValidationError) else [{"loc": (), "msg": str(e)}]
+            for err in details:
+                loc = ".".join(str(x) for x in err["loc"])
+                errors.append(f"ops.{name}.config{'.' + loc if loc else ''}: {err['msg']}")
+    examples_bs = ops.get("training_examples", {}).get("config", {}).get("batch_size", 32)
+    model_bs = ops.get("finetuned_model", {}).get("config", {}).get("batch_size", 32)
+    if examples_bs != model_bs:
+        errors.append(
+            f"ops.training_examples.config.batch_size ({examples_bs}) must equal "
+            f"ops.finetuned_model.config.batch_size ({model_bs})"
+        )
+    if errors:
+        raise RunConfigError("invalid run config:\n  " + "\n  ".join(errors))

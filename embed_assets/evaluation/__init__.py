@@ -1,0 +1,1 @@
+"""BEIR-style retrieval evaluation of base vs fine-tuned models."""

@@ -1,0 +1,74 @@
+"""IR metrics from BEIR's evaluator (pytrec_eval underneath), and comparison tables.
+
+Metric names follow BEIR: ``NDCG@10``, ``Recall@100``, ``MAP@10``, ``MRR@10``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import polars as pl
+from beir.retrieval.evaluation import EvaluateRetrieval
+
+DEFAULT_METRICS = ("NDCG@1", "NDCG@5", "NDCG@10", "Recall@10", "Recall@100", "MAP@10", "MRR@10")
+
+Qrels = dict[str, dict[str, int]]
+Run = dict[str, dict[str, float]]
+
+
+def ir_metrics(qrels: Qrels, run: Run, k_values: tuple[int, ...] = (1, 5, 10, 100)) -> dict[str, float]:
+    """nDCG, MAP, Recall, Precision and MRR at each ``k`` for a run against ``qrels``.
+
+    Queries in ``qrels`` that the run lacks count as zero (pytrec_eval skips them,
+    which would inflate scores), so we add them as empty result lists.
+    """
+    run = {q: run.get(q, {}) for q in qrels}
+    # BEIR logs every metric at INFO; keep our run logs readable.
+    logging.getLogger("beir.retrieval.evaluation").setLevel(logging.WARNING)
+    # ignore_identical_ids=False: our query ids never collide with chunk ids, and
+    # BEIR's default would silently drop such pairs.
+    ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(
+        qrels, run, list(k_values), ignore_identical_ids=False
+    )
+    mrr = EvaluateRetrieval.evaluate_custom(qrels, run, list(k_values), metric="mrr")
+    out: dict[str, float] = {}
+    for d in (ndcg, _map, recall, precision, mrr):
+        out.update({k.replace("P@", "Precision@"): float(v) for k, v in d.items()})
+    return out
+
+
+def comparison_table(
+    base: dict[str, float], tuned: dict[str, float], metrics=DEFAULT_METRICS
+) -> pl.DataFrame:
+    """One row per metric: base, fine-tuned, absolute delta (points ×100) and relative delta (%)."""
+    rows = []
+    for m in metrics:
+        b, t = base.get(m), tuned.get(m)
+        if b is None or t is None:
+            continue
+        rows.append(
+            {
+                "metric": m,
+                "base": round(b, 4),
+                "fine_tuned": round(t, 4),
+                "delta_points": round((t - b) * 100, 2),
+                "delta_relative_pct": round((t - b) / b * 100, 2) if b else None,
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def markdown_table(frame: pl.DataFrame) -> str:
+    """Render a small frame as a GitHub Markdown table (Dagster metadata and README)."""
+    cols = frame.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    for row in frame.iter_rows():
+        lines.append(
+            "| "
+            + " | ".join(
+                "" if v is None else f"{v:+.2f}" if isinstance(v, float) and "delta" in c else str(v)
+                for c, v in zip(cols, row, strict=True)
+            )
+            + " |"
+        )
+    return "\n".join(lines)

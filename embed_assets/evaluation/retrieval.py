@@ -1,0 +1,73 @@
+"""Dense retrieval over a BEIR folder, for evaluating a bi-encoder."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+from sentence_transformers.util import semantic_search
+
+from embed_assets.evaluation.metrics import Qrels, Run, ir_metrics
+from embed_assets.models import encode
+
+
+def load_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], Qrels]:
+    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` (BEIR layout).
+
+    Only queries that have judgments in the split are returned. Title and text are
+    joined the way BEIR's own models do.
+    """
+    folder = Path(folder)
+    qrels: Qrels = {}
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.exists():
+        raise FileNotFoundError(f"no qrels for split {split!r}: {qrels_path}")
+    with qrels_path.open(encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t")
+        next(reader)  # header
+        for qid, cid, score in reader:
+            qrels.setdefault(qid, {})[cid] = int(score)
+    corpus: dict[str, str] = {}
+    with (folder / "corpus.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            corpus[d["_id"]] = (d.get("title", "") + " " + d["text"]).strip() if d.get("title") else d["text"]
+    queries: dict[str, str] = {}
+    with (folder / "queries.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            if d["_id"] in qrels:
+                queries[d["_id"]] = d["text"]
+    return corpus, queries, qrels
+
+
+def retrieve(
+    model, corpus: dict[str, str], queries: dict[str, str], top_k: int = 100, batch_size: int = 64
+) -> Run:
+    """Exact cosine search of every query over the corpus; ``{qid: {doc_id: score}}``.
+
+    ``semantic_search`` scores the corpus in chunks, so memory is bounded by
+    queries × chunk rather than queries × corpus.
+    """
+    doc_ids = list(corpus)
+    doc_vec = encode(model, [corpus[d] for d in doc_ids], batch_size=batch_size)
+    qids = list(queries)
+    q_vec = encode(model, [queries[q] for q in qids], batch_size=batch_size)
+    hits = semantic_search(
+        torch.from_numpy(q_vec),
+        torch.from_numpy(doc_vec),
+        top_k=min(top_k, len(doc_ids)),
+        corpus_chunk_size=50_000,
+    )
+    return {
+        qid: {doc_ids[h["corpus_id"]]: float(h["score"]) for h in hs}
+        for qid, hs in zip(qids, hits, strict=True)
+    }
+
+
+def evaluate_model(model, beir_dir: str | Path, split: str = "test", top_k: int = 100) -> dict[str, float]:
+    """Retrieve with ``model`` over a BEIR folder and score the run."""
+    corpus, queries, qrels = load_beir(beir_dir, split)
+    return ir_metrics(qrels, retrieve(model, corpus, queries, top_k=top_k))

@@ -1,0 +1,465 @@
+"""Export a sentence-transformers bi-encoder to ONNX, run it with onnxruntime, check parity.
+
+The exported graph is the whole encoder, not just the transformer: token embeddings,
+pooling (mean or CLS, as configured in the model's ``Pooling`` module) and L2
+normalisation (when the model has a ``Normalize`` module) all happen inside ONNX, so
+a consumer only needs the tokenizer and one ``session.run`` to get the same vectors
+as ``SentenceTransformer.encode``.
+
+Layout of an export folder::
+
+    model.onnx                 fp32 graph: (input_ids, attention_mask[, token_type_ids]) -> sentence_embedding
+    model_int8.onnx            optional dynamically quantised copy (MatMul weights, per channel)
+    embed_assets_onnx.json     descriptor: input names, max_seq_length, dim, pooling, normalize, source
+    tokenizer.json, ...        the tokenizer, loadable with ``AutoTokenizer.from_pretrained(folder)``
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MODEL_FILE = "model.onnx"
+INT8_MODEL_FILE = "model_int8.onnx"
+DESCRIPTOR_FILE = "embed_assets_onnx.json"
+OUTPUT_NAME = "sentence_embedding"
+DESCRIPTOR_VERSION = 1
+SUPPORTED_POOLING = ("mean", "cls")
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What ``export_onnx`` wrote.
+
+    Attributes:
+        out_dir: the export folder.
+        model_path: the fp32 ONNX graph.
+        int8_model_path: the quantised graph, or None when not requested.
+        descriptor_path: the ``embed_assets_onnx.json`` descriptor.
+        input_names: graph inputs, in order (``token_type_ids`` only if the tokenizer makes them).
+        output_names: graph outputs (``["sentence_embedding"]``).
+        embedding_dim: width of the sentence embedding.
+        max_seq_length: tokens kept per text; longer texts are truncated.
+        pooling: ``"mean"`` or ``"cls"``.
+        normalize: whether the graph L2-normalises its output.
+        opset: ONNX opset used.
+        model_bytes: size of ``model.onnx``.
+        int8_model_bytes: size of ``model_int8.onnx``, or None.
+    """
+
+    out_dir: Path
+    model_path: Path
+    int8_model_path: Path | None
+    descriptor_path: Path
+    input_names: list[str]
+    output_names: list[str]
+    embedding_dim: int
+    max_seq_length: int
+    pooling: str
+    normalize: bool
+    opset: int
+    model_bytes: int
+    int8_model_bytes: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly view (paths as strings), e.g. for asset metadata."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Per-text cosine between sentence-transformers and ONNX embeddings.
+
+    Attributes:
+        n: number of texts compared.
+        min_cosine: worst cosine over the texts.
+        mean_cosine: average cosine.
+        passed: ``min_cosine >= threshold``.
+        threshold: the ``min_cosine`` that was required.
+    """
+
+    n: int
+    min_cosine: float
+    mean_cosine: float
+    passed: bool
+    threshold: float
+
+
+class _SentenceEncoder(torch.nn.Module):
+    """Transformer + pooling + optional L2 normalisation as one traceable module."""
+
+    def __init__(self, transformer: torch.nn.Module, pooling: str, normalize: bool, use_token_type_ids: bool):
+        super().__init__()
+        self.transformer = transformer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.use_token_type_ids = use_token_type_ids
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.use_token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        tokens = self.transformer(**kwargs).last_hidden_state
+        if self.pooling == "cls":
+            emb = tokens[:, 0]
+        else:
+            # Same formula as sentence-transformers' Pooling: padded positions contribute nothing.
+            mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            emb = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+        return emb
+
+
+def _pooling_mode(pooling_module: torch.nn.Module) -> str:
+    """Read the pooling mode from a sentence-transformers Pooling module (v6 and older APIs)."""
+    mode = getattr(pooling_module, "pooling_mode", None)
+    if mode is None and hasattr(pooling_module, "get_pooling_mode_str"):
+        mode = pooling_module.get_pooling_mode_str()
+    if isinstance(mode, (list, tuple)):
+        mode = mode[0] if len(mode) == 1 else "+".join(mode)
+    mode = {"mean_tokens": "mean", "cls_token": "cls"}.get(mode, mode)
+    if mode not in SUPPORTED_POOLING:
+        raise ValueError(
+            f"pooling mode {mode!r} is not supported for ONNX export (supported: {SUPPORTED_POOLING})"
+        )
+    return mode
+
+
+def _load_sentence_transformer(model_dir: Path | str, device: str = "cpu"):
+    from sentence_transformers import SentenceTransformer
+
+    from embed_assets.models import resolve_model_path
+
+    return SentenceTransformer(resolve_model_path(str(model_dir), field_name="model_dir"), device=device)
+
+
+def _build_encoder(st_model) -> tuple[_SentenceEncoder, Any, str, bool, int, int]:
+    """Split a SentenceTransformer into (encoder module, tokenizer, pooling, normalize, dim, max_len)."""
+    modules = list(st_model)
+    if len(modules) < 2:
+        raise ValueError(
+            "expected at least a Transformer and a Pooling module in the sentence-transformers model"
+        )
+    transformer_module, pooling_module, rest = modules[0], modules[1], modules[2:]
+    if type(pooling_module).__name__ != "Pooling":
+        raise ValueError(f"second module must be Pooling, got {type(pooling_module).__name__}")
+    unsupported = [type(m).__name__ for m in rest if type(m).__name__ != "Normalize"]
+    if unsupported:
+        raise ValueError(f"modules after Pooling other than Normalize are not supported: {unsupported}")
+    normalize = bool(rest)
+    pooling = _pooling_mode(pooling_module)
+    tokenizer = transformer_module.tokenizer
+    hf_model = transformer_module.auto_model
+    # Export in fp32 whatever dtype the checkpoint was saved in; CPU onnxruntime wants fp32.
+    hf_model = hf_model.to(device="cpu", dtype=torch.float32).eval()
+    use_tti = "token_type_ids" in tokenizer.model_input_names
+    # sentence-transformers 6 renamed get_sentence_embedding_dimension; accept both.
+    get_dim = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
+    dim = int(get_dim())
+    max_len = int(st_model.max_seq_length)
+    return (
+        _SentenceEncoder(hf_model, pooling, normalize, use_tti).eval(),
+        tokenizer,
+        pooling,
+        normalize,
+        dim,
+        max_len,
+    )
+
+
+def export_onnx(
+    model_dir: Path | str, out_dir: Path | str, *, opset: int = 17, quantize_int8: bool = False
+) -> OnnxExport:
+    """Export a sentence-transformers model folder to ``out_dir`` as a single ONNX graph.
+
+    Args:
+        model_dir: sentence-transformers model folder (or the embedded alias ``all-MiniLM-L6-v2``).
+        out_dir: folder to write ``model.onnx``, the tokenizer and the descriptor into (created).
+        opset: ONNX opset version for the exporter.
+        quantize_int8: also write ``model_int8.onnx`` (onnxruntime dynamic quantisation of the
+            MatMul weights, per channel): smaller and faster on CPU, slightly less exact.
+
+    Returns:
+        An ``OnnxExport`` describing the written files.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    st_model = _load_sentence_transformer(model_dir)
+    encoder, tokenizer, pooling, normalize, dim, max_len = _build_encoder(st_model)
+    input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if encoder.use_token_type_ids else [])
+
+    # The dummy batch must contain padding: the tracer records one branch of the attention-mask
+    # code, and an unpadded example could record the "no mask needed" shortcut.
+    dummy = tokenizer(
+        ["an example sentence to trace the graph with", "short"], padding=True, return_tensors="pt"
+    )
+    args = tuple(dummy[name] for name in input_names)
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    dynamic_axes[OUTPUT_NAME] = {0: "batch"}
+    model_path = out_dir / MODEL_FILE
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter is deprecated but still the most robust path for BERT-style
+        # encoders, and needs no onnxscript; silence its deprecation and tracer chatter.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            encoder,
+            args,
+            str(model_path),
+            input_names=input_names,
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+    int8_path: Path | None = out_dir / INT8_MODEL_FILE
+    if quantize_int8:
+        quantize_onnx_int8(model_path, int8_path)
+    else:
+        # A stale quantised file from an earlier export would silently serve an old model.
+        int8_path.unlink(missing_ok=True)
+        int8_path = None
+
+    tokenizer.save_pretrained(str(out_dir))
+    descriptor = {
+        "format_version": DESCRIPTOR_VERSION,
+        "model_file": MODEL_FILE,
+        "int8_model_file": INT8_MODEL_FILE if int8_path else None,
+        "input_names": input_names,
+        "output_name": OUTPUT_NAME,
+        "embedding_dim": dim,
+        "max_seq_length": max_len,
+        "pooling": pooling,
+        "normalize": normalize,
+        "opset": opset,
+        "source_model_dir": _source_dir(model_dir),
+    }
+    descriptor_path = out_dir / DESCRIPTOR_FILE
+    descriptor_path.write_text(json.dumps(descriptor, indent=2) + "\n")
+    return OnnxExport(
+        out_dir=out_dir,
+        model_path=model_path,
+        int8_model_path=int8_path,
+        descriptor_path=descriptor_path,
+        input_names=input_names,
+        output_names=[OUTPUT_NAME],
+        embedding_dim=dim,
+        max_seq_length=max_len,
+        pooling=pooling,
+        normalize=normalize,
+        opset=opset,
+        model_bytes=model_path.stat().st_size,
+        int8_model_bytes=int8_path.stat().st_size if int8_path else None,
+    )
+
+
+def _source_dir(model_dir: Path | str) -> str:
+    from embed_assets.models import resolve_model_path
+
+    resolved = resolve_model_path(str(model_dir), field_name="model_dir")
+    path = Path(resolved)
+    return str(path.resolve()) if path.exists() else resolved
+
+
+def quantize_onnx_int8(model_path: Path | str, out_path: Path | str) -> Path:
+    """Dynamically quantise an ONNX graph's MatMul weights to int8, per output channel.
+
+    Args:
+        model_path: fp32 ONNX file.
+        out_path: where to write the quantised file.
+
+    Returns:
+        ``out_path``. Only MatMul is quantised: quantising Gather (embeddings) or Add costs
+        accuracy for almost no speed.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # onnxruntime logs a "consider pre-processing" hint on the root logger; its pre-processing
+    # (symbolic shape inference) fails on this graph, so the hint is only noise here.
+    hint_filter = _DropMessage("pre-processing before quantization")
+    root = logging.getLogger()
+    root.addFilter(hint_filter)
+    try:
+        quantize_dynamic(
+            str(model_path),
+            str(out_path),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+        )
+    finally:
+        root.removeFilter(hint_filter)
+    return Path(out_path)
+
+
+class _DropMessage(logging.Filter):
+    """Logging filter that drops records containing a given substring."""
+
+    def __init__(self, substring: str) -> None:
+        super().__init__()
+        self.substring = substring
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.substring not in record.getMessage()
+
+
+def read_descriptor(onnx_dir: Path | str) -> dict[str, Any]:
+    """Load ``embed_assets_onnx.json`` from an export folder.
+
+    Args:
+        onnx_dir: folder written by ``export_onnx``.
+    """
+    path = Path(onnx_dir) / DESCRIPTOR_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {onnx_dir} a folder written by export_onnx?")
+    return json.loads(path.read_text())
+
+
+def default_providers() -> list[str]:
+    """onnxruntime providers to use: CUDA first when this onnxruntime build has it, then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxEmbedder:
+    """Sentence embeddings from an ``export_onnx`` folder with onnxruntime (no torch needed).
+
+    Args:
+        onnx_dir: folder written by ``export_onnx``.
+        int8: load ``model_int8.onnx`` instead of ``model.onnx`` (must have been exported).
+        providers: onnxruntime execution providers; default CUDA (when available) then CPU.
+        intra_op_num_threads: threads per inference call; None lets onnxruntime decide.
+    """
+
+    def __init__(
+        self,
+        onnx_dir: Path | str,
+        *,
+        int8: bool = False,
+        providers: Sequence[str] | None = None,
+        intra_op_num_threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.onnx_dir = Path(onnx_dir)
+        self.descriptor = read_descriptor(self.onnx_dir)
+        file_name = self.descriptor["int8_model_file"] if int8 else self.descriptor["model_file"]
+        if not file_name or not (self.onnx_dir / file_name).exists():
+            raise FileNotFoundError(
+                f"{self.onnx_dir / (file_name or INT8_MODEL_FILE)} not found"
+                + (" (export with quantize_int8=True)" if int8 else "")
+            )
+        self.model_path = self.onnx_dir / file_name
+        self.int8 = int8
+        self.input_names: list[str] = list(self.descriptor["input_names"])
+        self.max_seq_length: int = int(self.descriptor["max_seq_length"])
+        self.dim: int = int(self.descriptor["embedding_dim"])
+        options = ort.SessionOptions()
+        if intra_op_num_threads is not None:
+            options.intra_op_num_threads = intra_op_num_threads
+        self.session = ort.InferenceSession(
+            str(self.model_path), sess_options=options, providers=list(providers or default_providers())
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.onnx_dir))
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Embed texts.
+
+        Args:
+            texts: the strings to embed; each is truncated to ``max_seq_length`` tokens.
+            batch_size: texts per onnxruntime call.
+
+        Returns:
+            float32 array of shape ``[len(texts), dim]`` (unit norm when the model normalises).
+        """
+        return self.encode_with_usage(texts, batch_size=batch_size)[0]
+
+    def encode_with_usage(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, int]:
+        """Like ``encode`` but also returns the number of tokens fed to the model (after truncation).
+
+        Args:
+            texts: the strings to embed.
+            batch_size: texts per onnxruntime call.
+        """
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not a single string")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out, 0
+        # Batch texts of similar length together so that little compute goes to padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        n_tokens = 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="np",
+            )
+            feeds = {name: enc[name].astype(np.int64) for name in self.input_names}
+            n_tokens += int(enc["attention_mask"].sum())
+            out[idx] = self.session.run([OUTPUT_NAME], feeds)[0]
+        return out, n_tokens
+
+
+def check_parity(
+    model_dir: Path | str,
+    onnx_dir: Path | str,
+    texts: list[str],
+    *,
+    min_cosine: float = 0.999,
+    int8: bool = False,
+    batch_size: int = 32,
+) -> ParityReport:
+    """Compare sentence-transformers and ONNX embeddings text by text.
+
+    Args:
+        model_dir: the sentence-transformers model that was exported.
+        onnx_dir: the export folder.
+        texts: texts to embed with both (include long ones to exercise truncation).
+        min_cosine: the worst per-text cosine that still passes.
+        int8: compare against ``model_int8.onnx`` instead of ``model.onnx``.
+        batch_size: batch size for both encoders.
+    """
+    if not texts:
+        raise ValueError("texts: need at least one text to check parity")
+    st_model = _load_sentence_transformer(model_dir)
+    ref = st_model.encode(
+        list(texts),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    ).astype(np.float32)
+    got = OnnxEmbedder(onnx_dir, int8=int8).encode(list(texts), batch_size=batch_size)
+    # Normalise the ONNX side too, so the check also works for models without a Normalize module.
+    got = got / np.clip(np.linalg.norm(got, axis=1, keepdims=True), 1e-12, None)
+    cos = (ref * got).sum(axis=1)
+    worst = float(cos.min())
+    return ParityReport(
+        n=len(texts),
+        min_cosine=worst,
+        mean_cosine=float(cos.mean()),
+        passed=worst >= min_cosine,
+        threshold=min_cosine,
+    )

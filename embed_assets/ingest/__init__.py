@@ -1,0 +1,1 @@
+"""Reading documents from a folder and cutting them into token-aware chunks."""

@@ -1,0 +1,1 @@
+"""The LanceDB chunk index and positive-aware hard-negative mining."""

@@ -1,0 +1,139 @@
+"""A LanceDB table of chunk embeddings: the product's store and its search index.
+
+The same table serves the round-trip filter, the miner and anything else that
+needs "the base model's nearest chunks". Small corpora are searched exactly
+(a flat scan is both exact and fast below ~100k rows); above
+``ann_threshold`` rows an IVF-PQ index is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from embed_assets.models import encode
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "chunks"
+
+
+@dataclass(frozen=True)
+class ChunkIndex:
+    """Handle on a LanceDB chunk table: ``uri`` (folder) + ``table`` name."""
+
+    uri: str
+    table: str = TABLE_NAME
+
+    def open(self):
+        return lancedb.connect(self.uri).open_table(self.table)
+
+    def count(self) -> int:
+        return self.open().count_rows()
+
+    def has_ann_index(self) -> bool:
+        return any("vector" in (ix.columns or []) for ix in self.open().list_indices())
+
+
+def build_chunk_index(
+    chunks: pl.DataFrame,
+    model,
+    uri: str | Path,
+    *,
+    table: str = TABLE_NAME,
+    batch_size: int = 256,
+    encode_batch_size: int = 64,
+    ann_threshold: int = 100_000,
+) -> ChunkIndex:
+    """Embed ``chunks`` with ``model`` and write them to a LanceDB table.
+
+    Embedding streams in batches of ``batch_size`` chunks, appended to the table as
+    they are done, so memory stays flat whatever the corpus size.
+
+    Args:
+        chunks: frame with ``chunk_id, doc_id, chunk_index, text``.
+        model: a SentenceTransformer (embeddings are unit-normalised).
+        uri: LanceDB folder.
+        table: table name; an existing table is replaced.
+        batch_size: chunks embedded and written per step.
+        encode_batch_size: the encoder's own batch size.
+        ann_threshold: build an IVF-PQ ANN index at or above this many rows.
+    """
+    db = lancedb.connect(str(uri))
+    dim = model.get_sentence_embedding_dimension()
+    schema = pa.schema(
+        [
+            pa.field("chunk_id", pa.string()),
+            pa.field("doc_id", pa.string()),
+            pa.field("chunk_index", pa.int32()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+    tbl = db.create_table(table, schema=schema, mode="overwrite")
+    for start in range(0, chunks.height, batch_size):
+        part = chunks.slice(start, batch_size)
+        vectors = encode(model, part["text"].to_list(), batch_size=encode_batch_size)
+        tbl.add(
+            pa.table(
+                {
+                    "chunk_id": part["chunk_id"].to_arrow(),
+                    "doc_id": part["doc_id"].to_arrow(),
+                    "chunk_index": part["chunk_index"].cast(pl.Int32).to_arrow(),
+                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+                },
+                schema=schema,
+            )
+        )
+    n = tbl.count_rows()
+    if n >= ann_threshold:
+        # ~sqrt(n) partitions is LanceDB's own guidance; PQ sub-vectors must divide dim.
+        partitions = max(16, int(np.sqrt(n)))
+        sub_vectors = next(s for s in (dim // 8, dim // 4, dim // 2, 1) if s and dim % s == 0)
+        log.info("building IVF_PQ index: %d rows, %d partitions", n, partitions)
+        tbl.create_index(
+            metric="dot", num_partitions=partitions, num_sub_vectors=sub_vectors, vector_column_name="vector"
+        )
+    return ChunkIndex(uri=str(uri), table=table)
+
+
+def search(
+    index: ChunkIndex,
+    query_vectors: np.ndarray,
+    k: int,
+    *,
+    columns: tuple[str, ...] = ("chunk_id",),
+    batch_size: int = 256,
+    nprobes: int = 32,
+) -> Iterator[tuple[int, dict[str, list], np.ndarray]]:
+    """Yield ``(query_row, {column: values}, scores)`` best first, for each query vector.
+
+    Queries are sent to LanceDB ``batch_size`` at a time, so memory is bounded by
+    ``batch_size × k`` results, never queries × corpus.
+    """
+    tbl = index.open()
+    ann = index.has_ann_index()
+    for start in range(0, len(query_vectors), batch_size):
+        q = query_vectors[start : start + batch_size]
+        builder = tbl.search(q).distance_type("dot").limit(k).select(list(columns))
+        builder = builder.nprobes(nprobes).refine_factor(4) if ann else builder.bypass_vector_index()
+        res = builder.to_arrow()
+        qi = (
+            res["query_index"].to_numpy()
+            if "query_index" in res.column_names
+            else np.zeros(res.num_rows, int)
+        )
+        values = {c: res[c].to_pylist() for c in columns}
+        # LanceDB's dot "distance" is 1 - dot product.
+        scores = 1.0 - res["_distance"].to_numpy()
+        order = np.lexsort((-scores, qi))
+        bounds = np.searchsorted(qi[order], np.arange(len(q) + 1))
+        for j in range(len(q)):
+            sel = order[bounds[j] : bounds[j + 1]]
+            yield start + j, {c: [v[s] for s in sel] for c, v in values.items()}, scores[sel]

@@ -1,0 +1,1 @@
+"""Scoring and filtering synthetic question/chunk pairs."""

@@ -1,0 +1,163 @@
+"""Model-free quality signals for synthetic pairs, and the keep/drop decision.
+
+- **Round-trip consistency** (Alberti et al. 2019; Promptagator, Dai et al. 2022):
+  the base model must retrieve one of the question's positives within the top
+  ``k`` chunks of the whole corpus. A question that the base model cannot even
+  place is usually vague or wrong, and training on it adds noise.
+- **Answer support**: the share of the answer's content words found in the
+  positive chunks; an answer the chunk does not support is a hallucination.
+- **Near-duplicate questions**: questions whose embeddings have cosine ≥ 0.9
+  with an earlier kept question add no signal and bias the batch.
+
+Every pair keeps its scores; ``kept`` and ``drop_reason`` record the decision,
+so metadata can count drops per reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from embed_assets.mining.index import ChunkIndex, search
+from embed_assets.models import encode
+
+_WORD = re.compile(r"[a-z0-9_]{3,}")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Args:
+    roundtrip_top_k: a positive must be among the base model's top-k chunks.
+    min_score: pairs whose combined score is below this are dropped. The score is
+        the round-trip reciprocal rank (1 = positive ranked first), averaged with
+        the LLM judge's overall/10 when a judge ran.
+    dedup_cosine: questions at or above this cosine to a kept one are duplicates.
+    min_answer_support: minimum share of answer words present in the positives
+        (only checked for pairs that have an answer).
+    min_judge_overall: LLM-judge overall score (1–10) a pair needs, when a judge ran.
+    """
+
+    roundtrip_top_k: int = 10
+    min_score: float = 0.0
+    dedup_cosine: float = 0.9
+    min_answer_support: float = 0.5
+    min_judge_overall: float = 7.0
+
+    def __post_init__(self) -> None:
+        if self.roundtrip_top_k < 1:
+            raise ValueError(f"roundtrip_top_k must be >= 1, got {self.roundtrip_top_k}")
+        for name in ("min_score", "dedup_cosine", "min_answer_support"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if not 1.0 <= self.min_judge_overall <= 10.0:
+            raise ValueError(f"min_judge_overall must be in [1, 10], got {self.min_judge_overall}")
+
+
+def roundtrip_ranks(
+    question_vectors: np.ndarray, positives: list[list[str]], index: ChunkIndex, k: int
+) -> list[int | None]:
+    """1-based rank of the best-ranked positive among the top ``k``, else None."""
+    ranks: list[int | None] = [None] * len(positives)
+    for row, hits, _ in search(index, question_vectors, k):
+        pos = set(positives[row])
+        ranks[row] = next((r + 1 for r, cid in enumerate(hits["chunk_id"]) if cid in pos), None)
+    return ranks
+
+
+def answer_support(answer: str, positive_texts: list[str]) -> float | None:
+    words = set(_WORD.findall(answer.lower()))
+    if not words:
+        return None
+    context = " ".join(positive_texts).lower()
+    return sum(w in context for w in words) / len(words)
+
+
+def near_duplicates(
+    vectors: np.ndarray, order: np.ndarray, threshold: float, block: int = 1024
+) -> np.ndarray:
+    """Boolean mask: True where a row duplicates an earlier row in ``order``.
+
+    Greedy in priority order: a row is a duplicate if its cosine with any kept,
+    higher-priority row is ≥ ``threshold``. Works block-wise against the kept set.
+    """
+    dup = np.zeros(len(vectors), dtype=bool)
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            # Block-wise so memory stays O(block × dim).
+            v = vectors[i]
+            for s in range(0, len(kept), block):
+                if float((vectors[kept[s : s + block]] @ v).max()) >= threshold:
+                    dup[i] = True
+                    break
+        if not dup[i]:
+            kept.append(i)
+    return dup
+
+
+def score_pairs(
+    qa: pl.DataFrame, chunks: pl.DataFrame, model, index: ChunkIndex, config: QualityConfig
+) -> pl.DataFrame:
+    """Add quality columns to ``qa`` and decide which pairs to keep.
+
+    Added columns: ``roundtrip_rank`` (null = not in top k), ``answer_support``,
+    ``duplicate`` (bool), ``score`` (0..1), ``kept`` (bool), ``drop_reason``.
+    If ``qa`` already has ``judge_overall`` (1–10), it enters the score.
+    """
+    if qa.height == 0:
+        return qa.with_columns(
+            pl.lit(None, pl.Int32).alias("roundtrip_rank"),
+            pl.lit(None, pl.Float64).alias("answer_support"),
+            pl.lit(False).alias("duplicate"),
+            pl.lit(0.0).alias("score"),
+            pl.lit(False).alias("kept"),
+            pl.lit(None, pl.String).alias("drop_reason"),
+        )
+    qvec = encode(model, qa["question"].to_list())
+    positives = qa["positive_chunk_ids"].to_list()
+    ranks = roundtrip_ranks(qvec, positives, index, config.roundtrip_top_k)
+    text_of = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
+    support = [
+        answer_support(a, [text_of.get(c, "") for c in p]) if a else None
+        for a, p in zip(qa["answer"], positives, strict=True)
+    ]
+    rr = np.array([1.0 / r if r else 0.0 for r in ranks])
+    if "judge_overall" in qa.columns:
+        judge = qa["judge_overall"].fill_null(0).to_numpy() / 10.0
+        score = np.where(qa["judge_overall"].is_null().to_numpy(), rr, (rr + judge) / 2)
+    else:
+        score = rr
+    # Dedup in priority order: best score first, then original order for ties.
+    order = np.lexsort((np.arange(len(score)), -score))
+    dup = near_duplicates(qvec, order, config.dedup_cosine)
+
+    reasons: list[str | None] = []
+    for i in range(qa.height):
+        if ranks[i] is None:
+            reasons.append("roundtrip_miss")
+        elif support[i] is not None and support[i] < config.min_answer_support:
+            reasons.append("answer_unsupported")
+        elif score[i] < config.min_score:
+            reasons.append("below_min_score")
+        elif (
+            "judge_overall" in qa.columns
+            and qa["judge_overall"][i] is not None
+            and qa["judge_overall"][i] < config.min_judge_overall
+        ):
+            reasons.append("judge_below_threshold")
+        elif dup[i]:
+            reasons.append("near_duplicate")
+        else:
+            reasons.append(None)
+    return qa.with_columns(
+        pl.Series("roundtrip_rank", ranks, dtype=pl.Int32),
+        pl.Series("answer_support", support, dtype=pl.Float64),
+        pl.Series("duplicate", dup),
+        pl.Series("score", score.round(4)),
+        pl.Series("kept", [r is None for r in reasons]),
+        pl.Series("drop_reason", reasons, dtype=pl.String),
+    )

@@ -1,0 +1,1 @@
+"""Train/val/test splits grouped by source document, and BEIR export."""

@@ -1,0 +1,1 @@
+"""Training examples and contrastive fine-tuning of the bi-encoder."""
