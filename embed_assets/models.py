@@ -72,10 +72,16 @@ def load_model(name_or_path: str, device: str | None = None):
     return SentenceTransformer(resolve_model_path(name_or_path), device=device or best_device())
 
 
+def embedding_dim(model) -> int:
+    # sentence-transformers 6 renamed get_sentence_embedding_dimension; accept both.
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
 def encode(model, texts: list[str], batch_size: int = 64, show_progress_bar: bool = False) -> np.ndarray:
     """Unit-normalised float32 embeddings, so that dot product = cosine."""
     if not texts:
-        dim = model.get_sentence_embedding_dimension()
+        dim = embedding_dim(model)
         return np.zeros((0, dim), dtype=np.float32)
     emb = model.encode(
         texts,

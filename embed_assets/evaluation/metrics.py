@@ -33,7 +33,7 @@ def ir_metrics(qrels: Qrels, run: Run, k_values: tuple[int, ...] = (1, 5, 10, 10
     mrr = EvaluateRetrieval.evaluate_custom(qrels, run, list(k_values), metric="mrr")
     out: dict[str, float] = {}
     for d in (ndcg, _map, recall, precision, mrr):
-        out.update({k.replace("P@", "Precision@"): float(v) for k, v in d.items()})
+        out.update({("Precision@" + k[2:] if k.startswith("P@") else k): float(v) for k, v in d.items()})
     return out
 
 

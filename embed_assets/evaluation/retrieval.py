@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from sentence_transformers.util import semantic_search
 
@@ -44,15 +45,30 @@ def load_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], 
 
 
 def retrieve(
-    model, corpus: dict[str, str], queries: dict[str, str], top_k: int = 100, batch_size: int = 64
+    model,
+    corpus: dict[str, str],
+    queries: dict[str, str],
+    top_k: int = 100,
+    batch_size: int = 64,
+    corpus_vectors: np.ndarray | None = None,
 ) -> Run:
     """Exact cosine search of every query over the corpus; ``{qid: {doc_id: score}}``.
 
     ``semantic_search`` scores the corpus in chunks, so memory is bounded by
     queries × chunk rather than queries × corpus.
+
+    Args:
+        corpus_vectors: unit-normalised embeddings of ``corpus`` by the same ``model``,
+            row-aligned with its iteration order (e.g. read back from the LanceDB index
+            with :func:`embed_assets.mining.index.read_vectors`); skips re-encoding.
     """
     doc_ids = list(corpus)
-    doc_vec = encode(model, [corpus[d] for d in doc_ids], batch_size=batch_size)
+    if corpus_vectors is None:
+        doc_vec = encode(model, [corpus[d] for d in doc_ids], batch_size=batch_size)
+    else:
+        if len(corpus_vectors) != len(doc_ids):
+            raise ValueError(f"corpus_vectors has {len(corpus_vectors)} rows for {len(doc_ids)} documents")
+        doc_vec = np.ascontiguousarray(corpus_vectors, dtype=np.float32)
     qids = list(queries)
     q_vec = encode(model, [queries[q] for q in qids], batch_size=batch_size)
     hits = semantic_search(

@@ -26,7 +26,8 @@ from embed_assets.generation.base import GenerationResult, qa_frame
 _CODE_SPAN = re.compile(r"`([^`\n]{2,48})`")
 _SNAKE = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")
 _SQLSTATE = re.compile(r"\b(?=[0-9A-Z]{5}\b)(?=[A-Z]*[0-9])[0-9A-Z]{5}\b")
-_VERSION = re.compile(r"\b\d{1,2}\.\d{1,2}(?:\.\d{1,2})?\b")
+# Only versions named as such: bare "23.3" is usually a section number.
+_VERSION = re.compile(r"(?:PostgreSQL|[Vv]ersion|[Rr]elease)\s+(\d{1,2}\.\d{1,2}(?:\.\d{1,2})?)\b")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{2,}")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 
@@ -195,7 +196,7 @@ def _identifiers(text: str) -> list[str]:
         if len(span.split()) == 1 and any(c.isalpha() for c in span) and len(span) >= 3:
             found.append(span)
     for rx in (_SNAKE, _SQLSTATE, _VERSION):
-        found.extend(m.group(0) for m in rx.finditer(text))
+        found.extend(m.group(m.lastindex or 0) for m in rx.finditer(text))
     return list(dict.fromkeys(found))  # dedupe, keep first-occurrence order
 
 

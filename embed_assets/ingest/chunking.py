@@ -66,6 +66,10 @@ def _break_score(text: str, char_pos: int) -> int:
     return 0
 
 
+def _word_start(text: str, char_pos: int) -> bool:
+    return char_pos == 0 or not (text[char_pos - 1].isalnum() and text[char_pos].isalnum())
+
+
 def split_text(text: str, tokenizer: PreTrainedTokenizerBase, budget: int, overlap: int, min_tokens: int):
     """Yield ``(start_char, end_char, n_tokens)`` windows of at most ``budget`` tokens."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
@@ -92,6 +96,9 @@ def split_text(text: str, tokenizer: PreTrainedTokenizerBase, budget: int, overl
         if end >= n:
             break
         next_start = max(end - overlap, start + 1)
+        # Never start inside a word: a continuation word-piece would re-tokenise differently.
+        while next_start > start + 1 and not _word_start(text, starts[next_start]):
+            next_start -= 1
         if n - next_start <= overlap + min_tokens and n - end < min_tokens:
             break  # the tail is already covered by the overlap
         start = next_start
@@ -116,8 +123,14 @@ def chunk_documents(
     seen: set[str] = set()
     for doc in documents.iter_rows(named=True):
         header = f"{doc['title']}\n\n" if config.add_title and doc["title"] else ""
+        if header:
+            enc = tokenizer(header, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            if len(enc["input_ids"]) > config.chunk_tokens // 4:
+                # A very long title would crowd out the body: keep its first quarter-chunk of tokens.
+                cut = enc["offset_mapping"][config.chunk_tokens // 4 - 1][1]
+                header = header[:cut].rstrip() + "\n\n"
         header_tokens = len(tokenizer(header, add_special_tokens=False)["input_ids"]) if header else 0
-        budget = max(config.chunk_tokens - header_tokens, config.chunk_tokens // 2)
+        budget = config.chunk_tokens - header_tokens
         body = doc["text"]
         index = 0
         for s, e, n_tok in split_text(

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from embed_assets.models import encode
+from embed_assets.models import embedding_dim, encode
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def build_chunk_index(
         ann_threshold: build an IVF-PQ ANN index at or above this many rows.
     """
     db = lancedb.connect(str(uri))
-    dim = model.get_sentence_embedding_dimension()
+    dim = embedding_dim(model)
     schema = pa.schema(
         [
             pa.field("chunk_id", pa.string()),
@@ -101,6 +101,26 @@ def build_chunk_index(
             metric="dot", num_partitions=partitions, num_sub_vectors=sub_vectors, vector_column_name="vector"
         )
     return ChunkIndex(uri=str(uri), table=table)
+
+
+def read_vectors(index: ChunkIndex, chunk_ids: list[str] | None = None) -> np.ndarray:
+    """The stored embeddings as a ``(n, dim)`` float32 matrix.
+
+    Rows follow ``chunk_ids`` when given (every id must be in the table), else the
+    table's own order. Lets later stages (e.g. base-model evaluation over the same
+    texts) reuse the index's vectors instead of encoding the corpus again.
+    """
+    tbl = index.open().to_arrow().select(["chunk_id", "vector"])
+    dim = tbl.schema.field("vector").type.list_size
+    matrix = tbl["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    matrix = matrix.astype(np.float32, copy=False)
+    if chunk_ids is None:
+        return matrix
+    row_of = {c: i for i, c in enumerate(tbl["chunk_id"].to_pylist())}
+    missing = [c for c in chunk_ids if c not in row_of]
+    if missing:
+        raise KeyError(f"{len(missing)} chunk ids are not in the index, e.g. {missing[:3]}")
+    return matrix[[row_of[c] for c in chunk_ids]]
 
 
 def search(

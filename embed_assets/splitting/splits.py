@@ -78,7 +78,16 @@ def grouped_split(qa: pl.DataFrame, config: SplitConfig | None = None) -> pl.Dat
     filled = {"test": 0, "val": 0}
     targets = {"test": config.test_fraction * total, "val": config.val_fraction * total}
     for key in keys:
-        split = next((s for s in ("test", "val") if filled[s] < targets[s]), "train")
+        # A group joins test/val only if it does not overshoot the target by more than 25%:
+        # one giant group (documents chained by multi-hop questions) must not swallow the test set.
+        split = next(
+            (
+                s
+                for s in ("test", "val")
+                if filled[s] < targets[s] and filled[s] + sizes[key] <= 1.25 * targets[s] + 1
+            ),
+            "train",
+        )
         assignment[key] = split
         if split != "train":
             filled[split] += sizes[key]

@@ -1,0 +1,522 @@
+"""Domain adaptation on a real BEIR set: base vs a plain fine-tuning peer vs embed_assets, in one run.
+
+The BEIR corpus is treated as the user's documents (one chunk per document, title + text).
+Training questions are written model-free from the documents alone (title and key-phrase
+questions, ``StructureQuestionGenerator``); the split's queries and qrels are used only to
+score the three models at the end. Nothing from any qrels file reaches training or model
+selection: checkpoints and the LM-Cocktail merge weight are chosen on held-out *generated*
+pairs, as the product does for a user who has no labelled queries.
+
+- **base**: all-MiniLM-L6-v2 as shipped.
+- **peer**: the plain sentence-transformers recipe on the same generated pairs:
+  ``MultipleNegativesRankingLoss`` (scale 20), no filtering, no mined negatives, no merge.
+- **ours**: round-trip filtered and de-duplicated pairs, positive-aware mined negatives
+  (0.95 ceiling; ``--negatives 0`` keeps in-batch only), MNRL at scale 50, warmup + cosine,
+  validation-based checkpoint selection and merge with the base.
+
+All three models are scored by exact cosine search of the split's queries over the full
+corpus with the base model's sequence length (256), so truncation is the same for all.
+
+    python benchmarks/bench_nfcorpus.py                       # NFCorpus test split, ~30 min on 2 CPU cores
+    python benchmarks/bench_nfcorpus.py --split dev           # for tuning
+    python benchmarks/bench_nfcorpus.py --beir-dir ../shared/benchmarks/scifact --split test
+
+Writes ``benchmarks/results/<dataset>-<split>.md`` and ``.json``: the metrics table, the
+configuration, wall time per stage, peak RSS, LLM calls and the exact command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Run as a plain script from a checkout: make the repository's package importable without installing it.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import polars as pl  # noqa: E402
+
+METRICS = ("NDCG@10", "Recall@10", "Recall@100", "MAP@10")
+DEFAULT_BEIR_DIR = REPO.parent / "shared" / "benchmarks" / "nfcorpus"
+
+
+@dataclass
+class BenchConfig:
+    """Everything that decides the numbers (recorded in the result files)."""
+
+    beir_dir: str = str(DEFAULT_BEIR_DIR)
+    split: str = "test"
+    out_dir: str = str(REPO / "benchmarks" / "results")
+    work_dir: str | None = None
+    base_model: str = "all-MiniLM-L6-v2"
+    max_docs: int | None = None
+    # generation
+    kinds: tuple[str, ...] = ("title", "keyphrase")
+    questions_per_chunk: int = 3
+    # quality filter (ours only)
+    roundtrip_top_k: int = 10
+    dedup_cosine: float = 0.9
+    # mining (ours only)
+    negatives: int = 0
+    max_score_ratio: float = 0.95
+    mining_range_min: int = 0
+    # training (shared by peer and ours unless noted)
+    max_steps: int = 100
+    batch_size: int = 32
+    mini_batch_size: int = 32
+    train_seq_len: int = 128
+    learning_rate: float = 2e-5
+    scale: float = 50.0  # ours; the peer keeps sentence-transformers' default 20
+    merge_weights: tuple[float, ...] = (0.0, 0.3, 0.5)
+    val_fraction: float = 0.1
+    val_queries: int = 300
+    val_corpus: int = 1000
+    eval_steps: int | None = None
+    # evaluation
+    eval_seq_len: int = 256
+    run_peer: bool = True
+    explore_merges: tuple[float, ...] = ()
+    seed: int = 42
+
+
+@dataclass
+class Timings:
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        print(f"[bench] {name} ...", flush=True)
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - start, 1)
+            print(f"[bench] {name}: {self.stages[name]} s (peak RSS {peak_rss_mb():.0f} MB)", flush=True)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+def read_beir_documents(beir_dir: Path, max_docs: int | None = None) -> pl.DataFrame:
+    """The BEIR corpus as a chunk frame: one chunk per document, ``chunk_id = doc_id = _id``.
+
+    The chunk text is title and text joined exactly as :func:`load_beir` joins them, so
+    the base model's index vectors are also the base model's evaluation vectors.
+    """
+    rows = []
+    with (beir_dir / "corpus.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            title = (d.get("title") or "").strip()
+            text = (d.get("title", "") + " " + d["text"]).strip() if d.get("title") else d["text"]
+            if not text.strip():
+                continue
+            rows.append(
+                {
+                    "chunk_id": d["_id"],
+                    "doc_id": d["_id"],
+                    "doc_path": d["_id"],
+                    "chunk_index": 0,
+                    "title": title,
+                    "text": text,
+                    "n_tokens": 0,
+                }
+            )
+            if max_docs and len(rows) >= max_docs:
+                break
+    from embed_assets.ingest.chunking import CHUNK_SCHEMA
+
+    return pl.DataFrame(rows, schema=CHUNK_SCHEMA)
+
+
+def validation_set(val_pairs: pl.DataFrame, train_text: dict[str, str], cfg: BenchConfig):
+    """Held-out generated pairs (their documents never trained on) over a sampled corpus."""
+    from embed_assets.training.trainer import ValidationSet
+
+    rng = random.Random(cfg.seed)
+    rows = list(val_pairs.select("qa_id", "question", "positive_chunk_ids").iter_rows())
+    rng.shuffle(rows)
+    rows = rows[: cfg.val_queries]
+    positives = sorted({c for _, _, p in rows for c in p})
+    others = sorted(set(train_text) - set(positives))
+    rng.shuffle(others)
+    corpus_ids = positives + others[: max(0, cfg.val_corpus - len(positives))]
+    return ValidationSet(
+        queries={q: text for q, text, _ in rows},
+        corpus={c: train_text[c] for c in corpus_ids},
+        relevant={q: set(p) for q, _, p in rows},
+    )
+
+
+def load_for_eval(model_dir: str, seq_len: int):
+    from sentence_transformers import SentenceTransformer
+
+    from embed_assets.models import best_device
+
+    model = SentenceTransformer(model_dir, device=best_device())
+    model.max_seq_length = seq_len
+    return model
+
+
+def score(model, corpus, queries, qrels, vectors=None) -> dict[str, float]:
+    from embed_assets.evaluation.metrics import ir_metrics
+    from embed_assets.evaluation.retrieval import retrieve
+
+    run = retrieve(model, corpus, queries, top_k=100, corpus_vectors=vectors)
+    m = ir_metrics(qrels, run)
+    return {k: round(m[k], 4) for k in METRICS}
+
+
+def run_benchmark(cfg: BenchConfig, command: str) -> dict:
+    import numpy as np
+    import torch
+
+    from embed_assets.evaluation.retrieval import load_beir
+    from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
+    from embed_assets.mining.index import build_chunk_index, read_vectors
+    from embed_assets.mining.negatives import MiningConfig, mine_hard_negatives
+    from embed_assets.models import load_model
+    from embed_assets.quality.filters import QualityConfig, score_pairs
+    from embed_assets.splitting.splits import SplitConfig, grouped_split
+    from embed_assets.training.examples import unroll_examples
+    from embed_assets.training.trainer import TrainingConfig, _linear_merge, train_bi_encoder
+
+    if cfg.explore_merges and cfg.split == "test":
+        raise ValueError("--explore-merges evaluates extra variants: tuning is allowed on dev only, not test")
+    beir_dir = Path(cfg.beir_dir).resolve()
+    dataset = beir_dir.name
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    t = Timings()
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    tmp = None
+    if cfg.work_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_nfcorpus_")
+        work = Path(tmp.name)
+    else:
+        work = Path(cfg.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+    out: dict = {"dataset": dataset, "split": cfg.split, "command": command, "config": asdict(cfg)}
+
+    with t.stage("load"):
+        corpus, queries, qrels = load_beir(beir_dir, cfg.split)
+        chunks = read_beir_documents(beir_dir, cfg.max_docs)
+        if cfg.max_docs:
+            keep = set(chunks["chunk_id"])
+            corpus = {k: v for k, v in corpus.items() if k in keep}
+            qrels = {q: {d: s for d, s in r.items() if d in keep} for q, r in qrels.items()}
+            qrels = {q: r for q, r in qrels.items() if r}
+            queries = {q: v for q, v in queries.items() if q in qrels}
+        base = load_model(cfg.base_model)
+        base.max_seq_length = cfg.eval_seq_len
+        # Training positives are the text without its title: a title question would otherwise
+        # be a verbatim copy of the positive's first line.
+        train_text = dict(
+            zip(
+                chunks["chunk_id"],
+                [strip_title(x, ti) for x, ti in zip(chunks["text"], chunks["title"], strict=True)],
+                strict=True,
+            )
+        )
+    out["corpus_docs"], out["eval_queries"] = len(corpus), len(queries)
+
+    with t.stage("index (base embeddings)"):
+        index = build_chunk_index(chunks, base, work / "lancedb")
+
+    with t.stage("generate"):
+        gen = StructureQuestionGenerator(kinds=tuple(cfg.kinds))
+        generated = gen.generate(chunks, questions_per_chunk=cfg.questions_per_chunk, seed=cfg.seed)
+        qa = generated.qa
+    out["generation"] = {"generator": gen.name, "pairs": qa.height, **generated.stats}
+    llm_calls = int(generated.stats.get("llm_calls", 0))
+
+    with t.stage("filter"):
+        scored = score_pairs(
+            qa,
+            chunks,
+            base,
+            index,
+            QualityConfig(roundtrip_top_k=cfg.roundtrip_top_k, dedup_cosine=cfg.dedup_cosine),
+        )
+        kept = scored.filter(pl.col("kept"))
+        split = grouped_split(kept, SplitConfig(val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.seed))
+        train_pairs = split.filter(pl.col("split") == "train")
+        val_pairs = split.filter(pl.col("split") == "val")
+    drops = scored.group_by("drop_reason").len().drop_nulls().rows()
+    out["filter"] = {
+        "kept": kept.height,
+        "train_pairs": train_pairs.height,
+        "val_pairs": val_pairs.height,
+        "kept_by_type": dict(kept.group_by("query_type").len().rows()),
+        **{f"dropped:{r}": n for r, n in sorted(drops)},
+    }
+
+    with t.stage("mine negatives"):
+        if cfg.negatives > 0:
+            mined, counts, _ = mine_hard_negatives(
+                train_pairs.select("qa_id", "question", "positive_chunk_ids"),
+                base,
+                index,
+                MiningConfig(
+                    num_negatives=cfg.negatives,
+                    max_score_ratio=cfg.max_score_ratio,
+                    range_min=cfg.mining_range_min,
+                    seed=cfg.seed,
+                ),
+            )
+            out["mining"] = counts
+        else:
+            mined = train_pairs.select("qa_id", "question", "positive_chunk_ids")
+            out["mining"] = {"skipped": "negatives=0: in-batch negatives only"}
+        ours_rows = unroll_examples(mined, train_text, negatives_per_example=cfg.negatives)
+        peer_rows = unroll_examples(qa, train_text, negatives_per_example=0)
+    out["train_rows"] = {"ours": ours_rows.height, "peer": peer_rows.height}
+
+    val = validation_set(val_pairs, train_text, cfg) if val_pairs.height else None
+    common = {
+        "max_steps": cfg.max_steps,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "max_seq_length": cfg.train_seq_len,
+        "seed": cfg.seed,
+    }
+    with t.stage("train ours"):
+        ours_cfg = TrainingConfig(
+            **common,
+            mini_batch_size=cfg.mini_batch_size,
+            cached_loss=True,
+            scale=cfg.scale,
+            merge_weights=tuple(cfg.merge_weights) if val else (0.0,),
+            eval_steps=cfg.eval_steps,
+        )
+        ours_result = train_bi_encoder(cfg.base_model, ours_rows, work / "ours", ours_cfg, val=val)
+    out["ours_training"] = {
+        k: v for k, v in asdict(ours_result).items() if k not in ("history", "model_dir", "device")
+    }
+    out["ours_training"]["val_history"] = [
+        {"step": h["step"], "val_ndcg10": round(h["eval_val_cosine_ndcg@10"], 4)}
+        for h in ours_result.history
+        if "eval_val_cosine_ndcg@10" in h
+    ]
+
+    if cfg.run_peer:
+        with t.stage("train peer"):
+            peer_cfg = TrainingConfig(**common, cached_loss=False, scale=20.0, merge_weights=(0.0,))
+            peer_result = train_bi_encoder(cfg.base_model, peer_rows, work / "peer", peer_cfg)
+        out["peer_training"] = {"steps": peer_result.steps, "train_seconds": peer_result.train_seconds}
+
+    results: dict[str, dict[str, float]] = {}
+    with t.stage("eval base"):
+        results["base"] = score(base, corpus, queries, qrels, vectors=read_vectors(index, list(corpus)))
+    if cfg.run_peer:
+        with t.stage("eval peer"):
+            results["peer"] = score(load_for_eval(str(work / "peer"), cfg.eval_seq_len), corpus, queries, qrels)
+    with t.stage("eval ours"):
+        ours_model = load_for_eval(str(work / "ours"), cfg.eval_seq_len)
+        results["ours"] = score(ours_model, corpus, queries, qrels)
+    if cfg.explore_merges:
+        # Dev-only exploration: how other merge weights would have scored on the split.
+        base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        chosen = ours_result.merge_weight
+        for w in cfg.explore_merges:
+            with t.stage(f"explore merge {w}"):
+                # ours = (1-c)·tuned + c·base, so tuned = (ours - c·base)/(1-c); re-merge at w.
+                model = load_for_eval(str(work / "ours"), cfg.eval_seq_len)
+                with torch.no_grad():
+                    for name, p in model.state_dict().items():
+                        if name in base_state and p.dtype.is_floating_point:
+                            p.sub_(base_state[name], alpha=chosen).div_(1 - chosen)
+                _linear_merge(model, base_state, w)
+                results[f"ours@merge{w}"] = score(model, corpus, queries, qrels)
+
+    out["results"] = results
+    out["deltas_points_vs_base"] = {
+        name: {k: round((r[k] - results["base"][k]) * 100, 2) for k in METRICS}
+        for name, r in results.items()
+        if name != "base"
+    }
+    out["timings_s"] = {**t.stages, "total": round(time.perf_counter() - started, 1)}
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["llm_calls"] = llm_calls
+    out["machine"] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    out["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    write_results(out, Path(cfg.out_dir))
+    if tmp is not None:
+        tmp.cleanup()
+    return out
+
+
+def results_markdown(out: dict) -> str:
+    res = out["results"]
+    lines = [
+        f"# {out['dataset']} ({out['split']}): base vs peer vs embed_assets",
+        "",
+        f"{out['eval_queries']} queries over {out['corpus_docs']} documents, exact cosine search. "
+        f"Training data: {out['generation']['pairs']} model-free questions from the corpus only "
+        f"({out['generation']['generator']}); LLM calls: {out['llm_calls']}.",
+        "",
+        "| model | " + " | ".join(METRICS) + " |",
+        "| --- |" + " --- |" * len(METRICS),
+    ]
+    for name, r in res.items():
+        cells = []
+        for k in METRICS:
+            cell = f"{r[k]:.4f}"
+            if name != "base":
+                cell += f" ({(r[k] - res['base'][k]) * 100:+.2f})"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "(in brackets: change against base, in points ×100)", ""]
+    ot = out["ours_training"]
+    lines += [
+        "## Runs",
+        "",
+        f"- ours: {ot['steps']} steps on {out['train_rows']['ours']} filtered rows, merge weight with base "
+        f"{ot['merge_weight']} (validation nDCG@10 on held-out generated pairs: base {ot['base_val_ndcg10']}, "
+        f"candidates {ot['merge_candidates']})",
+    ]
+    if "peer_training" in out:
+        lines.append(
+            f"- peer: {out['peer_training']['steps']} steps on {out['train_rows']['peer']} unfiltered rows"
+        )
+    lines += [
+        f"- filter: {json.dumps(out['filter'])}",
+        f"- mining: {json.dumps(out['mining'])}",
+        "",
+        "## Cost",
+        "",
+        "| stage | wall s |",
+        "| --- | --- |",
+        *[f"| {k} | {v} |" for k, v in out["timings_s"].items()],
+        "",
+        f"Peak RSS: {out['peak_rss_mb']} MB. LLM calls: {out['llm_calls']}. Machine: "
+        f"{out['machine']['cpu_count']} CPU, {out['machine']['device']}, load average at start "
+        f"{out['machine']['loadavg_start']}, at end {out['machine']['loadavg_end']}.",
+        "",
+        "## Command",
+        "",
+        "```",
+        out["command"],
+        "```",
+        "",
+        "## Config",
+        "",
+        "```json",
+        json.dumps(out["config"], indent=2),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(out: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{out['dataset']}-{out['split']}"
+    md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
+    md.write_text(results_markdown(out), encoding="utf-8")
+    js.write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
+    out["files"] = [str(md), str(js)]
+    return md, js
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: list[str] | None) -> BenchConfig:
+    d = BenchConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--beir-dir", default=d.beir_dir, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--split", default=d.split, choices=["test", "dev", "train"])
+    p.add_argument("--out-dir", default=d.out_dir)
+    p.add_argument("--work-dir", default=None, help="keep models and index here (default: a temp folder)")
+    p.add_argument("--base-model", default=d.base_model)
+    p.add_argument("--max-docs", type=int, default=None, help="use only the first N documents (smoke runs)")
+    p.add_argument("--kinds", default=",".join(d.kinds), help="question kinds: title,title_main,keyphrase")
+    p.add_argument("--questions-per-chunk", type=int, default=d.questions_per_chunk)
+    p.add_argument("--roundtrip-top-k", type=int, default=d.roundtrip_top_k)
+    p.add_argument("--negatives", type=int, default=d.negatives, help="mined hard negatives per row (ours)")
+    p.add_argument("--mining-range-min", type=int, default=d.mining_range_min)
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help="optimiser steps, peer and ours each")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--mini-batch-size", type=int, default=d.mini_batch_size)
+    p.add_argument("--train-seq-len", type=int, default=d.train_seq_len)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--scale", type=float, default=d.scale, help="ours; the peer uses 20")
+    p.add_argument("--merge-weights", default=",".join(map(str, d.merge_weights)))
+    p.add_argument("--val-queries", type=int, default=d.val_queries)
+    p.add_argument("--val-corpus", type=int, default=d.val_corpus)
+    p.add_argument("--eval-steps", type=int, default=None)
+    p.add_argument("--eval-seq-len", type=int, default=d.eval_seq_len)
+    p.add_argument("--no-peer", action="store_true", help="skip the peer (exploration only)")
+    p.add_argument("--explore-merges", default="", help="dev only: also score ours re-merged at these weights")
+    p.add_argument("--seed", type=int, default=d.seed)
+    a = p.parse_args(argv)
+    return BenchConfig(
+        beir_dir=a.beir_dir,
+        split=a.split,
+        out_dir=a.out_dir,
+        work_dir=a.work_dir,
+        base_model=a.base_model,
+        max_docs=a.max_docs,
+        kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()),
+        questions_per_chunk=a.questions_per_chunk,
+        roundtrip_top_k=a.roundtrip_top_k,
+        negatives=a.negatives,
+        mining_range_min=a.mining_range_min,
+        max_steps=a.max_steps,
+        batch_size=a.batch_size,
+        mini_batch_size=a.mini_batch_size,
+        train_seq_len=a.train_seq_len,
+        learning_rate=a.learning_rate,
+        scale=a.scale,
+        merge_weights=_floats(a.merge_weights),
+        val_queries=a.val_queries,
+        val_corpus=a.val_corpus,
+        eval_steps=a.eval_steps,
+        eval_seq_len=a.eval_seq_len,
+        run_peer=not a.no_peer,
+        explore_merges=_floats(a.explore_merges),
+        seed=a.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns the result record (also written to ``--out-dir``)."""
+    args = sys.argv[1:] if argv is None else argv
+    cfg = parse_args(args)
+    command = shlex.join([sys.executable, str(Path(__file__).resolve().relative_to(REPO)), *args])
+    out = run_benchmark(cfg, command)
+    print(results_markdown(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

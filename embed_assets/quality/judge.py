@@ -1,0 +1,145 @@
+"""LLM-as-judge scores for synthetic pairs.
+
+The judge reads the positive chunk(s), the question and the answer, and scores 1–10:
+relevance (a real user would ask it), accuracy (the answer is right per the chunks),
+context support (everything the answer says is in the chunks: a faithfulness score),
+clarity (the question stands on its own) and overall. ``filters.score_pairs`` averages
+``judge_overall / 10`` into the pair's score and drops pairs under ``min_judge_overall``.
+
+It uses the same :class:`~embed_assets.generation.llm_client.LLMClient` as generation
+(retries, rate limits, preflight, no key in logs) and the same SQLite response cache, so
+re-judging an unchanged pair costs nothing. A pair the judge could not score keeps null
+scores (it is then judged by the other signals only) and the reason is counted.
+
+Why no ragas faithfulness here: see ``judge_v1``'s ``context_support``, which asks the same
+question as ragas' faithfulness (are the answer's claims supported by the context) in one
+call instead of ragas' two (claim extraction, then verification per claim).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import replace
+
+import polars as pl
+
+from embed_assets.generation.llm_client import (
+    DropError,
+    LLMClient,
+    LLMEndpointError,
+    LLMSettings,
+    Progress,
+    run_sync,
+)
+from embed_assets.generation.prompts import load_prompt
+from embed_assets.generation.response_cache import ResponseCache
+from embed_assets.generation.schemas import JudgeScores
+
+logger = logging.getLogger("embed_assets.generation")
+
+JUDGE_COLUMNS = (
+    "judge_relevance",
+    "judge_accuracy",
+    "judge_context_support",
+    "judge_clarity",
+    "judge_overall",
+)
+_FIELDS = ("relevance", "accuracy", "context_support", "clarity", "overall")
+
+
+def _delimit(text: str) -> str:
+    return text.replace("</chunk", "</ chunk").replace("<chunk", "< chunk")
+
+
+def _tag_safe(text: str, tag: str) -> str:
+    return text.replace(f"</{tag}", f"</ {tag}")
+
+
+class LLMJudge:
+    """Scores QA pairs with an LLM.
+
+    Args:
+        settings: endpoint, model, key, limits and cache path, as for generation.
+        temperature: judge sampling temperature. Default 0.0 (scores should not be random).
+        max_tokens: reply cap; the reply is a small JSON object. Default 256.
+
+    After :meth:`judge_pairs`, ``last_stats`` holds the counters of that call
+    (``llm_calls``, ``cache_hits``, ``judged``, ``unscored:<reason>``).
+    """
+
+    name = "llm-judge-v1"
+
+    def __init__(self, settings: LLMSettings, temperature: float = 0.0, max_tokens: int = 256):
+        self.settings = replace(settings, temperature=temperature, max_tokens=max_tokens)
+        self.cache = ResponseCache(settings.cache_path) if settings.cache_path else None
+        self.prompt = load_prompt("judge")
+        self.last_stats: dict[str, int] = {}
+
+    def judge_pairs(self, qa: pl.DataFrame, chunks: pl.DataFrame) -> pl.DataFrame:
+        """``qa`` with ``judge_relevance, judge_accuracy, judge_context_support, judge_clarity,
+        judge_overall`` (Float64, 1–10; null where the judge could not score).
+
+        Args:
+            qa: a QA frame (``QA_SCHEMA``); needs ``question``, ``answer``, ``positive_chunk_ids``.
+            chunks: the chunk frame; positives are looked up by ``chunk_id``.
+
+        Raises :class:`LLMEndpointError` only when the endpoint is unusable.
+        """
+        stats: Counter = Counter()
+        client = LLMClient(self.settings, cache=self.cache, stats=stats)
+        texts = dict(zip(chunks["chunk_id"].to_list(), chunks["text"].to_list(), strict=True))
+        rows = qa.select("question", "answer", "positive_chunk_ids").to_dicts()
+        scores = run_sync(self._run(client, rows, texts))
+        stats["judged"] = sum(s is not None for s in scores)
+        self.last_stats = {k: int(v) for k, v in sorted(stats.items())}
+        columns = {
+            col: pl.Series(
+                col, [None if s is None else float(getattr(s, f)) for s in scores], dtype=pl.Float64
+            )
+            for col, f in zip(JUDGE_COLUMNS, _FIELDS, strict=True)
+        }
+        return qa.with_columns(**columns)
+
+    async def _run(
+        self, client: LLMClient, rows: list[dict], texts: dict[str, str]
+    ) -> list[JudgeScores | None]:
+        progress = Progress(len(rows), "judge pairs")
+
+        async def one(row: dict) -> JudgeScores | None:
+            try:
+                return await self._score(client, row, texts)
+            except LLMEndpointError:
+                raise
+            except DropError as drop:
+                client.stats[f"unscored:{drop.reason}"] += 1
+                return None
+            except Exception as exc:  # one pair's bug must not cost the run
+                client.stats["unscored:error"] += 1
+                logger.warning("judging a pair failed: %s", client.scrub(repr(exc))[:300])
+                return None
+            finally:
+                progress.advance()
+
+        return list(await asyncio.gather(*(one(r) for r in rows)))
+
+    async def _score(self, client: LLMClient, row: dict, texts: dict[str, str]) -> JudgeScores:
+        ids = list(row["positive_chunk_ids"] or [])
+        missing = [c for c in ids if c not in texts]
+        if not ids or missing:
+            raise DropError("missing_chunk", f"{len(missing)} positive(s) not in the chunk frame")
+        blocks = "\n\n".join(
+            f'<chunk index="{n}">\n{_delimit(texts[c])}\n</chunk>' for n, c in enumerate(ids, start=1)
+        )
+        messages = self.prompt.messages(
+            chunks=blocks,
+            question=_tag_safe(row["question"] or "", "question"),
+            answer=_tag_safe(row["answer"] or "", "answer"),
+        )
+        return await client.complete_json(self.prompt, messages, JudgeScores, chunk_hashes=ids, chunk_ids=ids)
+
+
+def judge_pairs(qa: pl.DataFrame, chunks: pl.DataFrame, judge: LLMJudge) -> pl.DataFrame:
+    """Functional form of :meth:`LLMJudge.judge_pairs`."""
+    return judge.judge_pairs(qa, chunks)

@@ -1,0 +1,117 @@
+"""Smoke test of ``benchmarks/bench_nfcorpus.py`` on a tiny BEIR folder cut from NFCorpus.
+
+The folder is built in ``tmp_path`` from ``../shared/benchmarks/nfcorpus`` (10 test
+queries with some of their judged documents, ~40 documents in all); the test is skipped
+where that shared folder is missing. The budget is tiny (2 training steps per model), so
+this checks the wiring, the table and the files, not the scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NFCORPUS = REPO.parent / "shared" / "benchmarks" / "nfcorpus"
+METRICS = ("NDCG@10", "Recall@10", "Recall@100", "MAP@10")
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_nfcorpus", REPO / "benchmarks" / "bench_nfcorpus.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_beir(dst: Path, n_queries: int = 10, n_docs: int = 40) -> Path:
+    """10 test queries, up to 3 judged documents each, filled to ``n_docs`` with other documents."""
+    with (NFCORPUS / "qrels" / "test.tsv").open(encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))[1:]
+    by_query: dict[str, list[tuple[str, str]]] = {}
+    for qid, cid, s in rows:
+        by_query.setdefault(qid, []).append((cid, s))
+    qids = sorted(by_query)[:n_queries]
+    wanted = list(dict.fromkeys(c for q in qids for c, _ in by_query[q][:3]))
+    docs: dict[str, str] = {}
+    with (NFCORPUS / "corpus.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            if d["_id"] in wanted or len(docs) < n_docs - len(wanted):
+                docs[d["_id"]] = line
+    docs = {k: docs[k] for k in wanted if k in docs} | {k: v for k, v in docs.items() if k not in wanted}
+    docs = dict(list(docs.items())[:n_docs])
+    (dst / "qrels").mkdir(parents=True)
+    (dst / "corpus.jsonl").write_text("".join(docs.values()), encoding="utf-8")
+    with (NFCORPUS / "queries.jsonl").open(encoding="utf-8") as f:
+        queries = [line for line in f if json.loads(line)["_id"] in qids]
+    (dst / "queries.jsonl").write_text("".join(queries), encoding="utf-8")
+    with (dst / "qrels" / "test.tsv").open("w", encoding="utf-8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for q in qids:
+            for c, s in by_query[q][:3]:
+                if c in docs:
+                    f.write(f"{q}\t{c}\t{s}\n")
+    return dst
+
+
+@pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
+def test_bench_nfcorpus_smoke(tmp_path):
+    bench = _load_bench()
+    beir = _tiny_beir(tmp_path / "nftiny")
+    out_dir = tmp_path / "results"
+    out = bench.main(
+        [
+            "--beir-dir",
+            str(beir),
+            "--split",
+            "test",
+            "--out-dir",
+            str(out_dir),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--mini-batch-size",
+            "2",
+            "--train-seq-len",
+            "64",
+            "--eval-seq-len",
+            "128",
+            "--val-queries",
+            "8",
+            "--val-corpus",
+            "20",
+            "--roundtrip-top-k",
+            "20",
+            "--negatives",
+            "1",
+            "--merge-weights",
+            "0.0,0.5",
+        ]
+    )
+    assert set(out["results"]) == {"base", "peer", "ours"}
+    for name, metrics in out["results"].items():
+        for m in METRICS:
+            assert 0.0 <= metrics[m] <= 1.0, (name, m, metrics[m])
+    assert out["llm_calls"] == 0
+    assert out["peak_rss_mb"] > 0
+    assert {"index (base embeddings)", "train ours", "train peer", "eval ours", "total"} <= set(out["timings_s"])
+
+    md = out_dir / "nftiny-test.md"
+    js = out_dir / "nftiny-test.json"
+    assert md.exists() and js.exists()
+    table = md.read_text()
+    for row in ("| base |", "| peer |", "| ours |"):
+        assert row in table
+    for m in METRICS:
+        assert m in table
+    assert "bench_nfcorpus.py" in table  # the exact command line
+    record = json.loads(js.read_text())
+    assert record["results"] == out["results"]
+    assert record["config"]["split"] == "test"

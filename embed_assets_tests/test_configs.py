@@ -1,0 +1,103 @@
+"""Up-front validation of a whole Dagster run config."""
+
+from __future__ import annotations
+
+import pytest
+
+from embed_assets.defs.configs import CONFIG_BY_ASSET, RunConfigError, validate_run_config
+
+
+def _lines(err: RunConfigError) -> list[str]:
+    return [line.strip() for line in str(err).splitlines()[1:]]
+
+
+def test_valid_configs_pass():
+    validate_run_config(None)
+    validate_run_config({})
+    validate_run_config({"ops": {}})
+    validate_run_config(
+        {
+            "ops": {
+                "source_documents": {"config": {"corpus_dir": "/some/where"}},
+                "document_chunks": {"config": {"chunk_tokens": 256, "overlap_tokens": 32}},
+                "qa_quality_scores": {"config": {"dedup_cosine": 0.95, "min_score": 0.1}},
+                "mined_negatives": {"config": {"num_negatives": 10, "absolute_margin": 0.05}},
+                "training_examples": {"config": {"batch_size": 16}},
+                "finetuned_model": {"config": {"batch_size": 16, "mini_batch_size": 8}},
+            }
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("ops", "field"),
+    [
+        (
+            {"qa_quality_scores": {"config": {"dedup_cosine": 1.5}}},
+            "ops.qa_quality_scores.config.dedup_cosine",
+        ),
+        ({"qa_quality_scores": {"config": {"min_score": 1.5}}}, "ops.qa_quality_scores.config.min_score"),
+        ({"mined_negatives": {"config": {"num_negatives": -1}}}, "ops.mined_negatives.config.num_negatives"),
+        (
+            {"mined_negatives": {"config": {"max_score_ratio": 1.5}}},
+            "ops.mined_negatives.config.max_score_ratio",
+        ),
+        ({"qa_splits": {"config": {"val_fraction": 0.6, "test_fraction": 0.5}}}, "ops.qa_splits.config"),
+        ({"no_such_asset": {"config": {}}}, "ops.no_such_asset: unknown asset"),
+        (
+            {"training_examples": {"config": {"batch_size": 16}}},
+            "ops.training_examples.config.batch_size (16) must equal ops.finetuned_model.config.batch_size (32)",
+        ),
+    ],
+)
+def test_single_bad_field_is_named(ops, field):
+    with pytest.raises(RunConfigError) as exc:
+        validate_run_config({"ops": ops})
+    lines = _lines(exc.value)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(field), lines
+
+
+def test_overlap_of_half_chunk_is_named():
+    with pytest.raises(RunConfigError) as exc:
+        validate_run_config(
+            {"ops": {"document_chunks": {"config": {"chunk_tokens": 64, "overlap_tokens": 32}}}}
+        )
+    [line] = _lines(exc.value)
+    assert line.startswith("ops.document_chunks.config")
+    assert "overlap_tokens" in line and "chunk_tokens=64" in line
+
+
+def test_every_error_reported_at_once():
+    run_config = {
+        "ops": {
+            "qa_quality_scores": {"config": {"dedup_cosine": 1.5, "min_score": 1.5}},
+            "mined_negatives": {"config": {"num_negatives": -1}},
+            "document_chunks": {"config": {"chunk_tokens": 128, "overlap_tokens": 64}},
+            "training_examples": {"config": {"batch_size": 8}},
+            "finetuned_model": {"config": {"batch_size": 64}},
+            "mystery": {"config": {}},
+        }
+    }
+    with pytest.raises(RunConfigError) as exc:
+        validate_run_config(run_config)
+    msg = str(exc.value)
+    for field in (
+        "ops.qa_quality_scores.config.dedup_cosine",
+        "ops.qa_quality_scores.config.min_score",
+        "ops.mined_negatives.config.num_negatives",
+        "ops.document_chunks.config",
+        "overlap_tokens",
+        "ops.training_examples.config.batch_size (8)",
+        "ops.finetuned_model.config.batch_size (64)",
+        "ops.mystery: unknown asset",
+    ):
+        assert field in msg, field
+    assert len(_lines(exc.value)) == 6
+
+
+def test_every_asset_config_builds_with_defaults():
+    for name, cls in CONFIG_BY_ASSET.items():
+        cfg = cls()
+        if hasattr(cfg, "to_core"):
+            assert cfg.to_core() is not None, name

@@ -1,0 +1,175 @@
+"""Materialize the whole asset graph in-process on a tiny real corpus, then check the outputs.
+
+Real model, real LanceDB, real training (a few steps), real ONNX export: only the
+budgets are small.
+"""
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from embed_assets.defs.definitions import all_assets, build_resources, defs
+
+MINI_CORPUS = Path(__file__).parent / "fixtures" / "mini_corpus"
+ASSETS = {
+    "source_documents",
+    "document_chunks",
+    "base_chunk_index",
+    "synthetic_qa",
+    "qa_quality_scores",
+    "qa_splits",
+    "mined_negatives",
+    "training_examples",
+    "finetuned_model",
+    "retrieval_eval",
+    "onnx_model",
+}
+
+
+def tiny_run_config(**finetune) -> dict:
+    return {
+        "ops": {
+            "source_documents": {"config": {"corpus_dir": str(MINI_CORPUS)}},
+            "document_chunks": {"config": {"chunk_tokens": 96, "overlap_tokens": 16}},
+            "qa_splits": {"config": {"val_fraction": 0.15, "test_fraction": 0.3}},
+            "mined_negatives": {"config": {"num_negatives": 3}},
+            "training_examples": {"config": {"batch_size": 8, "min_batches": 1}},
+            "finetuned_model": {
+                "config": {"batch_size": 8, "max_steps": 3, "val_distractors": 20, "merge_weights": [0.0, 0.5], **finetune}
+            },
+        }
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    instance = dg.DagsterInstance.ephemeral()
+    resources = build_resources(str(home))
+    result = dg.materialize(all_assets, run_config=tiny_run_config(), resources=resources, instance=instance)
+    return result, home, instance, resources
+
+
+def materialized(result) -> dict[str, dg.AssetMaterialization]:
+    return {
+        e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def test_every_asset_materializes_with_metadata(pipeline):
+    result, _, _, _ = pipeline
+    assert result.success
+    mats = materialized(result)
+    assert set(mats) == ASSETS
+    for key, mat in mats.items():
+        assert mat.metadata, f"{key} has no metadata"
+    assert mats["source_documents"].metadata["documents"].value == 8
+    assert mats["source_documents"].metadata["files_skipped"].value == 0
+    assert mats["document_chunks"].metadata["chunks"].value > 8
+    assert "NDCG@10" in mats["retrieval_eval"].metadata["metrics"].value
+
+
+def test_checks_pass(pipeline):
+    result, _, _, _ = pipeline
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {
+        "no_document_leakage": True,
+        "enough_examples_for_batch": True,
+        "no_regression_vs_base": True,
+        "onnx_parity": True,
+    }
+
+
+def test_outputs_are_consistent(pipeline):
+    result, home, _, _ = pipeline
+    chunks = result.output_for_node("document_chunks")
+    qa = result.output_for_node("synthetic_qa")
+    splits = result.output_for_node("qa_splits")
+    mined = result.output_for_node("mined_negatives")
+    rows = result.output_for_node("training_examples")
+    chunk_ids = set(chunks["chunk_id"])
+    assert all(set(p) <= chunk_ids for p in qa["positive_chunk_ids"])
+    assert (qa["hops"] > 1).any(), "the generator writes multi-hop questions"
+    assert set(splits["split"]) == {"train", "val", "test"}
+    assert splits.filter(pl.col("split") == "train").height == mined.height
+    for pos, negs in zip(mined["positive_chunk_ids"], mined["negative_chunk_ids"], strict=True):
+        assert not set(pos) & set(negs)
+    assert rows.height >= mined.height  # unrolled: one row per positive
+    # Data assets are files a person can open.
+    assert (home / "assets" / "qa_splits.parquet").exists()
+
+
+def test_evaluation_and_model_card_record_lineage(pipeline):
+    result, _, _, _ = pipeline
+    evaluation = result.output_for_node("retrieval_eval")
+    model = result.output_for_node("finetuned_model")
+    assert evaluation["test_queries"] > 0
+    for side in ("base", "fine_tuned"):
+        for metric in ("NDCG@1", "NDCG@5", "NDCG@10", "Recall@10", "Recall@100", "MAP@10", "MRR@10"):
+            assert 0.0 <= evaluation[side][metric] <= 1.0
+    assert evaluation["fine_tuned"]["NDCG@10"] >= evaluation["base"]["NDCG@10"]
+    card = json.loads((Path(model["path"]) / "embed_assets_training.json").read_text())
+    assert card["training_examples_version"] == model["training_examples_version"]
+    assert card["training_config"]["scale"] == 50.0
+    assert "embed_assets training record" in (Path(model["path"]) / "README.md").read_text()
+    beir = Path(evaluation["beir_dir"])
+    assert (beir / "qrels" / "test.tsv").exists() and (beir / "corpus.jsonl").exists()
+
+
+def test_onnx_export_serves_the_finetuned_model(pipeline):
+    result, _, _, _ = pipeline
+    onnx = result.output_for_node("onnx_model")
+    folder = Path(onnx["path"])
+    assert (folder / "model.onnx").exists()
+    assert (folder / "tokenizer.json").exists() or (folder / "vocab.txt").exists()
+
+
+def test_regressed_model_is_never_exported(pipeline):
+    """A destructive learning rate wrecks the model; the blocking gate must stop the export."""
+    _, _, instance, resources = pipeline
+    config = tiny_run_config(learning_rate=0.5, merge_weights=[0.0], warmup_ratio=0.0)
+    result = dg.materialize(
+        all_assets,
+        selection=["finetuned_model", "retrieval_eval", "onnx_model"],
+        run_config={"ops": {k: v for k, v in config["ops"].items() if k in {"finetuned_model"}}},
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["no_regression_vs_base"] is False
+    assert "onnx_model" not in materialized(result)
+
+
+def test_rerun_gives_identical_data_assets(tmp_path):
+    """Same inputs and seeds: every data asset up to the mined negatives is identical."""
+    selection = ["source_documents", "document_chunks", "base_chunk_index", "synthetic_qa", "qa_quality_scores", "qa_splits", "mined_negatives"]
+    frames = []
+    for name in ("a", "b"):
+        result = dg.materialize(
+            all_assets,
+            selection=selection,
+            run_config={"ops": {k: v for k, v in tiny_run_config()["ops"].items() if k in selection}},
+            resources=build_resources(str(tmp_path / name)),
+            instance=dg.DagsterInstance.ephemeral(),
+        )
+        frames.append({k: result.output_for_node(k) for k in ("synthetic_qa", "qa_quality_scores", "qa_splits", "mined_negatives")})
+    for key in frames[0]:
+        assert frames[0][key].equals(frames[1][key]), key
+
+
+def test_definitions_load_with_all_assets_checks_and_sensor():
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == ASSETS
+    assert defs.resolve_sensor_def("corpus_change_sensor") is not None
+    assert defs.resolve_job_def("embed_assets_pipeline") is not None
+    checks = {k.name for k in graph.asset_check_keys}
+    assert {"no_document_leakage", "enough_examples_for_batch", "no_regression_vs_base", "onnx_parity"} <= checks

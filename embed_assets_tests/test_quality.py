@@ -1,0 +1,220 @@
+"""Quality signals: near-duplicates, answer support, and round-trip scoring on a real LanceDB index."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from embed_assets.generation.base import qa_frame
+from embed_assets.models import encode
+from embed_assets.quality.filters import (
+    QualityConfig,
+    answer_support,
+    near_duplicates,
+    score_pairs,
+)
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+# --- near_duplicates ---------------------------------------------------------------------------
+
+
+def _vectors() -> np.ndarray:
+    a = _unit([1.0, 0.0, 0.0])
+    a_close = _unit([1.0, 0.2, 0.0])  # cos(a, a_close) = 1/sqrt(1.04) ≈ 0.981
+    a_far = _unit([1.0, 1.0, 0.0])  # cos(a, a_far) ≈ 0.707
+    b = _unit([0.0, 0.0, 1.0])  # orthogonal to everything above
+    return np.stack([a, a_close, a_far, b])
+
+
+def test_near_duplicates_marks_high_cosine_in_order():
+    vecs = _vectors()
+    dup = near_duplicates(vecs, np.arange(4), threshold=0.9)
+    assert dup.tolist() == [False, True, False, False]
+
+
+def test_near_duplicates_respects_priority_order():
+    vecs = _vectors()
+    # a_close first: it is kept and the original a becomes the duplicate.
+    dup = near_duplicates(vecs, np.array([1, 0, 2, 3]), threshold=0.9)
+    assert dup.tolist() == [True, False, False, False]
+
+
+def test_near_duplicates_compares_only_with_kept_rows():
+    # x, y at cos 0.95, y, z at cos 0.95, x, z at cos ~0.81: y is a dup of x, and z is compared
+    # only with the kept x, so it survives.
+    t = np.deg2rad(18.19)
+    x = _unit([1.0, 0.0])
+    y = _unit([np.cos(t), np.sin(t)])
+    z = _unit([np.cos(2 * t), np.sin(2 * t)])
+    vecs = np.stack([x, y, z])
+    assert float(x @ y) >= 0.9 and float(y @ z) >= 0.9 and float(x @ z) < 0.9
+    assert near_duplicates(vecs, np.arange(3), threshold=0.9).tolist() == [False, True, False]
+
+
+def test_near_duplicates_threshold_is_inclusive_and_blockwise():
+    vecs = _vectors()
+    cos = float(vecs[0] @ vecs[2])
+    assert near_duplicates(vecs, np.arange(4), threshold=cos - 1e-6).tolist()[2] is True
+    assert near_duplicates(vecs, np.arange(4), threshold=cos + 1e-6).tolist()[2] is False
+    # block=1 gives the same answer as one big block.
+    order = np.array([3, 2, 1, 0])
+    assert near_duplicates(vecs, order, 0.9, block=1).tolist() == near_duplicates(vecs, order, 0.9).tolist()
+
+
+# --- answer_support ----------------------------------------------------------------------------
+
+
+def test_answer_support_hand_values():
+    ctx = ["work_mem sets the memory for a sort", "hash tables use hash_mem_multiplier"]
+    # words ≥3 chars: {work_mem, memory, hash_mem_multiplier}: all in the context -> 1.0
+    assert answer_support("work_mem memory hash_mem_multiplier", ctx) == pytest.approx(1.0)
+    # {work_mem, controls, disk}: only work_mem present -> 1/3
+    assert answer_support("work_mem controls disk", ctx) == pytest.approx(1 / 3)
+    # {zebra, banana}: none -> 0
+    assert answer_support("Zebra banana", ctx) == 0.0
+    # case-insensitive: {WORK_MEM, SORT} -> lowered, both present
+    assert answer_support("WORK_MEM SORT", ctx) == pytest.approx(1.0)
+    # no word of 3+ characters: no signal
+    assert answer_support("a b 1", ctx) is None
+    assert answer_support("", ctx) is None
+
+
+# --- score_pairs on a real index ---------------------------------------------------------------
+
+
+def _verbatim_sentence(mini_chunks: pl.DataFrame) -> tuple[str, list[str]]:
+    sentence = (
+        "The memory limit for a hash table is computed by multiplying `work_mem` by `hash_mem_multiplier`."
+    )
+    holders = [c for c, t in zip(mini_chunks["chunk_id"], mini_chunks["text"], strict=True) if sentence in t]
+    assert holders, "fixture sentence not found in the mini corpus chunks"
+    return sentence, holders
+
+
+def test_score_pairs_keeps_verbatim_and_drops_nonsense(mini_chunks, mini_index, base_model):
+    sentence, holders = _verbatim_sentence(mini_chunks)
+    other = mini_chunks.filter(~pl.col("chunk_id").is_in(holders))["chunk_id"][0]
+    qa = qa_frame(
+        [
+            {
+                "question": sentence,
+                "answer": "multiplying work_mem by hash_mem_multiplier",
+                "query_type": "factual",
+                "complexity": 1,
+                "hops": 1,
+                "positive_chunk_ids": holders,
+                "doc_ids": ["x"],
+                "generator": "test",
+            },
+            {
+                "question": "zebra banana quantum",
+                "query_type": "keyword",
+                "complexity": 1,
+                "hops": 1,
+                "positive_chunk_ids": [other],
+                "doc_ids": ["x"],
+                "generator": "test",
+            },
+        ]
+    )
+    cfg = QualityConfig(roundtrip_top_k=3)
+    scored = score_pairs(qa, mini_chunks, base_model, mini_index, cfg)
+    rows = scored.to_dicts()
+
+    verbatim = rows[0]
+    assert verbatim["roundtrip_rank"] == 1
+    assert verbatim["score"] == pytest.approx(1.0)
+    assert verbatim["answer_support"] == pytest.approx(1.0)
+    assert verbatim["kept"] is True and verbatim["drop_reason"] is None
+
+    nonsense = rows[1]
+    assert nonsense["roundtrip_rank"] is None
+    assert nonsense["score"] == 0.0
+    assert nonsense["kept"] is False and nonsense["drop_reason"] == "roundtrip_miss"
+
+    for col in ("roundtrip_rank", "answer_support", "duplicate", "score", "kept", "drop_reason"):
+        assert col in scored.columns
+
+
+def test_score_pairs_drops_near_duplicate_and_unsupported(mini_chunks, mini_index, base_model):
+    sentence, holders = _verbatim_sentence(mini_chunks)
+    base = {"query_type": "factual", "complexity": 1, "hops": 1, "doc_ids": ["x"], "generator": "t"}
+    qa = qa_frame(
+        [
+            {**base, "question": sentence, "positive_chunk_ids": holders},
+            # Same question with one word changed: cosine ≈ 1 with the first -> near duplicate.
+            {**base, "question": sentence.replace("computed", "calculated"), "positive_chunk_ids": holders},
+            # Right chunk, but an answer the chunk does not contain.
+            {
+                **base,
+                "question": "hash_mem_multiplier work_mem hash table memory limit",
+                "answer": "zebras eat bananas quantumly",
+                "positive_chunk_ids": holders,
+            },
+        ]
+    )
+    scored = score_pairs(qa, mini_chunks, base_model, mini_index, QualityConfig())
+    reasons = scored["drop_reason"].to_list()
+    assert reasons[0] is None
+    assert scored["duplicate"].to_list()[:2] == [False, True]
+    assert reasons[1] == "near_duplicate"
+    assert scored["answer_support"][2] == 0.0
+    assert reasons[2] == "answer_unsupported"
+    assert scored["kept"].to_list() == [True, False, False]
+
+
+def test_score_pairs_rank_min_score_and_judge(mini_chunks, mini_index, mini_vectors, base_model):
+    sentence, holders = _verbatim_sentence(mini_chunks)
+    question = "how much memory can a sort use before temporary files"
+    # The base model's own ranking, by brute force over the chunk embeddings.
+    qv = encode(base_model, [question])[0]
+    second = mini_chunks["chunk_id"][int(np.argsort(-(mini_vectors @ qv))[1])]
+    base = {"query_type": "factual", "complexity": 1, "hops": 1, "doc_ids": ["x"], "generator": "t"}
+    qa = qa_frame(
+        [
+            {**base, "question": sentence, "positive_chunk_ids": holders},
+            {**base, "question": question, "positive_chunk_ids": [second]},
+        ]
+    )
+    scored = score_pairs(qa, mini_chunks, base_model, mini_index, QualityConfig(min_score=0.6))
+    # Positive ranked second: reciprocal rank 1/2 = 0.5 < 0.6 -> below_min_score.
+    assert scored["roundtrip_rank"].to_list() == [1, 2]
+    assert scored["score"].to_list() == pytest.approx([1.0, 0.5])
+    assert scored["drop_reason"].to_list() == [None, "below_min_score"]
+
+    judged = qa.with_columns(pl.Series("judge_overall", [4.0, None]))
+    scored = score_pairs(judged, mini_chunks, base_model, mini_index, QualityConfig(min_score=0.0))
+    # Judge present: score = (1/rank + judge/10) / 2 = (1 + 0.4) / 2 = 0.7; judge 4 < 7 -> dropped.
+    assert scored["score"][0] == pytest.approx(0.7)
+    assert scored["drop_reason"][0] == "judge_below_threshold"
+    # No judge for the second row: the score is the reciprocal rank alone.
+    assert scored["score"][1] == pytest.approx(0.5)
+    assert scored["drop_reason"][1] is None
+
+
+def test_score_pairs_empty_frame(mini_chunks, mini_index, base_model):
+    empty = qa_frame([])
+    scored = score_pairs(empty, mini_chunks, base_model, mini_index, QualityConfig())
+    assert scored.height == 0
+    assert {"roundtrip_rank", "kept", "drop_reason", "score"} <= set(scored.columns)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"dedup_cosine": 1.5}, "dedup_cosine"),
+        ({"min_score": -0.1}, "min_score"),
+        ({"min_answer_support": 2.0}, "min_answer_support"),
+        ({"roundtrip_top_k": 0}, "roundtrip_top_k"),
+        ({"min_judge_overall": 11.0}, "min_judge_overall"),
+    ],
+)
+def test_bad_quality_config_raises_naming_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        QualityConfig(**kwargs)

@@ -1,0 +1,41 @@
+"""The corpus-change sensor requests a run only when the corpus changes, and keeps a cursor."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import dagster as dg
+
+from embed_assets.defs.sensors import corpus_change_sensor, corpus_fingerprint
+
+
+def test_sensor_fires_on_change_and_keeps_cursor(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("# A\n\n`work_mem` sets memory.")
+    monkeypatch.setenv("EMBED_ASSETS_CORPUS_DIR", str(corpus))
+
+    first = corpus_change_sensor(dg.build_sensor_context(cursor=None))
+    assert isinstance(first, dg.RunRequest)
+    assert first.run_config["ops"]["source_documents"]["config"]["corpus_dir"] == str(corpus)
+    cursor = corpus_fingerprint(corpus)
+
+    unchanged = corpus_change_sensor(dg.build_sensor_context(cursor=cursor))
+    assert isinstance(unchanged, dg.SkipReason)
+
+    (corpus / "b.md").write_text("# B\n\n`shared_buffers` sets memory.")
+    changed = corpus_change_sensor(dg.build_sensor_context(cursor=cursor))
+    assert isinstance(changed, dg.RunRequest)
+    assert changed.run_key != first.run_key
+
+
+def test_sensor_skips_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBED_ASSETS_CORPUS_DIR", str(tmp_path / "missing"))
+    assert isinstance(corpus_change_sensor(dg.build_sensor_context()), dg.SkipReason)
+
+
+def test_fingerprint_ignores_unsupported_files(tmp_path):
+    (tmp_path / "a.md").write_text("x")
+    before = corpus_fingerprint(tmp_path)
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    assert corpus_fingerprint(tmp_path) == before
