@@ -94,10 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     wall = time.perf_counter() - start
     print(f"\nDagster run {result.run_id}: {'success' if result.success else 'FAILED'} in {wall:.0f} s")
+    stages = {}
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
-        seconds = mat.metadata.get("wall_seconds")
-        print(f"  {mat.asset_key.to_user_string():<20} {seconds.value if seconds else '':>8} s")
+        stages[mat.asset_key.to_user_string()] = {
+            k: mat.metadata[k].value for k in ("wall_seconds", "peak_rss_mb") if k in mat.metadata
+        }
+        s = stages[mat.asset_key.to_user_string()]
+        print(
+            f"  {mat.asset_key.to_user_string():<20} {s.get('wall_seconds', ''):>8} s  peak RSS {s.get('peak_rss_mb', '')} MB"
+        )
     for event in result.get_asset_check_evaluations():
         print(f"  check {event.asset_check_key.name:<28} {'passed' if event.passed else 'FAILED'}")
     try:
@@ -109,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         print(evaluation["markdown"])
         summary = Path(args.home) / "last_run.json"
         summary.write_text(
-            json.dumps({"run_id": result.run_id, "wall_seconds": round(wall, 1), **evaluation}, indent=2)
+            json.dumps(
+                {"run_id": result.run_id, "wall_seconds": round(wall, 1), "stages": stages, **evaluation},
+                indent=2,
+            )
         )
     else:
         for event in result.all_events:

@@ -312,8 +312,8 @@ def _task(text: str, body: dict[str, Any]) -> str:
     for marker, task in (
         ('"context_support"', "judge"),
         ('"hop_contexts"', "multi_hop"),
+        ('"pairs"', "qa"),  # before artifacts: the QA prompt quotes the chunk's artifacts
         ('"key_concepts"', "artifacts"),
-        ('"pairs"', "qa"),
     ):
         if marker in text:
             return task

@@ -101,7 +101,9 @@ def test_bench_nfcorpus_smoke(tmp_path):
             assert 0.0 <= metrics[m] <= 1.0, (name, m, metrics[m])
     assert out["llm_calls"] == 0
     assert out["peak_rss_mb"] > 0
-    assert {"index (base embeddings)", "train ours", "train peer", "eval ours", "total"} <= set(out["timings_s"])
+    assert {"index (base embeddings)", "train ours", "train peer", "eval ours", "total"} <= set(
+        out["timings_s"]
+    )
 
     md = out_dir / "nftiny-test.md"
     js = out_dir / "nftiny-test.json"

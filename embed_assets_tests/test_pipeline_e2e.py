@@ -42,7 +42,13 @@ def tiny_run_config(**finetune) -> dict:
             "mined_negatives": {"config": {"num_negatives": 3}},
             "training_examples": {"config": {"batch_size": 8, "min_batches": 1}},
             "finetuned_model": {
-                "config": {"batch_size": 8, "max_steps": 3, "val_distractors": 20, "merge_weights": [0.0, 0.5], **finetune}
+                "config": {
+                    "batch_size": 8,
+                    "max_steps": 3,
+                    "val_distractors": 20,
+                    "merge_weights": [0.0, 0.5],
+                    **finetune,
+                }
             },
         }
     }
@@ -151,7 +157,15 @@ def test_regressed_model_is_never_exported(pipeline):
 
 def test_rerun_gives_identical_data_assets(tmp_path):
     """Same inputs and seeds: every data asset up to the mined negatives is identical."""
-    selection = ["source_documents", "document_chunks", "base_chunk_index", "synthetic_qa", "qa_quality_scores", "qa_splits", "mined_negatives"]
+    selection = [
+        "source_documents",
+        "document_chunks",
+        "base_chunk_index",
+        "synthetic_qa",
+        "qa_quality_scores",
+        "qa_splits",
+        "mined_negatives",
+    ]
     frames = []
     for name in ("a", "b"):
         result = dg.materialize(
@@ -161,7 +175,12 @@ def test_rerun_gives_identical_data_assets(tmp_path):
             resources=build_resources(str(tmp_path / name)),
             instance=dg.DagsterInstance.ephemeral(),
         )
-        frames.append({k: result.output_for_node(k) for k in ("synthetic_qa", "qa_quality_scores", "qa_splits", "mined_negatives")})
+        frames.append(
+            {
+                k: result.output_for_node(k)
+                for k in ("synthetic_qa", "qa_quality_scores", "qa_splits", "mined_negatives")
+            }
+        )
     for key in frames[0]:
         assert frames[0][key].equals(frames[1][key]), key
 
@@ -172,4 +191,9 @@ def test_definitions_load_with_all_assets_checks_and_sensor():
     assert defs.resolve_sensor_def("corpus_change_sensor") is not None
     assert defs.resolve_job_def("embed_assets_pipeline") is not None
     checks = {k.name for k in graph.asset_check_keys}
-    assert {"no_document_leakage", "enough_examples_for_batch", "no_regression_vs_base", "onnx_parity"} <= checks
+    assert {
+        "no_document_leakage",
+        "enough_examples_for_batch",
+        "no_regression_vs_base",
+        "onnx_parity",
+    } <= checks

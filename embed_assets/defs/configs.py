@@ -120,7 +120,7 @@ class FinetunedModelConfig(dg.Config):
     matryoshka_dims: list[int] = Field(default_factory=list)
     lora_rank: int = Field(default=0, ge=0)
     merge_weights: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.5])
-    val_distractors: int = Field(default=500, ge=0, description="Extra chunks in the validation corpus.")
+    val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
     seed: int = DEFAULT_SEED
 
     def to_core(self) -> TrainingConfig:

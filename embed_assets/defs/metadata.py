@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import resource
+import time
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -49,3 +52,12 @@ def counts_table(counts: dict, key: str = "reason") -> dg.MetadataValue:
     return dg.MetadataValue.md(
         f"| {key} | count |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in sorted(counts.items()))
     )
+
+
+def stage_metrics(start: float) -> dict[str, float]:
+    """Wall time since ``start`` (a ``time.perf_counter()`` value) and the process's peak RSS so far."""
+    return {
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        # ru_maxrss is in KiB on Linux.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }

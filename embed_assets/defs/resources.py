@@ -68,31 +68,51 @@ class QuestionGeneratorResource(dg.ConfigurableResource):
     judge: bool = True
     cache_path: str | None = None
 
+    json_schema: bool = True
+    max_parse_attempts: int = Field(default=3, ge=1, le=10)
+
+    def llm_settings(self, default_cache: Path):
+        """LLM client settings; the API key is read from the environment here, never stored in config."""
+        from embed_assets.generation.llm_generator import LLMSettings
+
+        return LLMSettings(
+            model=self.model,
+            api_base=self.api_base,
+            api_key=os.environ.get(self.api_key_env) if self.api_key_env else None,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            concurrency=self.concurrency,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            max_parse_attempts=self.max_parse_attempts,
+            json_schema=self.json_schema,
+            cache_path=self.cache_path or str(default_cache),
+        )
+
     def build(self, default_cache: Path) -> QuestionGenerator:
         if self.backend == "template":
             from embed_assets.generation.template import TemplateQuestionGenerator
 
             return TemplateQuestionGenerator()
-        cache = self.cache_path or str(default_cache)
         if self.backend == "embedded":
             from embed_assets.generation.embedded_llm import EmbeddedLLMQuestionGenerator
 
-            return EmbeddedLLMQuestionGenerator(cache_path=cache, temperature=self.temperature)
-        from embed_assets.generation.llm_generator import LLMSettings, build_llm_generator
-
-        api_key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        return build_llm_generator(
-            LLMSettings(
-                model=self.model,
-                api_base=self.api_base,
-                api_key=api_key,
-                temperature=self.temperature,
-                max_tokens=self.max_tokens,
-                timeout_s=self.timeout_s,
-                max_retries=self.max_retries,
-                concurrency=self.concurrency,
-                requests_per_minute=self.requests_per_minute,
-                tokens_per_minute=self.tokens_per_minute,
-                cache_path=cache,
+            return EmbeddedLLMQuestionGenerator(
+                cache_path=self.cache_path or str(default_cache), temperature=self.temperature
             )
-        )
+        from embed_assets.generation.llm_generator import build_llm_generator
+
+        return build_llm_generator(self.llm_settings(default_cache))
+
+    def build_judge(self, default_cache: Path):
+        """The LLM judge, or None when there is no LLM endpoint to judge with.
+
+        The embedded 270M base model is too small to grade answers, so it gets no judge.
+        """
+        if self.backend != "litellm" or not self.judge:
+            return None
+        from embed_assets.quality.judge import LLMJudge
+
+        return LLMJudge(self.llm_settings(default_cache))

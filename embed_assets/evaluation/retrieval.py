@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sentence_transformers.util import semantic_search
 
-from embed_assets.evaluation.metrics import Qrels, Run, ir_metrics
+from embed_assets.evaluation.metrics import Qrels, Run
 from embed_assets.models import encode
 
 
@@ -81,9 +81,3 @@ def retrieve(
         qid: {doc_ids[h["corpus_id"]]: float(h["score"]) for h in hs}
         for qid, hs in zip(qids, hits, strict=True)
     }
-
-
-def evaluate_model(model, beir_dir: str | Path, split: str = "test", top_k: int = 100) -> dict[str, float]:
-    """Retrieve with ``model`` over a BEIR folder and score the run."""
-    corpus, queries, qrels = load_beir(beir_dir, split)
-    return ir_metrics(qrels, retrieve(model, corpus, queries, top_k=top_k))

@@ -150,6 +150,7 @@ class FewShotCopyDetector:
 
 class _Backend:
     name: str
+    generated_tokens: int = 0  # running total, for the tokens/s log line
 
     def complete(
         self, prompts: list[str], seeds: list[int], temperature: float, max_new_tokens: int
@@ -175,6 +176,7 @@ class _LlamaCppBackend(_Backend):
                 prompt, max_tokens=max_new_tokens, temperature=temperature, seed=seed, stop=["\n", "Passage:"]
             )
             out.append(r["choices"][0]["text"])
+            self.generated_tokens += int(r.get("usage", {}).get("completion_tokens", 0))
         return out
 
 
@@ -215,7 +217,9 @@ class _TransformersBackend(_Backend):
                     tokenizer=self.tok,
                 )
             width = enc["input_ids"].shape[1]
-            out.extend(self.tok.decode(g[width:], skip_special_tokens=True) for g in gen)
+            new = gen[:, width:]
+            self.generated_tokens += int((new != self.tok.pad_token_id).sum())
+            out.extend(self.tok.decode(g, skip_special_tokens=True) for g in new)
         return out
 
 
@@ -365,12 +369,13 @@ class EmbeddedLLMQuestionGenerator:
             else:
                 outputs[item[4]] = cached
         stats["cache_hits"] = len(plan) - len(misses)
+        stats["llm_calls"] = 0
         # Same example order back to back: llama.cpp then re-evaluates only the passage.
         misses.sort(key=lambda m: m[3])
         if misses:
             model = self._model()
             progress = Progress(len(misses), "embedded sdg samples")
-            t0, new_tokens = time.perf_counter(), 0
+            t0, tokens0 = time.perf_counter(), model.generated_tokens
             step = 8  # commit to the cache every few samples: a killed run keeps what it made
             for start in range(0, len(misses), step):
                 batch = misses[start : start + step]
@@ -379,7 +384,6 @@ class EmbeddedLLMQuestionGenerator:
                 )
                 for (row, _, _, _, key), out in zip(batch, texts, strict=True):
                     outputs[key] = out
-                    new_tokens += max(1, len(out) // 4)
                     if self.cache is not None:
                         self.cache.put(
                             key,
@@ -391,11 +395,15 @@ class EmbeddedLLMQuestionGenerator:
                 stats["llm_calls"] += len(batch)
                 progress.advance(len(batch))
             seconds = time.perf_counter() - t0
+            new_tokens = model.generated_tokens - tokens0
             stats["generation_ms"] = int(seconds * 1000)
+            stats["generated_tokens"] = new_tokens
+            # Wall time includes prompt evaluation (the passage), so this is end-to-end tok/s.
             logger.info(
-                "embedded %s: %d samples in %.1fs (%.2f samples/s, ~%.1f tok/s)",
+                "embedded %s: %d samples, %d new tokens in %.1fs (%.2f samples/s, %.1f tok/s end to end)",
                 model.name,
                 len(misses),
+                new_tokens,
                 seconds,
                 len(misses) / max(seconds, 1e-9),
                 new_tokens / max(seconds, 1e-9),

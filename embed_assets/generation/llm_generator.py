@@ -167,6 +167,8 @@ class LLMQuestionGenerator:
         single, multi = run_sync(self._run(client, rows, bundles, questions_per_chunk))
         records = [r for per_chunk in single for r in per_chunk] + [r for r in multi if r is not None]
         qa = qa_frame(records)
+        for always in ("llm_calls", "cache_hits"):
+            stats.setdefault(always, 0)
         stats["generated_single"] = int((qa["hops"] == 1).sum())
         stats["generated_multi_hop"] = int((qa["hops"] > 1).sum())
         stats["chunks"] = len(rows)
@@ -196,7 +198,10 @@ class LLMQuestionGenerator:
 
         single = [guarded(self._chunk(client, row, n_questions), []) for row in rows]
         multi = [guarded(self._bundle(client, [rows[i] for i in b]), None) for b in bundles]
-        results = await asyncio.gather(*single, *multi)
+        try:
+            results = await asyncio.gather(*single, *multi)
+        finally:
+            await client.aclose()
         return results[: len(rows)], results[len(rows) :]
 
     async def _artifacts(self, client: LLMClient, row: dict) -> Artifacts | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -110,7 +111,7 @@ class QAPairs(_Model):
     An empty ``pairs`` list is valid here; the generator counts it as ``empty``.
     """
 
-    pairs: list[QAPair] = Field(default_factory=list)
+    pairs: list[QAPair]  # required: a reply without it is malformed (and retried), not empty
     invalid_pairs: SkipJsonSchema[int] = Field(default=0, exclude=True)
 
     @model_validator(mode="before")
@@ -177,16 +178,24 @@ class ReplyError(ValueError):
         self.detail = detail
 
 
+@cache
+def _response_format_json(model: type[BaseModel]) -> str:
+    return json.dumps(
+        {
+            "type": "json_schema",
+            "json_schema": {"name": model.__name__, "schema": model.model_json_schema(), "strict": False},
+        }
+    )
+
+
 def response_format(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAI ``response_format`` asking for JSON that follows ``model``'s JSON schema.
 
     ``strict`` stays off: strict mode rejects schemas with defaults and optional keys,
-    and the reply is validated with pydantic anyway.
+    and the reply is validated with pydantic anyway. The schema is generated once per
+    model (it costs about a millisecond); each call gets its own copy to mutate freely.
     """
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": model.__name__, "schema": model.model_json_schema(), "strict": False},
-    }
+    return json.loads(_response_format_json(model))
 
 
 def _extract_json(content: str) -> str:

@@ -11,9 +11,12 @@ It uses the same :class:`~embed_assets.generation.llm_client.LLMClient` as gener
 re-judging an unchanged pair costs nothing. A pair the judge could not score keeps null
 scores (it is then judged by the other signals only) and the reason is counted.
 
-Why no ragas faithfulness here: see ``judge_v1``'s ``context_support``, which asks the same
-question as ragas' faithfulness (are the answer's claims supported by the context) in one
-call instead of ragas' two (claim extraction, then verification per claim).
+Why no ragas faithfulness here: ``judge_v1``'s ``context_support`` asks the question ragas'
+faithfulness asks (are the answer's claims supported by the context) in the same call as
+the other scores. ragas 0.4 could drive the same endpoint through its LiteLLM adapter, but
+its requests would bypass this client's cache, rate limits, retries and key scrubbing, and
+it needs at least two calls per pair (claim extraction, then verification); it is not
+installed and its offline behaviour with a litellm model is unverified.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class LLMJudge:
         texts = dict(zip(chunks["chunk_id"].to_list(), chunks["text"].to_list(), strict=True))
         rows = qa.select("question", "answer", "positive_chunk_ids").to_dicts()
         scores = run_sync(self._run(client, rows, texts))
+        for always in ("llm_calls", "cache_hits"):
+            stats.setdefault(always, 0)
         stats["judged"] = sum(s is not None for s in scores)
         self.last_stats = {k: int(v) for k, v in sorted(stats.items())}
         columns = {
@@ -122,7 +127,10 @@ class LLMJudge:
             finally:
                 progress.advance()
 
-        return list(await asyncio.gather(*(one(r) for r in rows)))
+        try:
+            return list(await asyncio.gather(*(one(r) for r in rows)))
+        finally:
+            await client.aclose()
 
     async def _score(self, client: LLMClient, row: dict, texts: dict[str, str]) -> JudgeScores:
         ids = list(row["positive_chunk_ids"] or [])

@@ -7,9 +7,11 @@ import polars as pl
 
 from embed_assets.defs.assets.splitting import beir_dir
 from embed_assets.defs.configs import RetrievalEvalConfig
+from embed_assets.defs.metadata import stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
-from embed_assets.evaluation.metrics import comparison_table, markdown_table
-from embed_assets.evaluation.retrieval import evaluate_model, load_beir
+from embed_assets.evaluation.metrics import comparison_table, ir_metrics, markdown_table
+from embed_assets.evaluation.retrieval import load_beir, retrieve
+from embed_assets.mining.index import ChunkIndex, read_vectors
 from embed_assets.models import load_model
 
 
@@ -25,14 +27,24 @@ def retrieval_eval(
     config: RetrievalEvalConfig,
     finetuned_model: dict,
     qa_splits: pl.DataFrame,
+    base_chunk_index: dict,
     base_model: BaseModelResource,
     store: ArtifactStoreResource,
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
     start = time.perf_counter()
     folder = beir_dir(store, qa_splits)
-    _, queries, _ = load_beir(folder, "test")
-    base = evaluate_model(base_model.load(), folder, "test", top_k=config.top_k)
-    tuned = evaluate_model(load_model(finetuned_model["path"]), folder, "test", top_k=config.top_k)
+    corpus, queries, qrels = load_beir(folder, "test")
+    # The base model's corpus embeddings are already in the LanceDB index: reuse them
+    # (same model, same chunk texts) instead of encoding the corpus a second time.
+    base_vectors = None
+    if base_chunk_index.get("model") == base_model.path():
+        base_vectors = read_vectors(
+            ChunkIndex(base_chunk_index["uri"], base_chunk_index["table"]), list(corpus)
+        )
+    base_run = retrieve(base_model.load(), corpus, queries, top_k=config.top_k, corpus_vectors=base_vectors)
+    base = ir_metrics(qrels, base_run)
+    tuned_run = retrieve(load_model(finetuned_model["path"]), corpus, queries, top_k=config.top_k)
+    tuned = ir_metrics(qrels, tuned_run)
     table = comparison_table(base, tuned)
     md = markdown_table(table)
     delta = (tuned["NDCG@10"] - base["NDCG@10"]) * 100
@@ -60,7 +72,7 @@ def retrieval_eval(
             "beir_dir": dg.MetadataValue.path(str(folder.resolve())),
             "finetuned_model_path": dg.MetadataValue.path(finetuned_model["path"]),
             "training_examples_version": finetuned_model.get("training_examples_version", ""),
-            "wall_seconds": round(time.perf_counter() - start, 2),
+            **stage_metrics(start),
         },
         check_results=[
             dg.AssetCheckResult(

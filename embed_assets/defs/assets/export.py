@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import OnnxModelConfig
+from embed_assets.defs.metadata import stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource
 from embed_assets.export.onnx_export import check_parity, export_onnx
 
@@ -41,7 +42,7 @@ def onnx_model(
             "parity_min_cosine": round(parity.min_cosine, 6),
             "int8": config.quantize_int8,
             "serve_with": f"python -m embed_assets.serving --model-dir {out_dir.resolve()}",
-            "wall_seconds": round(time.perf_counter() - start, 2),
+            **stage_metrics(start),
             "export": dg.MetadataValue.json({k: str(v) for k, v in vars(export).items()}),
         },
         check_results=[

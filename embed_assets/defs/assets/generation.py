@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import SyntheticQAConfig
-from embed_assets.defs.metadata import counts_table, frame_version, preview
+from embed_assets.defs.metadata import counts_table, frame_version, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, QuestionGeneratorResource
 
 
@@ -55,6 +55,6 @@ def synthetic_qa(
             "cache_hits": int(result.stats.get("cache_hits", 0)),
             "preview": preview(qa.select("question", "query_type", "hops", "positive_chunk_ids")),
             "records_per_second": round(qa.height / max(seconds, 1e-9), 1),
-            "wall_seconds": round(seconds, 2),
+            **stage_metrics(start),
         },
     )

@@ -5,6 +5,7 @@ import time
 import dagster as dg
 import polars as pl
 
+from embed_assets.defs.metadata import stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.mining.index import build_chunk_index
 
@@ -32,6 +33,6 @@ def base_chunk_index(
             "uri": dg.MetadataValue.path(str(uri.resolve())),
             "ann_index": index.has_ann_index(),
             "chunks_per_second": round(document_chunks.height / max(seconds, 1e-9), 1),
-            "wall_seconds": round(seconds, 2),
+            **stage_metrics(start),
         },
     )

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import DocumentChunksConfig, SourceDocumentsConfig
-from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview
+from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview, stage_metrics
 from embed_assets.defs.resources import BaseModelResource
 from embed_assets.ingest.chunking import chunk_documents
 from embed_assets.ingest.documents import read_corpus
@@ -43,7 +43,7 @@ def source_documents(
             "approx_tokens": int(docs["n_chars"].sum() // 4),
             "largest_document_chars": int(docs["n_chars"].max()),
             "preview": preview(docs.select("doc_id", "doc_path", "title", "n_chars")),
-            "wall_seconds": round(time.perf_counter() - start, 2),
+            **stage_metrics(start),
         },
     )
 
@@ -72,6 +72,6 @@ def document_chunks(
             "tokens_per_chunk": histogram(chunks["n_tokens"].to_list(), label="tokens"),
             "most_chunked_documents": preview(per_doc, n=5),
             "preview": preview(chunks.select("chunk_id", "doc_path", "chunk_index", "n_tokens", "text")),
-            "wall_seconds": round(time.perf_counter() - start, 2),
+            **stage_metrics(start),
         },
     )

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from embed_assets.defs.configs import MinedNegativesConfig
-from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview
+from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview, stage_metrics
 from embed_assets.defs.resources import BaseModelResource
 from embed_assets.mining.index import ChunkIndex
 from embed_assets.mining.negatives import mine_hard_negatives
@@ -49,6 +49,6 @@ def mined_negatives(
             "negative_scores": histogram(neg, label="negative score"),
             "preview": preview(mined.select("question", "positive_score", "negative_scores")),
             "queries_per_second": round(train.height / max(seconds, 1e-9), 1),
-            "wall_seconds": round(seconds, 2),
+            **stage_metrics(start),
         },
     )

@@ -6,10 +6,21 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import QAQualityConfig
-from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview
-from embed_assets.defs.resources import BaseModelResource
+from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview, stage_metrics
+from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, QuestionGeneratorResource
 from embed_assets.mining.index import ChunkIndex
 from embed_assets.quality.filters import score_pairs
+
+SAMPLE_COLUMNS = (
+    "question",
+    "answer",
+    "roundtrip_rank",
+    "answer_support",
+    "judge_overall",
+    "score",
+    "kept",
+    "drop_reason",
+)
 
 
 @dg.asset(
@@ -25,10 +36,17 @@ def qa_quality_scores(
     document_chunks: pl.DataFrame,
     base_chunk_index: dict,
     base_model: BaseModelResource,
+    question_generator: QuestionGeneratorResource,
+    store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[pl.DataFrame]:
     start = time.perf_counter()
     index = ChunkIndex(base_chunk_index["uri"], base_chunk_index["table"])
-    scored = score_pairs(synthetic_qa, document_chunks, base_model.load(), index, config.to_core())
+    qa, judge_stats = synthetic_qa, {}
+    judge = question_generator.build_judge(store.path("llm_cache.sqlite"))
+    if judge is not None:
+        qa = judge.judge_pairs(synthetic_qa, document_chunks)
+        judge_stats = dict(judge.last_stats)
+    scored = score_pairs(qa, document_chunks, base_model.load(), index, config.to_core())
     kept = scored.filter(pl.col("kept"))
     drops = dict(scored.filter(~pl.col("kept")).group_by("drop_reason").len().iter_rows())
     samples = scored.sample(min(10, scored.height), seed=0)
@@ -44,9 +62,18 @@ def qa_quality_scores(
                 scored["roundtrip_rank"].to_list(), bins=config.roundtrip_top_k, label="rank"
             ),
             "score_histogram": histogram(scored["score"].to_list(), label="score"),
-            "sample_pairs": preview(
-                samples.select("question", "roundtrip_rank", "score", "kept", "drop_reason")
+            "judge": "on" if judge is not None else "off (no LLM endpoint)",
+            "judge_stats": counts_table(judge_stats, key="counter"),
+            **(
+                {
+                    "judge_overall_histogram": histogram(
+                        scored["judge_overall"].to_list(), label="overall (1-10)"
+                    )
+                }
+                if "judge_overall" in scored.columns
+                else {}
             ),
-            "wall_seconds": round(time.perf_counter() - start, 2),
+            "sample_pairs": preview(samples.select([c for c in SAMPLE_COLUMNS if c in samples.columns])),
+            **stage_metrics(start),
         },
     )

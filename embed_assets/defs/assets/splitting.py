@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import QASplitsConfig
-from embed_assets.defs.metadata import frame_version, preview
+from embed_assets.defs.metadata import frame_version, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource
 from embed_assets.splitting.splits import grouped_split, leaked_documents, write_beir
 
@@ -54,7 +54,7 @@ def qa_splits(
             **{f"{k}_documents": v[1] for k, v in per_split.items()},
             "beir_dir": dg.MetadataValue.path(str(folder.resolve())),
             "preview": preview(split.select("question", "split", "doc_ids")),
-            "wall_seconds": round(time.perf_counter() - start, 2),
+            **stage_metrics(start),
         },
         check_results=[
             dg.AssetCheckResult(

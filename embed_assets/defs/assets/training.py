@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import FinetunedModelConfig, TrainingExamplesConfig
-from embed_assets.defs.metadata import frame_version, preview
+from embed_assets.defs.metadata import frame_version, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.hashing import stable_hash
 from embed_assets.training.examples import unroll_examples
@@ -25,6 +25,7 @@ def training_examples(
     mined_negatives: pl.DataFrame,
     document_chunks: pl.DataFrame,
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
+    start = time.perf_counter()
     text = dict(zip(document_chunks["chunk_id"], document_chunks["text"], strict=True))
     rows = unroll_examples(mined_negatives, text, config.negatives_per_example)
     needed = config.batch_size * config.min_batches
@@ -37,6 +38,7 @@ def training_examples(
             "unrolled_extra_rows": rows.height - rows["qa_id"].n_unique(),
             "dropped_queries_short_of_negatives": mined_negatives.height - rows["qa_id"].n_unique(),
             "preview": preview(rows.drop("qa_id", "positive_id")),
+            **stage_metrics(start),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -128,6 +130,6 @@ def finetuned_model(
             "merge_candidates": dg.MetadataValue.json(result.merge_candidates),
             "training_config": dg.MetadataValue.json(config.model_dump()),
             **lineage,
-            "wall_seconds": round(time.perf_counter() - start, 2),
+            **stage_metrics(start),
         },
     )
