@@ -258,7 +258,9 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
             QualityConfig(roundtrip_top_k=cfg.roundtrip_top_k, dedup_cosine=cfg.dedup_cosine),
         )
         kept = scored.filter(pl.col("kept"))
-        split = grouped_split(kept, SplitConfig(val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.seed))
+        split = grouped_split(
+            kept, SplitConfig(val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.seed)
+        )
         train_pairs = split.filter(pl.col("split") == "train")
         val_pairs = split.filter(pl.col("split") == "val")
     drops = scored.group_by("drop_reason").len().drop_nulls().rows()
@@ -329,7 +331,9 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
         results["base"] = score(base, corpus, queries, qrels, vectors=read_vectors(index, list(corpus)))
     if cfg.run_peer:
         with t.stage("eval peer"):
-            results["peer"] = score(load_for_eval(str(work / "peer"), cfg.eval_seq_len), corpus, queries, qrels)
+            results["peer"] = score(
+                load_for_eval(str(work / "peer"), cfg.eval_seq_len), corpus, queries, qrels
+            )
     with t.stage("eval ours"):
         ours_model = load_for_eval(str(work / "ours"), cfg.eval_seq_len)
         results["ours"] = score(ours_model, corpus, queries, qrels)
@@ -476,7 +480,9 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--eval-steps", type=int, default=None)
     p.add_argument("--eval-seq-len", type=int, default=d.eval_seq_len)
     p.add_argument("--no-peer", action="store_true", help="skip the peer (exploration only)")
-    p.add_argument("--explore-merges", default="", help="dev only: also score ours re-merged at these weights")
+    p.add_argument(
+        "--explore-merges", default="", help="dev only: also score ours re-merged at these weights"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     a = p.parse_args(argv)
     return BenchConfig(

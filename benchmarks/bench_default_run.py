@@ -1,0 +1,101 @@
+"""Wall time and peak memory of the default pipeline run (`embed-assets run`), per asset.
+
+Runs the CLI in a subprocess with a fresh artifact folder and Dagster home, samples the
+resident memory of the whole process tree every 0.5 s, and writes a Markdown report to
+``benchmarks/results/default-run.md``.
+
+    python benchmarks/bench_default_run.py [-- extra embed-assets run args]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "default-run.md"))
+    parser.add_argument("extra", nargs="*", help="extra arguments for `embed-assets run`")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        env = {**os.environ, "EMBED_ASSETS_HOME": str(home), "DAGSTER_HOME": str(Path(tmp) / "dagster")}
+        cmd = [sys.executable, "-m", "embed_assets", "run", "--home", str(home), *args.extra]
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        ps = psutil.Process(proc.pid)
+        peak = 0
+        output: list[str] = []
+        import threading
+
+        reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
+        reader.start()
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(ps))
+            time.sleep(0.5)
+        reader.join()
+        wall = time.perf_counter() - start
+        summary_path = home / "last_run.json"
+        if proc.returncode != 0 or not summary_path.exists():
+            print("".join(output[-80:]))
+            print(f"run failed with exit code {proc.returncode}", file=sys.stderr)
+            return 1
+        summary = json.loads(summary_path.read_text())
+
+    lines = [
+        "# Default run: wall time and memory",
+        "",
+        f"Command: `python benchmarks/bench_default_run.py {' '.join(args.extra)}`".rstrip()
+        + " (runs `embed-assets run`)",
+        "",
+        f"Machine: {platform.machine()}, {psutil.cpu_count()} CPU cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM. Total wall time **{wall / 60:.1f} min**, "
+        f"peak RSS of the process tree **{peak / 2**30:.2f} GiB**.",
+        "",
+        "| asset | wall time (s) | process peak RSS so far (MB) |",
+        "| --- | --- | --- |",
+    ]
+    for name, stage in summary["stages"].items():
+        lines.append(f"| `{name}` | {stage.get('wall_seconds', '')} | {stage.get('peak_rss_mb', '')} |")
+    lines += [
+        "",
+        f"Evaluation on {summary['test_queries']} held-out synthetic test queries:",
+        "",
+        summary["markdown"],
+        "",
+    ]
+    report = "\n".join(lines)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
