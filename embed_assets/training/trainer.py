@@ -219,15 +219,17 @@ def train_bi_encoder(
     base_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
 
     if config.lora_rank > 0:
-        from peft import LoraConfig, TaskType
+        from peft import LoraConfig, TaskType, get_peft_model
 
-        model.add_adapter(
+        transformer = model[0]
+        transformer.model = get_peft_model(
+            transformer.model,
             LoraConfig(
                 task_type=TaskType.FEATURE_EXTRACTION,
                 r=config.lora_rank,
                 lora_alpha=2 * config.lora_rank,
                 lora_dropout=0.1,
-            )
+            ),
         )
 
     if config.cached_loss and config.batch_size > config.mini_batch_size:
@@ -291,7 +293,8 @@ def train_bi_encoder(
     seconds = time.perf_counter() - start
     steps = int(out.global_step)
     if config.lora_rank > 0:
-        model.transformers_model.merge_and_unload()  # plain weights: export and merging need no peft
+        # Fold the adapters into plain weights: export, serving and base merging need no peft.
+        model[0].model = model[0].model.merge_and_unload()
 
     result = TrainingResult(
         model_dir=str(output_dir),
