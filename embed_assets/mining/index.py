@@ -9,7 +9,7 @@ needs "the base model's nearest chunks". Small corpora are searched exactly
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +66,24 @@ def build_chunk_index(
         encode_batch_size: the encoder's own batch size.
         ann_threshold: build an IVF-PQ ANN index at or above this many rows.
     """
+    batches = (
+        (part, encode(model, part["text"].to_list(), batch_size=encode_batch_size))
+        for part in (chunks.slice(s, batch_size) for s in range(0, chunks.height, batch_size))
+    )
+    return write_chunk_index(batches, embedding_dim(model), uri, table=table, ann_threshold=ann_threshold)
+
+
+def write_chunk_index(
+    batches: Iterable[tuple[pl.DataFrame, np.ndarray]],
+    dim: int,
+    uri: str | Path,
+    *,
+    table: str = TABLE_NAME,
+    ann_threshold: int = 100_000,
+) -> ChunkIndex:
+    """Write ``(chunk rows, unit-normalised vectors)`` batches to a new LanceDB table,
+    one append per batch, then build the ANN index when the table is large enough."""
     db = lancedb.connect(str(uri))
-    dim = embedding_dim(model)
     schema = pa.schema(
         [
             pa.field("chunk_id", pa.string()),
@@ -77,16 +93,16 @@ def build_chunk_index(
         ]
     )
     tbl = db.create_table(table, schema=schema, mode="overwrite")
-    for start in range(0, chunks.height, batch_size):
-        part = chunks.slice(start, batch_size)
-        vectors = encode(model, part["text"].to_list(), batch_size=encode_batch_size)
+    for part, vectors in batches:
         tbl.add(
             pa.table(
                 {
                     "chunk_id": part["chunk_id"].to_arrow(),
                     "doc_id": part["doc_id"].to_arrow(),
                     "chunk_index": part["chunk_index"].cast(pl.Int32).to_arrow(),
-                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+                    "vector": pa.FixedSizeListArray.from_arrays(
+                        pa.array(vectors.astype(np.float32).ravel()), dim
+                    ),
                 },
                 schema=schema,
             )
