@@ -39,3 +39,19 @@ def test_fingerprint_ignores_unsupported_files(tmp_path):
     before = corpus_fingerprint(tmp_path)
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     assert corpus_fingerprint(tmp_path) == before
+
+
+def test_sensor_watches_a_production_lancedb_table(tmp_path, monkeypatch):
+    import lancedb
+    import pyarrow as pa
+
+    db = lancedb.connect(str(tmp_path / "prod"))
+    tbl = db.create_table("chunks", data=pa.table({"id": ["a"], "text": ["`work_mem` sets memory"]}))
+    monkeypatch.setenv("EMBED_ASSETS_LANCEDB_URI", str(tmp_path / "prod"))
+    first = corpus_change_sensor(dg.build_sensor_context(cursor=None))
+    assert isinstance(first, dg.RunRequest)
+    assert first.run_config["ops"]["source_documents"]["config"]["lancedb_table"] == "chunks"
+    cursor = first.tags["embed_assets/corpus_fingerprint"]
+    assert isinstance(corpus_change_sensor(dg.build_sensor_context(cursor=cursor)), dg.SkipReason)
+    tbl.add(pa.table({"id": ["b"], "text": ["`shared_buffers` sets memory"]}))
+    assert isinstance(corpus_change_sensor(dg.build_sensor_context(cursor=cursor)), dg.RunRequest)

@@ -25,6 +25,13 @@ class SourceDocumentsConfig(dg.Config):
     corpus_dir: str = Field(
         default="data/corpus", description="Folder read recursively for .txt/.md/.html files."
     )
+    lancedb_uri: str | None = Field(
+        default=None, description="Read the chunks of a production LanceDB table instead of a folder."
+    )
+    lancedb_table: str = Field(default="chunks", description="Table name, with lancedb_uri.")
+    text_column: str = Field(default="text", description="Chunk text column, with lancedb_uri.")
+    title_column: str | None = Field(default=None, description="Optional title column, with lancedb_uri.")
+    id_column: str | None = Field(default=None, description="Optional id column, with lancedb_uri.")
 
 
 class DocumentChunksConfig(dg.Config):

@@ -26,23 +26,44 @@ def corpus_fingerprint(corpus_dir: str | Path) -> str | None:
     return stable_hash(entries)
 
 
+def lancedb_fingerprint(uri: str, table: str) -> str | None:
+    """The table's version and row count: LanceDB bumps the version on every write."""
+    import lancedb
+
+    try:
+        tbl = lancedb.connect(uri).open_table(table)
+    except Exception:  # a missing table is a skip, not a sensor failure
+        return None
+    return stable_hash({"version": tbl.version, "rows": tbl.count_rows()})
+
+
 @dg.sensor(
     job=pipeline_job,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Requests a full pipeline run when the files under the corpus folder change "
-    "($EMBED_ASSETS_CORPUS_DIR, default data/corpus). The cursor is the last corpus fingerprint seen.",
+    description="Requests a full pipeline run when the source changes: the production LanceDB chunk table "
+    "($EMBED_ASSETS_LANCEDB_URI / $EMBED_ASSETS_LANCEDB_TABLE) when set, else the files under the corpus folder "
+    "($EMBED_ASSETS_CORPUS_DIR, default data/corpus). The cursor is the last source fingerprint seen.",
 )
 def corpus_change_sensor(context: dg.SensorEvaluationContext):
-    corpus_dir = os.environ.get("EMBED_ASSETS_CORPUS_DIR", "data/corpus")
-    fingerprint = corpus_fingerprint(corpus_dir)
+    lancedb_uri = os.environ.get("EMBED_ASSETS_LANCEDB_URI")
+    if lancedb_uri:
+        table = os.environ.get("EMBED_ASSETS_LANCEDB_TABLE", "chunks")
+        fingerprint = lancedb_fingerprint(lancedb_uri, table)
+        source = f"lancedb table {table} at {lancedb_uri}"
+        source_config = {"lancedb_uri": lancedb_uri, "lancedb_table": table}
+    else:
+        corpus_dir = os.environ.get("EMBED_ASSETS_CORPUS_DIR", "data/corpus")
+        fingerprint = corpus_fingerprint(corpus_dir)
+        source = f"corpus folder {corpus_dir}"
+        source_config = {"corpus_dir": corpus_dir}
     if fingerprint is None:
-        return dg.SkipReason(f"corpus folder {corpus_dir} does not exist")
+        return dg.SkipReason(f"{source} does not exist")
     if fingerprint == context.cursor:
-        return dg.SkipReason("corpus unchanged")
+        return dg.SkipReason(f"{source} unchanged")
     context.update_cursor(fingerprint)
     return dg.RunRequest(
         run_key=f"corpus-{fingerprint}",
-        run_config={"ops": {"source_documents": {"config": {"corpus_dir": corpus_dir}}}},
+        run_config={"ops": {"source_documents": {"config": source_config}}},
         tags={"embed_assets/trigger": "corpus_change", "embed_assets/corpus_fingerprint": fingerprint},
     )

@@ -131,3 +131,69 @@ def read_corpus(corpus_dir: str | Path) -> CorpusReadResult:
         raise CorpusError(f"corpus_dir has no readable .txt/.md/.html document: {root} (skipped: {reasons})")
     result.documents = pl.DataFrame(rows, schema=DOCUMENT_SCHEMA)
     return result
+
+
+def read_lancedb_chunks(
+    uri: str | Path,
+    table: str,
+    *,
+    text_column: str = "text",
+    title_column: str | None = None,
+    id_column: str | None = None,
+) -> CorpusReadResult:
+    """Read the chunks of a production LanceDB table as documents.
+
+    Teams that already run retrieval keep their chunks in a vector store; each row
+    becomes one document (re-chunked downstream only if it is longer than the chunk
+    budget). Rows with an empty or non-string text are skipped and counted; rows whose
+    text repeats an earlier row are skipped as duplicates.
+
+    Args:
+        uri: LanceDB folder (or any URI ``lancedb.connect`` accepts).
+        table: table name.
+        text_column: column holding the chunk text.
+        title_column: optional column used as the document title.
+        id_column: optional column shown as the document path (``lancedb://table/<id>``).
+
+    Raises:
+        CorpusError: the table or a named column is missing, or no row has text.
+    """
+    import lancedb
+
+    try:
+        tbl = lancedb.connect(str(uri)).open_table(table)
+    except Exception as e:  # lancedb raises ValueError/FileNotFoundError/RuntimeError by backend
+        raise CorpusError(f"lancedb table {table!r} not found at {uri}: {e}") from e
+    columns = set(tbl.schema.names)
+    for field_name, col in (
+        ("text_column", text_column),
+        ("title_column", title_column),
+        ("id_column", id_column),
+    ):
+        if col is not None and col not in columns:
+            raise CorpusError(
+                f"{field_name}={col!r} is not a column of lancedb table {table!r} (has: {sorted(columns)})"
+            )
+    wanted = [c for c in (text_column, title_column, id_column) if c]
+    frame = pl.from_arrow(tbl.to_arrow().select(list(dict.fromkeys(wanted))))
+    result = CorpusReadResult(documents=pl.DataFrame(schema=DOCUMENT_SCHEMA))
+    rows, seen = [], set()
+    for i, row in enumerate(frame.iter_rows(named=True)):
+        result.files_seen += 1
+        ref = f"lancedb://{table}/{row[id_column] if id_column else i}"
+        text = row[text_column]
+        if not isinstance(text, str) or not text.strip():
+            result.skip(ref, "empty")
+            continue
+        text = text.strip()
+        doc_id = content_hash(text)
+        if doc_id in seen:
+            result.skip(ref, "duplicate")
+            continue
+        seen.add(doc_id)
+        title = str(row[title_column]) if title_column and row[title_column] else ""
+        rows.append({"doc_id": doc_id, "doc_path": ref, "title": title, "text": text, "n_chars": len(text)})
+    if not rows:
+        raise CorpusError(f"lancedb table {table!r} at {uri} has no row with text in {text_column!r}")
+    result.documents = pl.DataFrame(rows, schema=DOCUMENT_SCHEMA)
+    return result

@@ -9,29 +9,39 @@ from embed_assets.defs.configs import DocumentChunksConfig, SourceDocumentsConfi
 from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview, stage_metrics
 from embed_assets.defs.resources import BaseModelResource
 from embed_assets.ingest.chunking import chunk_documents
-from embed_assets.ingest.documents import read_corpus
+from embed_assets.ingest.documents import read_corpus, read_lancedb_chunks
 
 
 @dg.asset(
     group_name="ingestion",
     kinds={"polars"},
-    description="Every .txt/.md/.html file under the corpus folder, HTML converted to text. "
+    description="Every .txt/.md/.html file under the corpus folder (HTML converted to text), or every row of a "
+    "production LanceDB chunk table. "
     "Document ids are content hashes; binary, non-UTF-8, empty and duplicate files are skipped and counted.",
 )
 def source_documents(
     context: dg.AssetExecutionContext, config: SourceDocumentsConfig
 ) -> dg.MaterializeResult[pl.DataFrame]:
     start = time.perf_counter()
-    result = read_corpus(config.corpus_dir)
+    if config.lancedb_uri:
+        source = f"{config.lancedb_uri}::{config.lancedb_table}"
+        result = read_lancedb_chunks(
+            config.lancedb_uri,
+            config.lancedb_table,
+            text_column=config.text_column,
+            title_column=config.title_column,
+            id_column=config.id_column,
+        )
+    else:
+        source = config.corpus_dir
+        result = read_corpus(config.corpus_dir)
     docs = result.documents
-    context.log.info(
-        "read %d documents from %s (%d files)", docs.height, config.corpus_dir, result.files_seen
-    )
+    context.log.info("read %d documents from %s (%d files/rows)", docs.height, source, result.files_seen)
     return dg.MaterializeResult(
         value=docs,
         data_version=frame_version(docs, "doc_id"),
         metadata={
-            "corpus_dir": config.corpus_dir,
+            "source": source,
             "files_seen": result.files_seen,
             "documents": docs.height,
             "files_skipped": sum(result.skipped.values()),
