@@ -115,9 +115,16 @@ class TrainingExamplesConfig(dg.Config):
 
 class FinetunedModelConfig(dg.Config):
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int = Field(default=-1, ge=-1)
+    max_steps: int = Field(
+        default=40,
+        ge=-1,
+        description="Optimiser-step cap: 40 keeps the embedded default within 15 min on 2 CPU cores; "
+        "-1 trains full epochs (use it on a GPU).",
+    )
     batch_size: int = Field(default=32, ge=2)
-    mini_batch_size: int = Field(default=32, ge=1)
+    mini_batch_size: int = Field(
+        default=16, ge=1, description="GradCache chunk: bounds activation memory, not the effective batch."
+    )
     cached_loss: bool = True
     learning_rate: float = Field(default=2e-5, gt=0, lt=1)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
@@ -126,7 +133,7 @@ class FinetunedModelConfig(dg.Config):
     early_stopping_patience: int = Field(default=2, ge=1)
     matryoshka_dims: list[int] = Field(default_factory=list)
     lora_rank: int = Field(default=0, ge=0)
-    merge_weights: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.5])
+    merge_weights: list[float] = Field(default_factory=lambda: [0.0, 0.5])
     val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
     seed: int = DEFAULT_SEED
 

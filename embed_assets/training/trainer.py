@@ -57,7 +57,7 @@ class TrainingConfig:
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 32
-    mini_batch_size: int = 32
+    mini_batch_size: int = 16
     cached_loss: bool = True
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.1
@@ -68,7 +68,7 @@ class TrainingConfig:
     early_stopping_patience: int = 2
     matryoshka_dims: tuple[int, ...] = ()
     lora_rank: int = 0
-    merge_weights: tuple[float, ...] = (0.0, 0.3, 0.5)
+    merge_weights: tuple[float, ...] = (0.0, 0.5)
     seed: int = 42
 
     def __post_init__(self) -> None:
