@@ -84,7 +84,11 @@ def bare_loop(
         batch = data.slice((step * batch_size) % max(data.height - batch_size, 1), batch_size)
         start = time.perf_counter()
         features = [
-            {k: v.to(model.device) for k, v in model.tokenize(batch[c].to_list()).items()} for c in cols
+            {
+                k: v.to(model.device) if hasattr(v, "to") else v
+                for k, v in model.tokenize(batch[c].to_list()).items()
+            }
+            for c in cols
         ]
         loss = loss_fn(features, None)
         loss.backward()
