@@ -292,6 +292,12 @@ def train_bi_encoder(
     out = trainer.train()
     seconds = time.perf_counter() - start
     steps = int(out.global_step)
+    if steps == 0:
+        # The no-duplicates sampler could not fill one batch: saving the base model as "fine-tuned" would lie.
+        raise ValueError(
+            f"training ran 0 steps: {train.height} rows could not fill one batch of {config.batch_size} "
+            "without repeating a text; add data or lower batch_size"
+        )
     if config.lora_rank > 0:
         # Fold the adapters into plain weights: export, serving and base merging need no peft.
         model[0].model = model[0].model.merge_and_unload()
