@@ -65,8 +65,10 @@ class BenchConfig:
     base_model: str = "all-MiniLM-L6-v2"
     max_docs: int | None = None
     # generation
+    generator: str = "structure"  # or "embedded" (Gemma 3 270M, offline) or "template"
     kinds: tuple[str, ...] = ("title", "keyphrase")
     questions_per_chunk: int = 3
+    generate_docs: int | None = None  # write questions for a seeded sample of N documents only
     # quality filter (ours only)
     roundtrip_top_k: int = 10
     dedup_cosine: float = 0.9
@@ -186,6 +188,24 @@ def score(model, corpus, queries, qrels, vectors=None) -> dict[str, float]:
     return {k: round(m[k], 4) for k in METRICS}
 
 
+def build_generator(cfg: BenchConfig, work: Path):
+    """The question generator the run uses; all are offline (no endpoint)."""
+    if cfg.generator == "structure":
+        from embed_assets.generation.structure import StructureQuestionGenerator
+
+        return StructureQuestionGenerator(kinds=tuple(cfg.kinds))
+    if cfg.generator == "embedded":
+        from embed_assets.generation.embedded_llm import EmbeddedLLMQuestionGenerator
+
+        # The cache makes a re-run with the same --work-dir free (no LLM call spent twice).
+        return EmbeddedLLMQuestionGenerator(cache_path=str(work / "llm_cache.sqlite"), seed=cfg.seed)
+    if cfg.generator == "template":
+        from embed_assets.generation.template import TemplateQuestionGenerator
+
+        return TemplateQuestionGenerator()
+    raise ValueError(f"unknown generator {cfg.generator!r}: structure, embedded or template")
+
+
 def run_benchmark(cfg: BenchConfig, command: str) -> dict:
     import numpy as np
     import torch
@@ -230,8 +250,9 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
             queries = {q: v for q, v in queries.items() if q in qrels}
         base = load_model(cfg.base_model)
         base.max_seq_length = cfg.eval_seq_len
-        # Training positives are the text without its title: a title question would otherwise
-        # be a verbatim copy of the positive's first line.
+        full_text = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
+        # Title questions' training text: the text without its title, which the question
+        # would otherwise copy verbatim.
         train_text = dict(
             zip(
                 chunks["chunk_id"],
@@ -245,10 +266,20 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
         index = build_chunk_index(chunks, base, work / "lancedb")
 
     with t.stage("generate"):
-        gen = StructureQuestionGenerator(kinds=tuple(cfg.kinds))
-        generated = gen.generate(chunks, questions_per_chunk=cfg.questions_per_chunk, seed=cfg.seed)
+        gen = build_generator(cfg, work)
+        source = chunks
+        if cfg.generate_docs and cfg.generate_docs < chunks.height:
+            source = chunks.sample(cfg.generate_docs, seed=cfg.seed)
+        generated = gen.generate(
+            source, questions_per_chunk=cfg.questions_per_chunk, multi_hop_questions=0, seed=cfg.seed
+        )
         qa = generated.qa
-    out["generation"] = {"generator": gen.name, "pairs": qa.height, **generated.stats}
+    out["generation"] = {
+        "generator": gen.name,
+        "documents": source.height,
+        "pairs": qa.height,
+        **generated.stats,
+    }
     llm_calls = int(generated.stats.get("llm_calls", 0))
 
     with t.stage("filter"):
@@ -294,8 +325,12 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
         else:
             mined = train_pairs.select("qa_id", "question", "positive_chunk_ids")
             out["mining"] = {"skipped": "negatives=0: in-batch negatives only"}
-        ours_rows = unroll_examples(mined, train_text, negatives_per_example=cfg.negatives)
-        peer_rows = unroll_examples(qa, train_text, negatives_per_example=0)
+        # Questions written from titles train on untitled text (as the product's
+        # training_examples asset does); other generators' questions keep the full text.
+        title_qa = set(qa.filter(pl.col("generator") == StructureQuestionGenerator.name)["qa_id"])
+        texts = {"untitled_text": train_text, "untitled_qa_ids": title_qa}
+        ours_rows = unroll_examples(mined, full_text, negatives_per_example=cfg.negatives, **texts)
+        peer_rows = unroll_examples(qa, full_text, negatives_per_example=0, **texts)
     out["train_rows"] = {"ours": ours_rows.height, "peer": peer_rows.height}
 
     val = validation_set(val_pairs, train_text, cfg) if val_pairs.height else None
@@ -388,8 +423,9 @@ def results_markdown(out: dict) -> str:
         f"# {out['dataset']} ({out['split']}): base vs peer vs embed_assets",
         "",
         f"{out['eval_queries']} queries over {out['corpus_docs']} documents, exact cosine search. "
-        f"Training data: {out['generation']['pairs']} model-free questions from the corpus only "
-        f"({out['generation']['generator']}); LLM calls: {out['llm_calls']}.",
+        f"Training data: {out['generation']['pairs']} questions written by "
+        f"`{out['generation']['generator']}` for {out['generation']['documents']} documents of the corpus "
+        f"(no query or qrels file read); LLM calls: {out['llm_calls']}.",
         "",
         "| model | " + " | ".join(METRICS) + " |",
         "| --- |" + " --- |" * len(METRICS),
@@ -447,7 +483,12 @@ def results_markdown(out: dict) -> str:
 
 def write_results(out: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = out["config"]
     stem = f"{out['dataset']}-{out['split']}"
+    if cfg.get("generator", "structure") != "structure":
+        stem += f"-{cfg['generator']}"
+    if cfg.get("generate_docs"):
+        stem += f"-{cfg['generate_docs']}docs"
     md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     md.write_text(results_markdown(out), encoding="utf-8")
     js.write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
@@ -468,7 +509,13 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--work-dir", default=None, help="keep models and index here (default: a temp folder)")
     p.add_argument("--base-model", default=d.base_model)
     p.add_argument("--max-docs", type=int, default=None, help="use only the first N documents (smoke runs)")
-    p.add_argument("--kinds", default=",".join(d.kinds), help="question kinds: title,title_main,keyphrase")
+    p.add_argument("--generator", default=d.generator, choices=["structure", "embedded", "template"])
+    p.add_argument(
+        "--generate-docs", type=int, default=None, help="generate for a seeded sample of N documents only"
+    )
+    p.add_argument(
+        "--kinds", default=",".join(d.kinds), help="structure question kinds: title,title_main,keyphrase"
+    )
     p.add_argument("--questions-per-chunk", type=int, default=d.questions_per_chunk)
     p.add_argument("--roundtrip-top-k", type=int, default=d.roundtrip_top_k)
     p.add_argument("--negatives", type=int, default=d.negatives, help="mined hard negatives per row (ours)")
@@ -497,6 +544,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         work_dir=a.work_dir,
         base_model=a.base_model,
         max_docs=a.max_docs,
+        generator=a.generator,
+        generate_docs=a.generate_docs,
         kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()),
         questions_per_chunk=a.questions_per_chunk,
         roundtrip_top_k=a.roundtrip_top_k,

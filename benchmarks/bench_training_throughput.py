@@ -38,16 +38,7 @@ def rows_from_mini_corpus(tmp: Path) -> pl.DataFrame:
     corpus = Path(__file__).resolve().parents[1] / "embed_assets_tests" / "fixtures" / "mini_corpus"
     result = dg.materialize(
         all_assets,
-        selection=[
-            "source_documents",
-            "document_chunks",
-            "base_chunk_index",
-            "synthetic_qa",
-            "qa_quality_scores",
-            "qa_splits",
-            "mined_negatives",
-            "training_examples",
-        ],
+        selection=dg.AssetSelection.assets("training_examples").upstream(),
         run_config={
             "ops": {
                 "source_documents": {"config": {"corpus_dir": str(corpus)}},

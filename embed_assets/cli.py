@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--base-model", default=None, help="sentence-transformers folder or the embedded all-MiniLM-L6-v2"
     )
-    run.add_argument("--generator", choices=["template", "litellm", "embedded"], default=None)
+    run.add_argument("--generator", choices=["template", "structure", "litellm", "embedded"], default=None)
     run.add_argument("--llm-model", default=None, help="litellm model string, e.g. openai/gpt-4o-mini")
     run.add_argument(
         "--api-base", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"

@@ -66,3 +66,21 @@ def mini_vectors(mini_index, mini_chunks):
     tbl = mini_index.open().to_arrow()
     by_id = dict(zip(tbl["chunk_id"].to_pylist(), tbl["vector"].to_pylist(), strict=True))
     return np.array([by_id[c] for c in mini_chunks["chunk_id"]], dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def loopback_llm_server():
+    """A scripted OpenAI-compatible server on loopback, shared by the LLM test modules."""
+    from llm_fault_server import TEST_KEY, FaultServer
+
+    with FaultServer(expected_api_key=TEST_KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def server(loopback_llm_server):
+    """The loopback LLM server, reset to well-behaved defaults for this test."""
+    from llm_fault_server import TEST_KEY
+
+    loopback_llm_server.reset_for_test(TEST_KEY)
+    return loopback_llm_server

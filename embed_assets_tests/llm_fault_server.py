@@ -3,7 +3,10 @@
 ``/v1/chat/completions`` answers each request with an *action*:
 
 - ``ok``: a valid JSON reply built from the request (artifacts, QA pairs, a multi-hop
-  question or judge scores, depending on what the prompt asks), so generation works
+  question or judge scores, depending on what the prompt asks), so generation works; to
+  ragas' faithfulness prompts: one statement per sentence of the answer, and verdict 1 for
+  a statement found verbatim in the context, else 0 (and ragas' format-repair prompt
+  gets the repaired reply to the prompt it quotes)
 - ``rate_limit``: 429 with ``Retry-After`` (seconds, ``retry_after_s``)
 - ``server_error``: 500
 - ``hang``: no answer for ``hang_s`` seconds (past the client's timeout), then ``ok``
@@ -139,6 +142,12 @@ class FaultServer:
             self.requests.clear()
             self.max_in_flight = 0
 
+    def reset_for_test(self, api_key: str) -> None:
+        """:meth:`reset` plus the well-behaved defaults each test starts from."""
+        self.reset()
+        self.default, self.latency_s, self.retry_after_s, self.hang_s = "ok", 0.0, 0.05, 30.0
+        self.expected_api_key, self.reject_response_format = api_key, False
+
     @property
     def count(self) -> int:
         """Number of chat-completion requests received so far."""
@@ -269,6 +278,27 @@ class FaultServer:
         self.stop()
 
 
+TEST_KEY = "sk-test-loopback-123"  # the key tests expect, and assert never leaks
+
+
+def loopback_settings(server: FaultServer, cache_dir, api_key: str, **overrides: Any):
+    """LLM client settings for ``server``: short timeouts and backoffs so fault tests run fast."""
+    from embed_assets.generation.llm_client import LLMSettings
+
+    base = dict(
+        model="openai/test-model",
+        api_base=server.url,
+        api_key=api_key,
+        cache_path=f"{cache_dir}/llm_cache.sqlite",
+        timeout_s=2.0,
+        max_retries=3,
+        concurrency=8,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+    )
+    return LLMSettings(**{**base, **overrides})
+
+
 def _check(actions: tuple[str, ...]) -> None:
     bad = [a for a in actions if a not in ACTIONS]
     if bad:
@@ -302,12 +332,50 @@ def _completion(model: str, content: str, finish: str, prompt_text: str) -> dict
     }
 
 
+_RAGAS_MARKERS = (
+    ("The output string did not satisfy the constraints", "ragas_fix"),
+    ("Break down each sentence", "ragas_statements"),
+    ("judge the faithfulness", "ragas_nli"),
+)
+
+
+def _ragas_input(text: str) -> dict[str, Any]:
+    """The input object a ragas prompt ends with (``input: {...}\\nOutput: ``)."""
+    tail = text.rsplit("\ninput: ", 1)[-1]
+    return json.loads(tail[: tail.rindex("Output:")])
+
+
+def _ragas_reply(task: str, text: str) -> str:
+    data = _ragas_input(text)
+    if task == "ragas_fix":  # repair: answer the quoted prompt, wrapped as ragas' StringIO
+        inner = data["prompt_value"]
+        return json.dumps({"text": _ragas_reply(_task(inner, {}), inner)})
+    if task == "ragas_statements":
+        sentences = [x.strip() for x in re.split(r"(?<=[.!?])\s+", data["answer"]) if x.strip()]
+        return json.dumps({"statements": sentences})
+    context = " ".join(data["context"].split()).lower()
+    verdicts = [
+        {
+            "statement": st,
+            "reason": "found in the context" if ok else "not in the context",
+            "verdict": int(ok),
+        }
+        for st in data["statements"]
+        for ok in [" ".join(st.split()).lower().rstrip(".") in context]
+    ]
+    return json.dumps({"statements": verdicts})
+
+
 def _task(text: str, body: dict[str, Any]) -> str:
     fmt = body.get("response_format") or {}
     name = (fmt.get("json_schema") or {}).get("name", "") if isinstance(fmt, dict) else ""
     by_schema = {"Artifacts": "artifacts", "QAPairs": "qa", "MultiHopQA": "multi_hop", "JudgeScores": "judge"}
     if name in by_schema:
         return by_schema[name]
+    # ragas' prompts (plain text, no response_format); the repair prompt quotes the others.
+    for marker, task in _RAGAS_MARKERS:
+        if marker in text:
+            return task
     # No response_format (json_schema off): recognise the prompt by the JSON shape it asks for.
     for marker, task in (
         ('"context_support"', "judge"),
@@ -355,6 +423,8 @@ def _idents(chunk: str) -> list[str]:
 def _ok_reply(task: str, chunks: list[tuple[int, str]], text: str, judge_overall: int) -> str:
     if task == "preflight":
         return json.dumps({"ok": True})
+    if task.startswith("ragas_"):
+        return _ragas_reply(task, text)
     if task == "judge":
         s = judge_overall
         return json.dumps({"relevance": s, "accuracy": s, "context_support": s, "clarity": s, "overall": s})

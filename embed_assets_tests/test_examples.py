@@ -102,3 +102,28 @@ def test_empty_input_keeps_schema():
 def test_negative_count_below_zero_raises():
     with pytest.raises(ValueError, match="negatives_per_example"):
         unroll_examples(_mined([]), TEXT, negatives_per_example=-1)
+
+
+def test_title_questions_train_on_untitled_text_for_positive_and_negatives():
+    titled = {k: f"Title {k}\n\n{v}" for k, v in TEXT.items()}
+    mined = _mined(
+        [
+            {
+                "qa_id": "t",
+                "question": "Title p1",
+                "positive_chunk_ids": ["p1"],
+                "negative_chunk_ids": ["n1"],
+            },
+            {"qa_id": "k", "question": "keyword", "positive_chunk_ids": ["p2"], "negative_chunk_ids": ["n2"]},
+        ]
+    )
+    out = unroll_examples(mined, titled, 1, untitled_text=TEXT, untitled_qa_ids={"t"})
+    by_id = {r["qa_id"]: r for r in out.iter_rows(named=True)}
+    # The title question sees no title header on either side: no shortcut by header presence.
+    assert (by_id["t"]["positive"], by_id["t"]["negative_1"]) == ("positive one", "negative one")
+    assert (by_id["k"]["positive"], by_id["k"]["negative_1"]) == (titled["p2"], titled["n2"])
+
+
+def test_untitled_ids_without_untitled_text_raises():
+    with pytest.raises(ValueError, match="untitled_text"):
+        unroll_examples(_mined([]), TEXT, 0, untitled_qa_ids={"q"})

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from llm_fault_server import FaultServer, closed_port_url
+from llm_fault_server import TEST_KEY as KEY
+from llm_fault_server import FaultServer, closed_port_url, loopback_settings
 
 from embed_assets.generation.base import QA_SCHEMA, QuestionGenerator
 from embed_assets.generation.llm_client import LLMEndpointError, TokenBucket
@@ -39,7 +40,6 @@ from embed_assets.generation.response_cache import ResponseCache
 from embed_assets.hashing import content_hash
 from embed_assets.quality.judge import JUDGE_COLUMNS, LLMJudge
 
-KEY = "sk-test-123"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -66,33 +66,8 @@ def make_chunks(n: int, n_docs: int = 4, start: int = 0) -> pl.DataFrame:
     return pl.DataFrame(rows).sort("doc_path", "chunk_index")
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FaultServer(expected_api_key=KEY) as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def fresh_server(server):
-    server.reset()
-    server.default, server.latency_s, server.retry_after_s, server.hang_s = "ok", 0.0, 0.05, 30.0
-    server.expected_api_key, server.reject_response_format = KEY, False
-    yield
-
-
 def settings(server: FaultServer, tmp_path: Path, **overrides) -> LLMSettings:
-    base = dict(
-        model="openai/test-model",
-        api_base=server.url,
-        api_key=KEY,
-        cache_path=str(tmp_path / "llm_cache.sqlite"),
-        timeout_s=2.0,
-        max_retries=3,
-        concurrency=8,
-        backoff_initial_s=0.01,
-        backoff_max_s=0.05,
-    )
-    return LLMSettings(**{**base, **overrides})
+    return loopback_settings(server, tmp_path, KEY, **{**overrides})
 
 
 def generate(s: LLMSettings, chunks: pl.DataFrame, q: int = 2, multi: int = 0, seed: int = 42):

@@ -63,9 +63,21 @@ class QAQualityConfig(dg.Config):
     dedup_cosine: float = Field(default=0.9, ge=0.0, le=1.0)
     min_answer_support: float = Field(default=0.5, ge=0.0, le=1.0)
     min_judge_overall: float = Field(default=7.0, ge=1.0, le=10.0)
+    ragas_faithfulness: bool = Field(
+        default=False,
+        description="Also score answer faithfulness with ragas through the generator's LLM endpoint "
+        "(2+ calls per pair); needs an LLM backend",
+    )
+    min_faithfulness: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Drop pairs whose ragas faithfulness (share of supported claims) is below this; "
+        "0 keeps all. Only with ragas_faithfulness.",
+    )
 
     def to_core(self) -> QualityConfig:
-        return QualityConfig(**self.model_dump())
+        return QualityConfig(**self.model_dump(exclude={"ragas_faithfulness"}))
 
 
 class QASplitsConfig(dg.Config):
@@ -111,6 +123,11 @@ class TrainingExamplesConfig(dg.Config):
         description="The training batch size the examples must fill; keep equal to finetuned_model's.",
     )
     min_batches: int = Field(default=2, ge=1, description="The check wants at least this many full batches.")
+    strip_title_headers: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="Train on chunk text without its title header: 'auto' does so for questions written "
+        "from the title (the structure generator), which would otherwise repeat the positive's first line.",
+    )
 
 
 class FinetunedModelConfig(dg.Config):

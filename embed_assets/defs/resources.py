@@ -47,14 +47,18 @@ class ArtifactStoreResource(dg.ConfigurableResource):
 class QuestionGeneratorResource(dg.ConfigurableResource):
     """Which backend writes the questions.
 
-    - ``template``: deterministic, model-free questions from identifiers (no LLM).
+    - ``template``: deterministic, model-free questions from identifiers (no LLM); made
+      for technical manuals (config names, error codes, versions).
+    - ``structure``: deterministic, model-free title and key-phrase questions (no LLM);
+      made for titled documents such as articles, abstracts and wiki pages. It won on
+      NFCorpus' real queries (see the README's benchmark).
     - ``litellm``: any LLM litellm reaches: OpenAI-compatible servers (vLLM, NIM,
       llama.cpp, Ollama) through ``api_base``, or hosted providers. The key comes
       from the environment variable named by ``api_key_env``, never from config.
     - ``embedded``: Gemma 3 270M (GGUF, shipped on PyPI) run locally, no endpoint.
     """
 
-    backend: Literal["template", "litellm", "embedded"] = "template"
+    backend: Literal["template", "structure", "litellm", "embedded"] = "template"
     model: str = "openai/gpt-4o-mini"
     api_base: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
@@ -96,6 +100,10 @@ class QuestionGeneratorResource(dg.ConfigurableResource):
             from embed_assets.generation.template import TemplateQuestionGenerator
 
             return TemplateQuestionGenerator()
+        if self.backend == "structure":
+            from embed_assets.generation.structure import StructureQuestionGenerator
+
+            return StructureQuestionGenerator()
         if self.backend == "embedded":
             from embed_assets.generation.embedded_llm import EmbeddedLLMQuestionGenerator
 
@@ -116,3 +124,21 @@ class QuestionGeneratorResource(dg.ConfigurableResource):
         from embed_assets.quality.judge import LLMJudge
 
         return LLMJudge(self.llm_settings(default_cache))
+
+    def build_faithfulness(self, default_cache: Path):
+        """The ragas faithfulness scorer over this backend's LLM endpoint (same settings and
+        response cache as generation and the judge).
+
+        Raises ValueError naming ``ragas_faithfulness`` when the backend has no LLM endpoint
+        (``template`` writes no answers worth checking; the embedded 270M model is too small
+        to extract and verify claims).
+        """
+        if self.backend != "litellm":
+            raise ValueError(
+                "ops.qa_quality_scores.config.ragas_faithfulness is on, but "
+                f"resources.question_generator.config.backend is {self.backend!r}, which has no LLM "
+                "endpoint to score with; use backend 'litellm' or turn ragas_faithfulness off"
+            )
+        from embed_assets.quality.faithfulness import RagasFaithfulness
+
+        return RagasFaithfulness(self.llm_settings(default_cache))

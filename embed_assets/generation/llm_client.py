@@ -12,7 +12,9 @@ What it adds on top of litellm, and why:
 - **The response cache** (:mod:`~embed_assets.generation.response_cache`): each reply is
   committed as it arrives, before it is parsed, so a killed run resumes where it stopped.
 - **JSON replies** parsed with pydantic; a malformed reply is retried with the validation
-  error appended, up to ``max_parse_attempts``.
+  error appended, up to ``max_parse_attempts`` (``complete_json``). ``complete_text``
+  returns the raw reply, through the same cache and limits, for callers that parse it
+  themselves (ragas' prompts, :mod:`~embed_assets.quality.faithfulness`).
 - **Preflight**: one tiny call before the first uncached request; a wrong key, a wrong
   model name or an unreachable endpoint raises :class:`LLMEndpointError` at once, naming
   the endpoint, instead of failing every chunk.
@@ -52,7 +54,13 @@ from tenacity import (
 
 from embed_assets.generation.prompts import Prompt, load_prompt
 from embed_assets.generation.response_cache import ResponseCache, cache_key
-from embed_assets.generation.schemas import Preflight, ReplyError, parse_reply, response_format
+from embed_assets.generation.schemas import (
+    Preflight,
+    ReplyError,
+    is_refusal,
+    parse_reply,
+    response_format,
+)
 
 logger = logging.getLogger("embed_assets.generation")
 
@@ -356,6 +364,46 @@ def _drop_reason(f: _Failure) -> str:
     )
 
 
+# -- one unit of work ---------------------------------------------------------------------------
+
+
+async def guarded(
+    client: LLMClient,
+    coro: Coroutine[Any, Any, T],
+    default: T,
+    *,
+    prefix: str,
+    what: str,
+    progress: Progress | None = None,
+    malformed: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Await one unit (a chunk, a bundle, a pair) so that its failure never costs the run.
+
+    :class:`LLMEndpointError` propagates (every other unit would fail the same way);
+    a :class:`DropError` is counted as ``<prefix>:<reason>``, an exception of ``malformed``
+    as ``<prefix>:malformed`` and any other exception as ``<prefix>:error`` (logged with
+    secrets scrubbed); the unit then yields ``default``.
+    """
+    try:
+        return await coro
+    except LLMEndpointError:
+        raise
+    except DropError as drop:
+        client.stats[f"{prefix}:{drop.reason}"] += 1
+        logger.debug("%s (%s): %s", prefix, drop.reason, client.scrub(drop.detail)[:200])
+        return default
+    except malformed:
+        client.stats[f"{prefix}:malformed"] += 1
+        return default
+    except Exception as exc:  # one unit's bug must not cost the run
+        client.stats[f"{prefix}:error"] += 1
+        logger.warning("%s failed: %s", what, client.scrub(repr(exc))[:300])
+        return default
+    finally:
+        if progress is not None:
+            progress.advance()
+
+
 # -- progress ----------------------------------------------------------------------------------
 
 
@@ -657,6 +705,44 @@ class LLMClient:
             raise _CallFailed(f, detail) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _cached_call(
+        self,
+        prompt_key: str,
+        messages: list[dict[str, str]],
+        schema: type[BaseModel] | None,
+        *,
+        chunk_hashes: list[str],
+        chunk_ids: list[str],
+        extra: Mapping[str, Any],
+    ) -> str:
+        """The reply to ``messages``: from the cache, else from the endpoint (and then cached).
+
+        The one place a request is keyed, looked up, preflighted, sent and stored, shared by
+        :meth:`complete_json` and :meth:`complete_text`. The reply is committed before anyone
+        parses it. Raises :class:`DropError` when the request failed after its retries.
+        """
+        s = self.settings
+        key = cache_key(
+            chunk_hashes=chunk_hashes,
+            prompt=prompt_key,
+            model=s.model,
+            params=s.sampling_params(),
+            messages=messages,
+            extra=extra,
+        )
+        content = self.cache.get(key) if self.cache is not None else None
+        if content is not None:
+            self.stats["cache_hits"] += 1
+            return content
+        await self._ensure_preflight()
+        try:
+            content, meta = await self._request(messages, schema)
+        except _CallFailed as failed:
+            raise DropError(_drop_reason(failed.failure), failed.detail) from None
+        if self.cache is not None:
+            self.cache.put(key, content, prompt=prompt_key, model=s.model, chunk_ids=chunk_ids, usage=meta)
+        return content
+
     async def complete_json(
         self,
         prompt: Prompt,
@@ -685,31 +771,17 @@ class LLMClient:
         self._bind_loop()
         s = self.settings
         chunk_hashes, chunk_ids = list(chunk_hashes), list(chunk_ids)
-        params = s.sampling_params()
         turn = list(messages)
         last: ReplyError | None = None
         for attempt in range(s.max_parse_attempts):
-            key = cache_key(
+            content = await self._cached_call(
+                prompt.key,
+                turn,
+                schema,
                 chunk_hashes=chunk_hashes,
-                prompt=prompt.key,
-                model=s.model,
-                params=params,
-                messages=turn,
+                chunk_ids=chunk_ids,
                 extra={**(extra or {}), "attempt": attempt},
             )
-            content = self.cache.get(key) if self.cache is not None else None
-            if content is not None:
-                self.stats["cache_hits"] += 1
-            else:
-                await self._ensure_preflight()
-                try:
-                    content, meta = await self._request(turn, schema)
-                except _CallFailed as failed:
-                    raise DropError(_drop_reason(failed.failure), failed.detail) from None
-                if self.cache is not None:
-                    self.cache.put(
-                        key, content, prompt=prompt.key, model=s.model, chunk_ids=chunk_ids, usage=meta
-                    )
             if content.startswith(_REFUSAL_MARK):
                 raise DropError("refusal", content[len(_REFUSAL_MARK) :][:200])
             try:
@@ -727,6 +799,49 @@ class LLMClient:
                 ]
         assert last is not None
         raise DropError(last.reason, last.detail)
+
+    async def complete_text(
+        self,
+        prompt_key: str,
+        messages: list[dict[str, str]],
+        *,
+        chunk_hashes: Iterable[str],
+        chunk_ids: Iterable[str] = (),
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Get the raw text reply to ``messages``, from the cache or the endpoint.
+
+        For callers that parse replies themselves (ragas' prompts). Same cache, preflight,
+        rate limits and retries as :meth:`complete_json`, but no ``response_format`` and no
+        parse-and-repair loop.
+
+        Args:
+            prompt_key: what the messages are (``name@version``); part of the cache key.
+            messages: the chat messages to send (their exact text is part of the key).
+            chunk_hashes: content hashes of the chunk(s) the request is about (cache key).
+            chunk_ids: chunk ids stored with the cached row (lineage only).
+            extra: more cache-key fields that distinguish otherwise equal requests.
+
+        Raises :class:`DropError` when the call failed after its retries, or the reply is
+        empty (``empty``) or a refusal (``refusal``); :class:`LLMEndpointError` when the
+        endpoint is unusable.
+        """
+        self._bind_loop()
+        content = await self._cached_call(
+            prompt_key,
+            list(messages),
+            None,
+            chunk_hashes=list(chunk_hashes),
+            chunk_ids=list(chunk_ids),
+            extra=dict(extra or {}),
+        )
+        if content.startswith(_REFUSAL_MARK):
+            raise DropError("refusal", content[len(_REFUSAL_MARK) :][:200])
+        if not content.strip():
+            raise DropError("empty")
+        if is_refusal(content):
+            raise DropError("refusal", content.strip()[:200])
+        return content
 
 
 class _CallFailed(Exception):

@@ -38,6 +38,7 @@ from embed_assets.generation.llm_client import (
     LLMEndpointError,
     LLMSettings,
     Progress,
+    guarded,
     run_sync,
 )
 from embed_assets.generation.prompts import load_prompt
@@ -180,24 +181,11 @@ class LLMQuestionGenerator:
     ) -> tuple[list[list[dict]], list[dict | None]]:
         progress = Progress(len(rows) + len(bundles), "sdg chunks+bundles")
 
-        async def guarded(coro: Any, default: Any) -> Any:
-            try:
-                return await coro
-            except LLMEndpointError:
-                raise
-            except DropError as drop:
-                client.stats[f"dropped:{drop.reason}"] += 1
-                logger.debug("dropped (%s): %s", drop.reason, client.scrub(drop.detail)[:200])
-                return default
-            except Exception as exc:  # one unit's bug must not cost the run
-                client.stats["dropped:error"] += 1
-                logger.warning("generation unit failed: %s", client.scrub(repr(exc))[:300])
-                return default
-            finally:
-                progress.advance()
+        def unit(coro: Any, default: Any) -> Any:
+            return guarded(client, coro, default, prefix="dropped", what="generation unit", progress=progress)
 
-        single = [guarded(self._chunk(client, row, n_questions), []) for row in rows]
-        multi = [guarded(self._bundle(client, [rows[i] for i in b]), None) for b in bundles]
+        single = [unit(self._chunk(client, row, n_questions), []) for row in rows]
+        multi = [unit(self._bundle(client, [rows[i] for i in b]), None) for b in bundles]
         try:
             results = await asyncio.gather(*single, *multi)
         finally:

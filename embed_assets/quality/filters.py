@@ -8,6 +8,8 @@
   positive chunks; an answer the chunk does not support is a hallucination.
 - **Near-duplicate questions**: questions whose embeddings have cosine ≥ 0.9
   with an earlier kept question add no signal and bias the batch.
+- **Answer faithfulness** (optional; :mod:`~embed_assets.quality.faithfulness`):
+  ragas' share of the answer's claims that the positives support, when it was scored.
 
 Every pair keeps its scores; ``kept`` and ``drop_reason`` record the decision,
 so metadata can count drops per reason.
@@ -38,6 +40,8 @@ class QualityConfig:
     min_answer_support: minimum share of answer words present in the positives
         (only checked for pairs that have an answer).
     min_judge_overall: LLM-judge overall score (1–10) a pair needs, when a judge ran.
+    min_faithfulness: ragas faithfulness (0–1, share of the answer's claims the positives
+        support) a pair needs, when it was scored; 0 disables the check.
     """
 
     roundtrip_top_k: int = 10
@@ -45,11 +49,12 @@ class QualityConfig:
     dedup_cosine: float = 0.9
     min_answer_support: float = 0.5
     min_judge_overall: float = 7.0
+    min_faithfulness: float = 0.0
 
     def __post_init__(self) -> None:
         if self.roundtrip_top_k < 1:
             raise ValueError(f"roundtrip_top_k must be >= 1, got {self.roundtrip_top_k}")
-        for name in ("min_score", "dedup_cosine", "min_answer_support"):
+        for name in ("min_score", "dedup_cosine", "min_answer_support", "min_faithfulness"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -106,7 +111,9 @@ def score_pairs(
 
     Added columns: ``roundtrip_rank`` (null = not in top k), ``answer_support``,
     ``duplicate`` (bool), ``score`` (0..1), ``kept`` (bool), ``drop_reason``.
-    If ``qa`` already has ``judge_overall`` (1–10), it enters the score.
+    If ``qa`` already has ``judge_overall`` (1–10), it enters the score. If it has
+    ``ragas_faithfulness`` (0–1), pairs scored below ``min_faithfulness`` are dropped
+    (``unfaithful_answer``); null (unscored) pairs are judged by the other signals.
     """
     if qa.height == 0:
         return qa.with_columns(
@@ -135,6 +142,7 @@ def score_pairs(
     order = np.lexsort((np.arange(len(score)), -score))
     dup = near_duplicates(qvec, order, config.dedup_cosine)
 
+    faithfulness = qa["ragas_faithfulness"].to_list() if "ragas_faithfulness" in qa.columns else None
     reasons: list[str | None] = []
     for i in range(qa.height):
         if ranks[i] is None:
@@ -149,6 +157,12 @@ def score_pairs(
             and qa["judge_overall"][i] < config.min_judge_overall
         ):
             reasons.append("judge_below_threshold")
+        elif (
+            faithfulness is not None
+            and faithfulness[i] is not None
+            and faithfulness[i] < config.min_faithfulness
+        ):
+            reasons.append("unfaithful_answer")
         elif dup[i]:
             reasons.append("near_duplicate")
         else:

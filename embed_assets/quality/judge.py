@@ -11,19 +11,17 @@ It uses the same :class:`~embed_assets.generation.llm_client.LLMClient` as gener
 re-judging an unchanged pair costs nothing. A pair the judge could not score keeps null
 scores (it is then judged by the other signals only) and the reason is counted.
 
-Why no ragas faithfulness here: ``judge_v1``'s ``context_support`` asks the question ragas'
-faithfulness asks (are the answer's claims supported by the context) in the same call as
-the other scores. ragas 0.4 could drive the same endpoint through its LiteLLM adapter, but
-its requests would bypass this client's cache, rate limits, retries and key scrubbing, and
-it needs at least two calls per pair (claim extraction, then verification); it is not
-installed and its offline behaviour with a litellm model is unverified.
+ragas faithfulness: ``judge_v1``'s ``context_support`` asks the question ragas' faithfulness
+asks (are the answer's claims supported by the context) in the same call as the other
+scores. The finer, claim-by-claim check (claim extraction, then verification: two or more
+calls per pair) is :mod:`~embed_assets.quality.faithfulness`, opt-in with
+``QAQualityConfig.ragas_faithfulness``; it runs ragas' metric through this same client and
+cache.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import Counter
 from dataclasses import replace
 
 import polars as pl
@@ -31,14 +29,12 @@ import polars as pl
 from embed_assets.generation.llm_client import (
     DropError,
     LLMClient,
-    LLMEndpointError,
     LLMSettings,
-    Progress,
-    run_sync,
 )
 from embed_assets.generation.prompts import load_prompt
 from embed_assets.generation.response_cache import ResponseCache
 from embed_assets.generation.schemas import JudgeScores
+from embed_assets.quality.llm_scoring import score_pairs_with_llm
 
 logger = logging.getLogger("embed_assets.generation")
 
@@ -90,15 +86,11 @@ class LLMJudge:
 
         Raises :class:`LLMEndpointError` only when the endpoint is unusable.
         """
-        stats: Counter = Counter()
-        client = LLMClient(self.settings, cache=self.cache, stats=stats)
-        texts = dict(zip(chunks["chunk_id"].to_list(), chunks["text"].to_list(), strict=True))
-        rows = qa.select("question", "answer", "positive_chunk_ids").to_dicts()
-        scores = run_sync(self._run(client, rows, texts))
-        for always in ("llm_calls", "cache_hits"):
-            stats.setdefault(always, 0)
+        scores, stats = score_pairs_with_llm(
+            qa, chunks, self.settings, self.cache, self._score, label="judge pairs"
+        )
         stats["judged"] = sum(s is not None for s in scores)
-        self.last_stats = {k: int(v) for k, v in sorted(stats.items())}
+        self.last_stats = dict(sorted(stats.items()))
         columns = {
             col: pl.Series(
                 col, [None if s is None else float(getattr(s, f)) for s in scores], dtype=pl.Float64
@@ -106,31 +98,6 @@ class LLMJudge:
             for col, f in zip(JUDGE_COLUMNS, _FIELDS, strict=True)
         }
         return qa.with_columns(**columns)
-
-    async def _run(
-        self, client: LLMClient, rows: list[dict], texts: dict[str, str]
-    ) -> list[JudgeScores | None]:
-        progress = Progress(len(rows), "judge pairs")
-
-        async def one(row: dict) -> JudgeScores | None:
-            try:
-                return await self._score(client, row, texts)
-            except LLMEndpointError:
-                raise
-            except DropError as drop:
-                client.stats[f"unscored:{drop.reason}"] += 1
-                return None
-            except Exception as exc:  # one pair's bug must not cost the run
-                client.stats["unscored:error"] += 1
-                logger.warning("judging a pair failed: %s", client.scrub(repr(exc))[:300])
-                return None
-            finally:
-                progress.advance()
-
-        try:
-            return list(await asyncio.gather(*(one(r) for r in rows)))
-        finally:
-            await client.aclose()
 
     async def _score(self, client: LLMClient, row: dict, texts: dict[str, str]) -> JudgeScores:
         ids = list(row["positive_chunk_ids"] or [])

@@ -17,6 +17,7 @@ SAMPLE_COLUMNS = (
     "roundtrip_rank",
     "answer_support",
     "judge_overall",
+    "ragas_faithfulness",
     "score",
     "kept",
     "drop_reason",
@@ -26,8 +27,9 @@ SAMPLE_COLUMNS = (
 @dg.asset(
     group_name="quality",
     kinds={"polars"},
-    description="A score per pair (round-trip rank of the base model, answer support, LLM judge when one ran), "
-    "near-duplicate questions (cosine ≥ 0.9) marked, and a kept flag with the drop reason.",
+    description="A score per pair (round-trip rank of the base model, answer support, LLM judge when one ran, "
+    "ragas faithfulness when asked for), near-duplicate questions (cosine ≥ 0.9) marked, and a kept flag "
+    "with the drop reason.",
 )
 def qa_quality_scores(
     context: dg.AssetExecutionContext,
@@ -41,11 +43,17 @@ def qa_quality_scores(
 ) -> dg.MaterializeResult[pl.DataFrame]:
     start = time.perf_counter()
     index = ChunkIndex(base_chunk_index["uri"], base_chunk_index["table"])
-    qa, judge_stats = synthetic_qa, {}
-    judge = question_generator.build_judge(store.path("llm_cache.sqlite"))
+    qa, judge_stats, ragas_stats = synthetic_qa, {}, {}
+    cache = store.path("llm_cache.sqlite")
+    # Before any call: fails fast, naming the field, when the backend has no LLM endpoint.
+    faithfulness = question_generator.build_faithfulness(cache) if config.ragas_faithfulness else None
+    judge = question_generator.build_judge(cache)
     if judge is not None:
-        qa = judge.judge_pairs(synthetic_qa, document_chunks)
+        qa = judge.judge_pairs(qa, document_chunks)
         judge_stats = dict(judge.last_stats)
+    if faithfulness is not None:
+        qa = faithfulness.score(qa, document_chunks)
+        ragas_stats = dict(faithfulness.last_stats)
     scored = score_pairs(qa, document_chunks, base_model.load(), index, config.to_core())
     kept = scored.filter(pl.col("kept"))
     drops = dict(scored.filter(~pl.col("kept")).group_by("drop_reason").len().iter_rows())
@@ -71,6 +79,17 @@ def qa_quality_scores(
                     )
                 }
                 if "judge_overall" in scored.columns
+                else {}
+            ),
+            "ragas_faithfulness": "on" if faithfulness is not None else "off",
+            **(
+                {
+                    "ragas_stats": counts_table(ragas_stats, key="counter"),
+                    "faithfulness_histogram": histogram(
+                        scored["ragas_faithfulness"].to_list(), label="faithfulness (0-1)"
+                    ),
+                }
+                if faithfulness is not None
                 else {}
             ),
             "sample_pairs": preview(samples.select([c for c in SAMPLE_COLUMNS if c in samples.columns])),

@@ -8,6 +8,7 @@ import polars as pl
 from embed_assets.defs.configs import FinetunedModelConfig, TrainingExamplesConfig
 from embed_assets.defs.metadata import frame_version, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
 from embed_assets.hashing import stable_hash
 from embed_assets.training.examples import unroll_examples
 from embed_assets.training.trainer import ValidationSet, train_bi_encoder
@@ -24,10 +25,25 @@ def training_examples(
     config: TrainingExamplesConfig,
     mined_negatives: pl.DataFrame,
     document_chunks: pl.DataFrame,
+    qa_splits: pl.DataFrame,
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
     start = time.perf_counter()
-    text = dict(zip(document_chunks["chunk_id"], document_chunks["text"], strict=True))
-    rows = unroll_examples(mined_negatives, text, config.negatives_per_example)
+    ids, texts, titles = (document_chunks[c].to_list() for c in ("chunk_id", "text", "title"))
+    text = dict(zip(ids, texts, strict=True))
+    untitled = {c: strip_title(t, ti or "") for c, t, ti in zip(ids, texts, titles, strict=True)}
+    if config.strip_title_headers == "always":
+        untitled_qa = set(mined_negatives["qa_id"])
+    elif config.strip_title_headers == "auto":
+        untitled_qa = set(qa_splits.filter(pl.col("generator") == StructureQuestionGenerator.name)["qa_id"])
+    else:
+        untitled_qa = set()
+    rows = unroll_examples(
+        mined_negatives,
+        text,
+        config.negatives_per_example,
+        untitled_text=untitled,
+        untitled_qa_ids=untitled_qa,
+    )
     needed = config.batch_size * config.min_batches
     return dg.MaterializeResult(
         value=rows,
@@ -37,6 +53,7 @@ def training_examples(
             "queries": rows["qa_id"].n_unique(),
             "unrolled_extra_rows": rows.height - rows["qa_id"].n_unique(),
             "dropped_queries_short_of_negatives": mined_negatives.height - rows["qa_id"].n_unique(),
+            "rows_without_title_header": int(rows["qa_id"].is_in(list(untitled_qa)).sum()),
             "preview": preview(rows.drop("qa_id", "positive_id")),
             **stage_metrics(start),
         },
