@@ -38,10 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "default-run.md"))
+    parser.add_argument(
+        "--keep", default=None, help="run in this folder and keep its assets (default: a temp folder)"
+    )
     parser.add_argument("extra", nargs="*", help="extra arguments for `embed-assets run`")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         env = {**os.environ, "EMBED_ASSETS_HOME": str(home), "DAGSTER_HOME": str(Path(tmp) / "dagster")}
         cmd = [sys.executable, "-m", "embed_assets", "run", "--home", str(home), *args.extra]
