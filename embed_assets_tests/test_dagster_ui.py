@@ -1,0 +1,152 @@
+"""The Docker entrypoint, run for real on loopback: the Dagster webserver serves this workspace,
+lists every asset with its lineage and checks, and the daemon (sensors) runs beside it.
+
+This is what a user sees in the UI (and what the image runs): GraphQL over real HTTP
+against ``dagster-webserver -w workspace.yaml``, started by ``scripts/docker-entrypoint.sh``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+LINEAGE = {
+    "source_documents": set(),
+    "document_chunks": {"source_documents"},
+    "base_chunk_index": {"document_chunks"},
+    "synthetic_qa": {"document_chunks"},
+    "qa_quality_scores": {"synthetic_qa", "document_chunks", "base_chunk_index"},
+    "qa_splits": {"qa_quality_scores", "document_chunks"},
+    "mined_negatives": {"qa_splits", "base_chunk_index"},
+    "training_examples": {"mined_negatives", "document_chunks", "qa_splits"},
+    "finetuned_model": {"training_examples", "qa_splits", "document_chunks"},
+    "retrieval_eval": {"finetuned_model", "qa_splits", "base_chunk_index"},
+    "onnx_model": {"finetuned_model", "retrieval_eval", "document_chunks"},
+}
+CHECKS = {
+    "no_document_leakage": "qa_splits",
+    "enough_examples_for_batch": "training_examples",
+    "no_regression_vs_base": "retrieval_eval",
+    "onnx_parity": "onnx_model",
+}
+QUERY = """
+{
+  assetNodes {
+    assetKey { path }
+    groupName
+    description
+    dependencyKeys { path }
+    assetChecksOrError { ... on AssetChecks { checks { name blocking } } }
+  }
+  repositoriesOrError { ... on RepositoryConnection { nodes { sensors { name } jobs { name } } } }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(url: str, query: str) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture
+def entrypoint(tmp_path):
+    """``scripts/docker-entrypoint.sh`` on a free loopback port; yields (url, process)."""
+    port = _free_port()
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text("", encoding="utf-8")
+    env = {
+        **os.environ,
+        "WORKSPACE": str(REPO / "workspace.yaml"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "EMBED_ASSETS_HOME": str(tmp_path / "home"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }
+    log = (tmp_path / "entrypoint.log").open("w")
+    proc = subprocess.Popen(
+        ["sh", str(REPO / "scripts" / "docker-entrypoint.sh")],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, stopped as a whole below
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/graphql", proc
+    finally:
+        # Stop by process group id (never a broad pkill); SIGKILL if SIGTERM is ignored.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=20)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        log.close()
+
+
+def _wait_for_assets(url: str, proc: subprocess.Popen, timeout_s: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    last_error = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the entrypoint exited early"
+        try:
+            data = _graphql(url, QUERY)
+            if data.get("data", {}).get("assetNodes"):
+                return data["data"]
+            last_error = data
+        except urllib.error.HTTPError as exc:  # a served but rejected query: fail with its message
+            raise AssertionError(exc.read().decode()[:500]) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            last_error = exc
+        time.sleep(2)
+    raise AssertionError(f"webserver never served the assets: {last_error!r}")
+
+
+def test_ui_lists_every_asset_with_lineage_and_checks_and_the_daemon_runs(entrypoint):
+    url, proc = entrypoint
+    data = _wait_for_assets(url, proc)
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
+    assert set(nodes) == set(LINEAGE)
+    for name, upstream in LINEAGE.items():
+        node = nodes[name]
+        assert {"/".join(k["path"]) for k in node["dependencyKeys"]} == upstream, name
+        assert node["description"], f"{name} has no description in the UI"
+        assert node["groupName"] and node["groupName"] != "default", name
+    checks = {
+        c["name"]: (name, c["blocking"])
+        for name, n in nodes.items()
+        for c in (n["assetChecksOrError"] or {}).get("checks", [])
+    }
+    assert {k: v[0] for k, v in checks.items()} == CHECKS
+    assert checks["no_regression_vs_base"][1] is True  # a regressed model is never exported
+    repos = data["repositoriesOrError"]["nodes"]
+    assert "corpus_change_sensor" in {s["name"] for r in repos for s in r["sensors"]}
+    assert "embed_assets_pipeline" in {j["name"] for r in repos for j in r["jobs"]}
+    children = {" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(recursive=True)}
+    assert any("dagster-daemon" in c for c in children), children
