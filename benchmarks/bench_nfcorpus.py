@@ -184,12 +184,23 @@ def load_for_eval(model_dir: str, seq_len: int):
 
 
 def score(model, corpus, queries, qrels, vectors=None) -> dict[str, float]:
-    from embed_assets.evaluation.metrics import ir_metrics
+    """The aggregate metrics, plus ``"per_query_ndcg10"`` (query id -> nDCG@10) for significance."""
+    from embed_assets.evaluation.metrics import ir_metrics, per_query_ndcg
     from embed_assets.evaluation.retrieval import retrieve
 
     run = retrieve(model, corpus, queries, top_k=100, corpus_vectors=vectors)
     m = ir_metrics(qrels, run)
-    return {k: round(m[k], 4) for k in METRICS}
+    return {**{k: round(m[k], 4) for k in METRICS}, "per_query_ndcg10": per_query_ndcg(qrels, run, 10)}
+
+
+def significance(per_query: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Paired bootstrap of nDCG@10 for each fine-tuned model vs base, and ours vs the peer."""
+    from embed_assets.evaluation.metrics import paired_bootstrap
+
+    pairs = [(name, "base") for name in per_query if name != "base"]
+    if "ours" in per_query and "peer" in per_query:
+        pairs.append(("ours", "peer"))
+    return {f"{a} vs {b}": paired_bootstrap(per_query[a], per_query[b]) for a, b in pairs}
 
 
 def build_generator(cfg: BenchConfig, work: Path):
@@ -396,7 +407,10 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
                 _linear_merge(model, base_state, w)
                 results[f"ours@merge{w}"] = score(model, corpus, queries, qrels)
 
+    per_query = {name: r.pop("per_query_ndcg10") for name, r in results.items()}
     out["results"] = results
+    out["significance_ndcg10"] = significance(per_query)
+    out["per_query_ndcg10"] = per_query
     out["deltas_points_vs_base"] = {
         name: {k: round((r[k] - results["base"][k]) * 100, 2) for k in METRICS}
         for name, r in results.items()
@@ -443,6 +457,18 @@ def results_markdown(out: dict) -> str:
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "(in brackets: change against base, in points ×100)", ""]
+    if out.get("significance_ndcg10"):
+        lines += [
+            "Is the nDCG@10 difference real? Paired bootstrap over the queries (10,000 resamples):",
+            "",
+            "| comparison | delta (points) | 95% CI | p (two-sided) |",
+            "| --- | --- | --- | --- |",
+            *[
+                f"| {k} | {v['delta']:+.2f} | [{v['ci95_low']:+.2f}, {v['ci95_high']:+.2f}] | {v['p_two_sided']:.3f} |"
+                for k, v in out["significance_ndcg10"].items()
+            ],
+            "",
+        ]
     ot = out["ours_training"]
     lines += [
         "## Runs",

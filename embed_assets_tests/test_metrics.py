@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from embed_assets.evaluation.metrics import DEFAULT_METRICS, comparison_table, ir_metrics, markdown_table
+from embed_assets.evaluation.metrics import (
+    DEFAULT_METRICS,
+    comparison_table,
+    ir_metrics,
+    markdown_table,
+    paired_bootstrap,
+    per_query_ndcg,
+)
 
 # q1 has graded relevance: d1 is highly relevant (2), d3 relevant (1).
 # q2 has one relevant doc. q3 is judged but missing from the run.
@@ -107,3 +114,26 @@ def test_markdown_table_renders_signed_deltas():
     md = markdown_table(t).splitlines()
     assert md[0] == "| metric | base | fine_tuned | delta_points | delta_relative_pct |"
     assert md[2] == "| NDCG@10 | 0.5 | 0.55 | +5.00 | +10.00 |"
+
+
+def test_per_query_ndcg_by_hand_and_averages_to_beir():
+    per_q = per_query_ndcg(QRELS, RUN, k=3)
+    assert per_q["q1"] == pytest.approx(2 / (2 + 1 / math.log2(3)), abs=1e-4)
+    assert per_q["q2"] == pytest.approx(1 / math.log2(3), abs=1e-4)
+    assert per_q["q3"] == 0.0  # judged but not retrieved
+    assert sum(per_q.values()) / 3 == pytest.approx(ir_metrics(QRELS, RUN, k_values=(3,))["NDCG@3"], abs=1e-4)
+
+
+def test_paired_bootstrap_separates_a_consistent_gain_from_noise():
+    base = {f"q{i}": 0.5 for i in range(200)}
+    consistent = {q: v + 0.02 for q, v in base.items()}  # +2 points on every query
+    noisy = {q: v + (0.3 if i % 2 else -0.3) for i, (q, v) in enumerate(base.items())}  # mean 0
+    gain = paired_bootstrap(consistent, base, n_resamples=2000)
+    assert gain["delta"] == pytest.approx(2.0)
+    assert gain["ci95_low"] == pytest.approx(2.0) and gain["p_two_sided"] == 0.0
+    noise = paired_bootstrap(noisy, base, n_resamples=2000)
+    assert noise["delta"] == pytest.approx(0.0)
+    assert noise["ci95_low"] < 0 < noise["ci95_high"] and noise["p_two_sided"] > 0.5
+    assert paired_bootstrap(noisy, base, n_resamples=2000) == noise  # seeded
+    with pytest.raises(ValueError, match="no query"):
+        paired_bootstrap({"a": 1.0}, {"b": 1.0})

@@ -37,6 +37,47 @@ def ir_metrics(qrels: Qrels, run: Run, k_values: tuple[int, ...] = (1, 5, 10, 10
     return out
 
 
+def per_query_ndcg(qrels: Qrels, run: Run, k: int = 10) -> dict[str, float]:
+    """nDCG@k of every query in ``qrels`` (0 for a query the run lacks), by pytrec_eval,
+    the same computation BEIR's aggregate ``NDCG@k`` averages."""
+    import pytrec_eval
+
+    measure = f"ndcg_cut_{k}"
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{k}"})
+    scores = evaluator.evaluate({q: run.get(q, {}) for q in qrels})
+    return {q: float(scores.get(q, {}).get(measure, 0.0)) for q in qrels}
+
+
+def paired_bootstrap(
+    tuned: dict[str, float], base: dict[str, float], n_resamples: int = 10_000, seed: int = 0
+) -> dict[str, float]:
+    """Paired bootstrap over queries of ``mean(tuned) − mean(base)``.
+
+    Resamples the queries (with replacement) ``n_resamples`` times, as in Sakai (2006) and
+    the IR significance-testing practice of comparing two systems on the same topics.
+
+    Returns ``delta`` (points ×100), ``ci95_low``/``ci95_high`` (points, percentile interval)
+    and ``p_two_sided`` (share of resampled deltas on the other side of 0, doubled).
+    """
+    import numpy as np
+
+    queries = sorted(set(tuned) & set(base))
+    if not queries:
+        raise ValueError("no query is scored for both systems")
+    diff = np.array([tuned[q] - base[q] for q in queries])
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_resamples, len(diff)))].mean(axis=1)
+    observed = diff.mean()
+    other_side = (means <= 0).mean() if observed > 0 else (means >= 0).mean()
+    return {
+        "delta": round(float(observed) * 100, 2),
+        "ci95_low": round(float(np.percentile(means, 2.5)) * 100, 2),
+        "ci95_high": round(float(np.percentile(means, 97.5)) * 100, 2),
+        "p_two_sided": round(min(1.0, 2 * float(other_side)), 4),
+        "queries": len(queries),
+    }
+
+
 def comparison_table(
     base: dict[str, float], tuned: dict[str, float], metrics=DEFAULT_METRICS
 ) -> pl.DataFrame:
