@@ -69,7 +69,11 @@ class BenchConfig:
     base_model: str = "all-MiniLM-L6-v2"
     max_docs: int | None = None
     # generation
-    generator: str = "structure"  # or "embedded" (Gemma 3 270M, offline) or "template"
+    generator: str = "structure"  # or "embedded" (Gemma 3 270M, offline), "template" or "litellm"
+    llm_model: str = "openai/gpt-4o-mini"  # litellm only
+    api_base: str | None = None  # litellm only
+    api_key_env: str = "OPENAI_API_KEY"  # litellm only: the variable the key is read from
+    llm_concurrency: int = 8  # litellm only
     kinds: tuple[str, ...] = ("title", "keyphrase")
     questions_per_chunk: int = 3
     generate_docs: int | None = None  # write questions for a seeded sample of N documents only
@@ -218,7 +222,20 @@ def build_generator(cfg: BenchConfig, work: Path):
         from embed_assets.generation.template import TemplateQuestionGenerator
 
         return TemplateQuestionGenerator()
-    raise ValueError(f"unknown generator {cfg.generator!r}: structure, embedded or template")
+    if cfg.generator == "litellm":
+        from embed_assets.generation.llm_generator import LLMSettings, build_llm_generator
+
+        # The key comes from the environment only; it is never written to the result files.
+        settings = LLMSettings(
+            model=cfg.llm_model,
+            api_base=cfg.api_base,
+            api_key=os.environ.get(cfg.api_key_env),
+            concurrency=cfg.llm_concurrency,
+            cache_path=str(work / "llm_cache.sqlite"),
+            seed=cfg.seed,
+        )
+        return build_llm_generator(settings)
+    raise ValueError(f"unknown generator {cfg.generator!r}: structure, embedded, template or litellm")
 
 
 def run_benchmark(cfg: BenchConfig, command: str) -> dict:
@@ -282,11 +299,12 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
 
     with t.stage("generate"):
         gen = build_generator(cfg, work)
+        multi_hop = 200 if cfg.generator == "litellm" else 0  # only an LLM writes multi-hop questions
         source = chunks
         if cfg.generate_docs and cfg.generate_docs < chunks.height:
             source = chunks.sample(cfg.generate_docs, seed=cfg.seed)
         generated = gen.generate(
-            source, questions_per_chunk=cfg.questions_per_chunk, multi_hop_questions=0, seed=cfg.seed
+            source, questions_per_chunk=cfg.questions_per_chunk, multi_hop_questions=multi_hop, seed=cfg.seed
         )
         qa = generated.qa
     out["generation"] = {
@@ -539,7 +557,13 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--work-dir", default=None, help="keep models and index here (default: a temp folder)")
     p.add_argument("--base-model", default=d.base_model)
     p.add_argument("--max-docs", type=int, default=None, help="use only the first N documents (smoke runs)")
-    p.add_argument("--generator", default=d.generator, choices=["structure", "embedded", "template"])
+    p.add_argument(
+        "--generator", default=d.generator, choices=["structure", "embedded", "template", "litellm"]
+    )
+    p.add_argument("--llm-model", default=d.llm_model, help="litellm model string (--generator litellm)")
+    p.add_argument("--api-base", default=None, help="OpenAI-compatible server URL (--generator litellm)")
+    p.add_argument("--api-key-env", default=d.api_key_env, help="environment variable holding the API key")
+    p.add_argument("--llm-concurrency", type=int, default=d.llm_concurrency)
     p.add_argument(
         "--generate-docs", type=int, default=None, help="generate for a seeded sample of N documents only"
     )
@@ -575,6 +599,10 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         base_model=a.base_model,
         max_docs=a.max_docs,
         generator=a.generator,
+        llm_model=a.llm_model,
+        api_base=a.api_base,
+        api_key_env=a.api_key_env,
+        llm_concurrency=a.llm_concurrency,
         generate_docs=a.generate_docs,
         kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()),
         questions_per_chunk=a.questions_per_chunk,

@@ -117,3 +117,35 @@ def test_bench_nfcorpus_smoke(tmp_path):
     record = json.loads(js.read_text())
     assert record["results"] == out["results"]
     assert record["config"]["split"] == "test"
+    # Significance of every comparison, from per-query nDCG@10 of all 10 queries.
+    assert set(record["significance_ndcg10"]) == {"peer vs base", "ours vs base", "ours vs peer"}
+    assert all(len(v) == 10 for v in record["per_query_ndcg10"].values())
+    assert "Paired bootstrap" in table
+
+
+@pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
+def test_bench_nfcorpus_with_an_llm_generator_on_loopback(tmp_path, server, monkeypatch):
+    """``--generator litellm`` against the scripted OpenAI-compatible server: questions and
+    multi-hop questions come from the endpoint, calls are counted, the key stays out of the files."""
+    from llm_fault_server import TEST_KEY
+
+    monkeypatch.setenv("BENCH_TEST_KEY", TEST_KEY)
+    bench = _load_bench()
+    beir = _tiny_beir(tmp_path / "nftiny")
+    out_dir = tmp_path / "results"
+    args = ["--beir-dir", str(beir), "--out-dir", str(out_dir), "--work-dir", str(tmp_path / "work")]
+    args += ["--generator", "litellm", "--llm-model", "openai/test-model", "--api-base", server.url]
+    args += ["--api-key-env", "BENCH_TEST_KEY", "--questions-per-chunk", "2", "--no-peer"]
+    args += ["--max-steps", "2", "--batch-size", "4", "--mini-batch-size", "4", "--train-seq-len", "64"]
+    args += ["--eval-seq-len", "64", "--roundtrip-top-k", "40", "--val-queries", "8", "--val-corpus", "20"]
+    out = bench.main(args)
+    assert out["llm_calls"] > 0 and out["llm_calls"] == server.count - 1  # all but the preflight
+    assert out["generation"]["generator"].startswith("llm")
+    assert out["generation"]["generated_multi_hop"] > 0
+    assert set(out["results"]) == {"base", "ours"}
+    written = "".join(p.read_text() for p in out_dir.iterdir())
+    assert TEST_KEY not in written
+    # A second run over the same work folder answers every generation from the cache.
+    calls = server.count
+    again = bench.main(args)
+    assert server.count == calls and again["generation"]["cache_hits"] > 0
