@@ -122,6 +122,13 @@ def test_evaluation_and_model_card_record_lineage(pipeline):
         for metric in ("NDCG@1", "NDCG@5", "NDCG@10", "Recall@10", "Recall@100", "MAP@10", "MRR@10"):
             assert 0.0 <= evaluation[side][metric] <= 1.0
     assert evaluation["fine_tuned"]["NDCG@10"] >= evaluation["base"]["NDCG@10"]
+    # The delta comes with its paired-bootstrap interval over the same test queries.
+    sig = evaluation["ndcg10_significance"]
+    assert sig["queries"] == evaluation["test_queries"]
+    assert sig["delta"] == pytest.approx(
+        (evaluation["fine_tuned"]["NDCG@10"] - evaluation["base"]["NDCG@10"]) * 100, abs=0.01
+    )
+    assert sig["ci95_low"] <= sig["delta"] <= sig["ci95_high"]
     card = json.loads((Path(model["path"]) / "embed_assets_training.json").read_text())
     assert card["training_examples_version"] == model["training_examples_version"]
     assert card["training_config"]["scale"] == 50.0

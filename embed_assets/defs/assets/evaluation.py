@@ -9,7 +9,13 @@ from embed_assets.defs.assets.splitting import beir_dir
 from embed_assets.defs.configs import RetrievalEvalConfig
 from embed_assets.defs.metadata import stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
-from embed_assets.evaluation.metrics import comparison_table, ir_metrics, markdown_table
+from embed_assets.evaluation.metrics import (
+    comparison_table,
+    ir_metrics,
+    markdown_table,
+    paired_bootstrap,
+    per_query_ndcg,
+)
 from embed_assets.evaluation.retrieval import load_beir, retrieve
 from embed_assets.mining.index import ChunkIndex, read_vectors
 from embed_assets.models import load_model
@@ -48,6 +54,8 @@ def retrieval_eval(
     table = comparison_table(base, tuned)
     md = markdown_table(table)
     delta = (tuned["NDCG@10"] - base["NDCG@10"]) * 100
+    # Is the gain more than query sampling noise? Paired bootstrap over the test queries.
+    significance = paired_bootstrap(per_query_ndcg(qrels, tuned_run), per_query_ndcg(qrels, base_run))
     passed = delta >= -config.tolerance_points
     context.log.info(
         "test nDCG@10: base %.4f, fine-tuned %.4f (%+.2f points)", base["NDCG@10"], tuned["NDCG@10"], delta
@@ -58,6 +66,7 @@ def retrieval_eval(
             "fine_tuned": tuned,
             "table": table.to_dicts(),
             "markdown": md,
+            "ndcg10_significance": significance,
             "test_queries": len(queries),
             "beir_dir": str(folder.resolve()),
             "base_model": finetuned_model["base_model"],
@@ -69,6 +78,8 @@ def retrieval_eval(
             "ndcg10_base": round(base["NDCG@10"], 4),
             "ndcg10_fine_tuned": round(tuned["NDCG@10"], 4),
             "ndcg10_delta_points": round(delta, 2),
+            "ndcg10_delta_ci95_points": f"[{significance['ci95_low']:+.2f}, {significance['ci95_high']:+.2f}]",
+            "ndcg10_delta_p_value": significance["p_two_sided"],
             "beir_dir": dg.MetadataValue.path(str(folder.resolve())),
             "finetuned_model_path": dg.MetadataValue.path(finetuned_model["path"]),
             "training_examples_version": finetuned_model.get("training_examples_version", ""),
