@@ -246,7 +246,7 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
     from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
     from embed_assets.mining.index import build_chunk_index, read_vectors
     from embed_assets.mining.negatives import MiningConfig, mine_hard_negatives
-    from embed_assets.models import load_model
+    from embed_assets.models import resolve_model_path
     from embed_assets.quality.filters import QualityConfig, score_pairs
     from embed_assets.splitting.splits import SplitConfig, grouped_split
     from embed_assets.training.examples import unroll_examples
@@ -280,8 +280,9 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
             qrels = {q: {d: s for d, s in r.items() if d in keep} for q, r in qrels.items()}
             qrels = {q: r for q, r in qrels.items() if r}
             queries = {q: v for q, v in queries.items() if q in qrels}
-        base = load_model(cfg.base_model)
-        base.max_seq_length = cfg.eval_seq_len
+        # A private instance: load_model's memoised one is shared in-process, and its
+        # sequence length must not change under other callers.
+        base = load_for_eval(str(resolve_model_path(cfg.base_model)), cfg.eval_seq_len)
         full_text = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
         # Title questions' training text: the text without its title, which the question
         # would otherwise copy verbatim.
