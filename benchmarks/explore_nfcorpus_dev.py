@@ -1,0 +1,131 @@
+"""Dev-split exploration of training variants on a BEIR set (NFCorpus by default).
+
+The harness behind the "What was tried" table in the README: one variant per call, trained on
+*all* documents' model-free questions (no validation holdout) and scored on the **dev** split
+only; the test split is refused, so nothing here can tune on test. The base index and the
+scored question pairs are built once in ``--work-dir`` and reused by every later call.
+
+    python benchmarks/explore_nfcorpus_dev.py s10_rt10dd_100 --scale 10 --rt-k 10 --dedup --steps 100
+    python benchmarks/explore_nfcorpus_dev.py s20_rt10dd_neg1_100 --scale 20 --rt-k 10 --dedup --neg 1
+
+Appends one JSON line per variant to ``--results`` (default
+``benchmarks/results/nfcorpus-dev-explore.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_nfcorpus as bench  # noqa: E402
+import polars as pl  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("name", help="variant name (the results key)")
+    p.add_argument("--beir-dir", default=str(bench.DEFAULT_BEIR_DIR))
+    p.add_argument("--split", default="dev", choices=["dev"], help="dev only: never tune on test")
+    p.add_argument("--work-dir", default="/tmp/explore_nfcorpus", help="index, scored pairs and models")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "nfcorpus-dev-explore.jsonl"))
+    p.add_argument("--kinds", default="title,keyphrase")
+    p.add_argument("--qpc", type=int, default=3, help="questions per chunk")
+    p.add_argument("--rt-k", type=int, default=0, help="round-trip filter: keep top-k hits (0 = off)")
+    p.add_argument("--dedup", action="store_true", help="drop near-duplicate questions (cosine >= 0.9)")
+    p.add_argument("--scale", type=float, default=20.0)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--seq", type=int, default=128, help="training sequence length")
+    p.add_argument("--neg", type=int, default=0, help="mined hard negatives per row")
+    p.add_argument("--range-min", type=int, default=0, help="mine negatives from this rank on")
+    p.add_argument("--merges", default="0.0", help="merge weights with the base to score")
+    a = p.parse_args(argv)
+
+    from embed_assets.evaluation.retrieval import load_beir
+    from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
+    from embed_assets.mining.index import ChunkIndex, build_chunk_index
+    from embed_assets.mining.negatives import MiningConfig, mine_hard_negatives
+    from embed_assets.models import load_model
+    from embed_assets.quality.filters import QualityConfig, score_pairs
+    from embed_assets.training.examples import unroll_examples
+    from embed_assets.training.trainer import TrainingConfig, _linear_merge, train_bi_encoder
+
+    start = time.time()
+    work, beir = Path(a.work_dir), Path(a.beir_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    corpus, queries, qrels = load_beir(beir, a.split)
+    chunks = bench.read_beir_documents(beir)
+    base = load_model("all-MiniLM-L6-v2")
+    if (work / "lancedb").exists():
+        index = ChunkIndex(uri=str(work / "lancedb"))
+    else:
+        index = build_chunk_index(chunks, base, work / "lancedb")
+    kinds = tuple(a.kinds.split(","))
+    scored_path = work / f"scored_{'_'.join(kinds)}_{a.qpc}.parquet"
+    if scored_path.exists():
+        scored = pl.read_parquet(scored_path)
+    else:  # scored once with a wide round trip; each variant then applies its own cut-off
+        qa = StructureQuestionGenerator(kinds=kinds).generate(chunks, questions_per_chunk=a.qpc).qa
+        scored = score_pairs(qa, chunks, base, index, QualityConfig(roundtrip_top_k=100))
+        scored.write_parquet(scored_path)
+    kept = scored
+    if a.rt_k:
+        kept = kept.filter(pl.col("roundtrip_rank").is_not_null() & (pl.col("roundtrip_rank") <= a.rt_k))
+    if a.dedup:
+        kept = kept.filter(~pl.col("duplicate"))
+    untitled = dict(zip(chunks["chunk_id"], map(strip_title, chunks["text"], chunks["title"]), strict=True))
+    mined = kept.select("qa_id", "question", "positive_chunk_ids")
+    if a.neg:
+        mined, _, _ = mine_hard_negatives(
+            mined, base, index, MiningConfig(num_negatives=a.neg, range_min=a.range_min)
+        )
+    rows = unroll_examples(mined, untitled, negatives_per_example=a.neg)
+    cfg = TrainingConfig(
+        max_steps=a.steps,
+        batch_size=a.batch,
+        mini_batch_size=a.batch,
+        cached_loss=False,
+        scale=a.scale,
+        learning_rate=a.lr,
+        max_seq_length=a.seq,
+        merge_weights=(0.0,),
+    )
+    t_train = time.time()
+    result = train_bi_encoder("all-MiniLM-L6-v2", rows, work / "models" / a.name, cfg)
+    train_s = time.time() - t_train
+    base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    scores = {}
+    for w in (float(x) for x in a.merges.split(",")):
+        model = bench.load_for_eval(str(work / "models" / a.name), 256)
+        if w > 0:
+            _linear_merge(model, base_state, w)
+        metrics = bench.score(model, corpus, queries, qrels)
+        metrics.pop("per_query_ndcg10")
+        scores[str(w)] = metrics
+        print(a.name, "merge", w, metrics, flush=True)
+    record = {
+        "name": a.name,
+        "args": {k: v for k, v in vars(a).items() if k not in ("results", "work_dir")},
+        "rows": rows.height,
+        "steps": result.steps,
+        "train_s": round(train_s),
+        "total_s": round(time.time() - start),
+        "results": scores,
+    }
+    with open(a.results, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    main()
