@@ -733,14 +733,18 @@ class LLMClient:
         content = self.cache.get(key) if self.cache is not None else None
         if content is not None:
             self.stats["cache_hits"] += 1
-            return content
-        await self._ensure_preflight()
-        try:
-            content, meta = await self._request(messages, schema)
-        except _CallFailed as failed:
-            raise DropError(_drop_reason(failed.failure), failed.detail) from None
-        if self.cache is not None:
-            self.cache.put(key, content, prompt=prompt_key, model=s.model, chunk_ids=chunk_ids, usage=meta)
+        else:
+            await self._ensure_preflight()
+            try:
+                content, meta = await self._request(messages, schema)
+            except _CallFailed as failed:
+                raise DropError(_drop_reason(failed.failure), failed.detail) from None
+            if self.cache is not None:
+                self.cache.put(
+                    key, content, prompt=prompt_key, model=s.model, chunk_ids=chunk_ids, usage=meta
+                )
+        if content.startswith(_REFUSAL_MARK):  # an API-level refusal, cached like any reply
+            raise DropError("refusal", content[len(_REFUSAL_MARK) :][:200])
         return content
 
     async def complete_json(
@@ -782,8 +786,6 @@ class LLMClient:
                 chunk_ids=chunk_ids,
                 extra={**(extra or {}), "attempt": attempt},
             )
-            if content.startswith(_REFUSAL_MARK):
-                raise DropError("refusal", content[len(_REFUSAL_MARK) :][:200])
             try:
                 return parse_reply(content, schema)
             except ReplyError as err:
@@ -835,8 +837,6 @@ class LLMClient:
             chunk_ids=list(chunk_ids),
             extra=dict(extra or {}),
         )
-        if content.startswith(_REFUSAL_MARK):
-            raise DropError("refusal", content[len(_REFUSAL_MARK) :][:200])
         if not content.strip():
             raise DropError("empty")
         if is_refusal(content):

@@ -188,11 +188,7 @@ class RagasFaithfulness:
         cache: ResponseCache | None = None,
     ):
         self.settings = replace(settings, temperature=temperature, max_tokens=max_tokens)
-        self.cache = (
-            cache
-            if cache is not None
-            else (ResponseCache(settings.cache_path) if settings.cache_path else None)
-        )
+        self.cache = cache  # None: the client opens settings.cache_path
         self.last_stats: dict[str, int] = {}
 
     def score(self, qa: pl.DataFrame, chunks: pl.DataFrame) -> pl.DataFrame:
@@ -217,20 +213,17 @@ class RagasFaithfulness:
         self.last_stats = dict(sorted(stats.items()))
         return qa.with_columns(pl.Series(FAITHFULNESS_COLUMN, scores, dtype=pl.Float64))
 
-    async def _score(self, client: LLMClient, row: dict, texts: dict[str, str]) -> float:
+    async def _score(self, client: LLMClient, row: dict, positives: list[str]) -> float:
         answer = (row["answer"] or "").strip()
         if not answer:
             raise DropError("no_answer")
-        ids = list(row["positive_chunk_ids"] or [])
-        missing = [c for c in ids if c not in texts]
-        if not ids or missing:
-            raise DropError("missing_chunk", f"{len(missing)} positive(s) not in the chunk frame")
+        ids = list(row["positive_chunk_ids"])
         llm = ClientRagasLLM(client, chunk_hashes=ids, chunk_ids=ids, prompt_key=self.prompt_key)
         metric = Faithfulness(llm=llm)
         sample = SingleTurnSample(
             user_input=row["question"] or "",
             response=answer,
-            retrieved_contexts=[texts[c] for c in ids],
+            retrieved_contexts=positives,
         )
         score = await metric.single_turn_ascore(sample)
         if score is None or math.isnan(score):

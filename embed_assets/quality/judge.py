@@ -27,7 +27,6 @@ from dataclasses import replace
 import polars as pl
 
 from embed_assets.generation.llm_client import (
-    DropError,
     LLMClient,
     LLMSettings,
 )
@@ -99,13 +98,10 @@ class LLMJudge:
         }
         return qa.with_columns(**columns)
 
-    async def _score(self, client: LLMClient, row: dict, texts: dict[str, str]) -> JudgeScores:
-        ids = list(row["positive_chunk_ids"] or [])
-        missing = [c for c in ids if c not in texts]
-        if not ids or missing:
-            raise DropError("missing_chunk", f"{len(missing)} positive(s) not in the chunk frame")
+    async def _score(self, client: LLMClient, row: dict, positives: list[str]) -> JudgeScores:
+        ids = list(row["positive_chunk_ids"])
         blocks = "\n\n".join(
-            f'<chunk index="{n}">\n{_delimit(texts[c])}\n</chunk>' for n, c in enumerate(ids, start=1)
+            f'<chunk index="{n}">\n{_delimit(text)}\n</chunk>' for n, text in enumerate(positives, start=1)
         )
         messages = self.prompt.messages(
             chunks=blocks,

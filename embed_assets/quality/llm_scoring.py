@@ -14,11 +14,19 @@ from typing import TypeVar
 
 import polars as pl
 
-from embed_assets.generation.llm_client import LLMClient, LLMSettings, Progress, guarded, run_sync
+from embed_assets.generation.llm_client import (
+    DropError,
+    LLMClient,
+    LLMSettings,
+    Progress,
+    guarded,
+    run_sync,
+)
 from embed_assets.generation.response_cache import ResponseCache
 
 S = TypeVar("S")
-ScoreOne = Callable[[LLMClient, dict, dict[str, str]], Awaitable[S]]
+# score_one(client, row, positive_texts): the texts are row["positive_chunk_ids"]'s, in order.
+ScoreOne = Callable[[LLMClient, dict, list[str]], Awaitable[S]]
 
 
 def score_pairs_with_llm(
@@ -31,14 +39,16 @@ def score_pairs_with_llm(
     label: str,
     malformed: tuple[type[BaseException], ...] = (),
 ) -> tuple[list[S | None], dict[str, int]]:
-    """``score_one(client, row, chunk_texts)`` for every pair, concurrently.
+    """``score_one(client, row, positive_texts)`` for every pair, concurrently.
 
     Args:
         qa: pairs with ``question``, ``answer``, ``positive_chunk_ids``.
         chunks: the chunk frame (``chunk_id``, ``text``).
         settings: endpoint, limits and key of the scoring LLM.
-        cache: the durable response cache (None: no cache).
-        score_one: the coroutine that scores one pair; raises ``DropError`` to skip it.
+        cache: the durable response cache (None: ``settings.cache_path`` when set).
+        score_one: the coroutine that scores one pair; raises ``DropError`` to skip it. A
+            pair without positives, or with one missing from ``chunks``, is skipped before
+            it is called (``unscored:missing_chunk``).
         label: what the progress log and warnings call a unit.
         malformed: exception types counted as ``unscored:malformed``.
 
@@ -53,12 +63,19 @@ def score_pairs_with_llm(
     texts = dict(zip(chunks["chunk_id"].to_list(), chunks["text"].to_list(), strict=True))
     rows = qa.select("question", "answer", "positive_chunk_ids").to_dicts()
 
+    async def one(row: dict) -> S:
+        ids = list(row["positive_chunk_ids"] or [])
+        missing = [c for c in ids if c not in texts]
+        if not ids or missing:
+            raise DropError("missing_chunk", f"{len(missing)} positive(s) not in the chunk frame")
+        return await score_one(client, row, [texts[c] for c in ids])
+
     async def run() -> list[S | None]:
         progress = Progress(len(rows), label)
         units = [
             guarded(
                 client,
-                score_one(client, row, texts),
+                one(row),
                 None,
                 prefix="unscored",
                 what=label,
