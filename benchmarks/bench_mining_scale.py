@@ -37,10 +37,12 @@ NFCORPUS = ROOT.parent / "shared" / "benchmarks" / "nfcorpus" / "corpus.jsonl"
 
 
 class PeakRSS:
-    """Samples this process's RSS every 50 ms between start() and stop()."""
+    """Samples this process's RSS every 50 ms inside the block; ``growth`` is the peak above the
+    RSS on entry, i.e. what the block itself needed on top of what the process already held."""
 
     def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
+        self.start = psutil.Process().memory_info().rss
+        self.peak, self._stop = self.start, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         max(write_mem.peak, mem.peak if n == base.height else 0) / 2**20
                     ),
                     "peak_rss_search_mine_mb": round(search_mem.peak / 2**20),
+                    "search_mine_growth_mb": round((search_mem.peak - search_mem.start) / 2**20),
                 }
             )
             print(json.dumps(rows[-1]), flush=True)

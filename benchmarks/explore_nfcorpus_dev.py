@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--neg", type=int, default=0, help="mined hard negatives per row")
     p.add_argument("--range-min", type=int, default=0, help="mine negatives from this rank on")
     p.add_argument("--merges", default="0.0", help="merge weights with the base to score")
+    p.add_argument("--guided", action="store_true", help="base-guided in-batch false-negative masking")
+    p.add_argument("--guide-margin", type=float, default=0.0)
+    p.add_argument("--guide-strategy", default="absolute", choices=["absolute", "relative"])
+    p.add_argument("--val-docs", type=float, default=0.0, help="train without this share of documents")
+    p.add_argument("--seed", type=int, default=42)
     a = p.parse_args(argv)
 
     from embed_assets.evaluation.retrieval import load_beir
@@ -79,6 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
         scored = score_pairs(qa, chunks, base, index, QualityConfig(roundtrip_top_k=100))
         scored.write_parquet(scored_path)
     kept = scored
+    if a.val_docs:  # as the bench does: hold out whole documents, train on the rest
+        from embed_assets.splitting.splits import SplitConfig, grouped_split
+
+        split = grouped_split(kept, SplitConfig(val_fraction=a.val_docs, test_fraction=0.0, seed=a.seed))
+        kept = split.filter(pl.col("split") == "train").drop("split")
     if a.rt_k:
         kept = kept.filter(pl.col("roundtrip_rank").is_not_null() & (pl.col("roundtrip_rank") <= a.rt_k))
     if a.dedup:
@@ -99,6 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
         learning_rate=a.lr,
         max_seq_length=a.seq,
         merge_weights=(0.0,),
+        guided_in_batch=a.guided,
+        guide_margin=a.guide_margin,
+        guide_margin_strategy=a.guide_strategy,
+        seed=a.seed,
     )
     t_train = time.time()
     result = train_bi_encoder("all-MiniLM-L6-v2", rows, work / "models" / a.name, cfg)

@@ -149,3 +149,43 @@ def test_bench_nfcorpus_with_an_llm_generator_on_loopback(tmp_path, server, monk
     calls = server.count
     again = bench.main(args)
     assert server.count == calls and again["generation"]["cache_hits"] > 0
+
+
+def _load_summariser():
+    spec = importlib.util.spec_from_file_location(
+        "summarise_seeds", REPO / "benchmarks" / "summarise_seeds.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
+def test_seeded_runs_with_guided_training_pool_into_one_table(tmp_path):
+    """Two ``--guided`` runs that differ only in ``--seed`` write separate files and pool into
+    seed means, spreads and a seed-averaged bootstrap; runs that differ otherwise are refused."""
+    bench, summarise = _load_bench(), _load_summariser()
+    beir = _tiny_beir(tmp_path / "nftiny")
+    out_dir = tmp_path / "results"
+    args = ["--beir-dir", str(beir), "--out-dir", str(out_dir), "--guided", "--max-steps", "2"]
+    args += ["--batch-size", "4", "--mini-batch-size", "4", "--train-seq-len", "64", "--eval-seq-len", "64"]
+    args += ["--roundtrip-top-k", "40", "--val-queries", "8", "--val-corpus", "20", "--learning-rate", "1e-4"]
+    runs = [bench.main([*args, "--seed", str(seed)]) for seed in (42, 7)]
+    assert all(r["config"]["guided_in_batch"] for r in runs)
+    files = [out_dir / "nftiny-test.json", out_dir / "nftiny-test-seed7.json"]
+    assert all(f.exists() for f in files)
+
+    pooled = summarise.main([str(f) for f in files])
+    ours = pooled["results"]["ours"]["NDCG@10"]
+    assert ours["per_seed"] == [r["results"]["ours"]["NDCG@10"] for r in runs]
+    assert ours["mean"] == pytest.approx(sum(ours["per_seed"]) / 2, abs=1e-4)
+    assert set(pooled["significance_ndcg10"]) == {"peer vs base", "ours vs base", "ours vs peer"}
+    assert pooled["significance_ndcg10"]["ours vs base"]["queries"] == 10
+    table = (out_dir / "nftiny-test-seeds.md").read_text()
+    assert "mean over seeds 42, 7" in table and "| ours |" in table
+
+    other = json.loads(files[1].read_text())
+    other["config"]["scale"] = 99.0
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="scale"):
+        summarise.main([str(files[0]), str(tmp_path / "other.json")])

@@ -11,7 +11,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from embed_assets.models import resolve_model_path
-from embed_assets.training.trainer import TrainingConfig, ValidationSet, train_bi_encoder
+from embed_assets.training.trainer import TrainingConfig, ValidationSet, build_loss, train_bi_encoder
 
 SETTINGS = [
     "work_mem",
@@ -88,3 +88,69 @@ def test_matryoshka_and_validation_selected_merge(tmp_path):
 def test_too_few_rows_for_a_batch_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="batch_size=32"):
         train_bi_encoder("all-MiniLM-L6-v2", rows(), tmp_path / "m", TrainingConfig(batch_size=32))
+
+
+@pytest.mark.parametrize(
+    ("cached_loss", "negatives", "expected"),
+    [(False, 1, "GISTEmbedLoss"), (True, 1, "CachedGISTEmbedLoss"), (False, 2, "CachedGISTEmbedLoss")],
+)
+def test_guided_in_batch_uses_the_frozen_base_as_guide(cached_loss, negatives, expected):
+    model = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"))
+    config = TrainingConfig(
+        batch_size=8,
+        mini_batch_size=4,
+        cached_loss=cached_loss,
+        scale=10.0,
+        guided_in_batch=True,
+        guide_margin_strategy="relative",
+        guide_margin=0.05,
+    )
+    loss = build_loss(model, "all-MiniLM-L6-v2", config, num_negatives=negatives)
+    assert type(loss).__name__ == expected
+    assert loss.temperature == pytest.approx(0.1)
+    assert (loss.margin_strategy, loss.margin) == ("relative", 0.05)
+    # Only the query->document terms: masking changes which negatives count, not the objective.
+    assert not loss.contrast_anchors and not loss.contrast_positives
+    assert loss.guide is not model
+    assert not loss.guide.training
+
+
+def test_guided_loss_masks_a_false_negative_and_trains(tmp_path):
+    """Two rows whose positives say the same thing: plain InfoNCE pushes each row's query away from
+    the other's positive; the guided loss masks that pair (the base scores it above the row's own
+    positive), so its loss on the batch is lower."""
+    from sentence_transformers.losses import GISTEmbedLoss
+
+    model = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"))
+    anchors = ["how do I raise work_mem", "increase work_mem for sorts", "what is fsync"]
+    positives = [
+        "Raise work_mem to give each sort more memory.",
+        "Raise work_mem to give each sort more memory before it spills.",
+        "fsync forces writes to disk.",
+    ]
+    features = [model.preprocess(anchors), model.preprocess(positives)]
+    guided = build_loss(
+        model,
+        "all-MiniLM-L6-v2",
+        TrainingConfig(batch_size=3, cached_loss=False, scale=20.0, guided_in_batch=True),
+    )
+    plain = build_loss(model, "all-MiniLM-L6-v2", TrainingConfig(batch_size=3, cached_loss=False, scale=20.0))
+    assert isinstance(guided, GISTEmbedLoss)
+    with torch.no_grad():
+        assert guided(features, None).item() < plain(features, None).item()
+
+    config = TrainingConfig(
+        max_steps=2,
+        batch_size=8,
+        cached_loss=False,
+        guided_in_batch=True,
+        merge_weights=(0.0,),
+        learning_rate=1e-3,
+    )
+    result = train_bi_encoder("all-MiniLM-L6-v2", rows(), tmp_path / "m", config)
+    base = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"))
+    tuned = SentenceTransformer(result.model_dir)
+    name = "0.model.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(dict(tuned.named_parameters())[name], dict(base.named_parameters())[name])
+    record = json.loads((tmp_path / "m" / "embed_assets_training.json").read_text())
+    assert record["training_config"]["guided_in_batch"] is True

@@ -51,6 +51,13 @@ class TrainingConfig:
     lora_rank: >0 trains LoRA adapters of this rank (for large bases) and merges them.
     merge_weights: base-model weights to try for an LM-Cocktail linear merge,
         picked on validation; (0.0,) disables merging.
+    guided_in_batch: mask in-batch negatives that the frozen *base* model scores above
+        the row's positive (GISTEmbed, Solatorio 2024, with the base as guide). Generated
+        questions on a topical corpus often have other relevant chunks in the batch;
+        plain InfoNCE would push those away. Costs one extra no-grad forward per step.
+    guide_margin_strategy, guide_margin: how close to the positive's guide score a
+        negative may come before it is masked: "absolute" masks above ``pos - margin``,
+        "relative" above ``pos * (1 - margin)`` (0.05 = the 95% TopK-PercPos ceiling).
     seed: seeds data order, dropout and initialisation.
     """
 
@@ -69,6 +76,9 @@ class TrainingConfig:
     matryoshka_dims: tuple[int, ...] = ()
     lora_rank: int = 0
     merge_weights: tuple[float, ...] = (0.0, 0.5)
+    guided_in_batch: bool = False
+    guide_margin_strategy: str = "absolute"
+    guide_margin: float = 0.0
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -87,6 +97,11 @@ class TrainingConfig:
             (self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}"),
             (all(0 <= w < 1 for w in self.merge_weights), "merge_weights must each be in [0, 1)"),
             (len(self.merge_weights) > 0, "merge_weights needs at least one value (use (0.0,) to disable)"),
+            (
+                self.guide_margin_strategy in ("absolute", "relative"),
+                f"guide_margin_strategy must be 'absolute' or 'relative', got {self.guide_margin_strategy!r}",
+            ),
+            (self.guide_margin >= 0, f"guide_margin must be >= 0, got {self.guide_margin}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -200,11 +215,6 @@ def train_bi_encoder(
     )
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
-    from sentence_transformers.losses import (
-        CachedMultipleNegativesRankingLoss,
-        MatryoshkaLoss,
-        MultipleNegativesRankingLoss,
-    )
     from transformers import EarlyStoppingCallback
 
     config = config or TrainingConfig()
@@ -232,14 +242,7 @@ def train_bi_encoder(
             ),
         )
 
-    if config.cached_loss and config.batch_size > config.mini_batch_size:
-        loss = CachedMultipleNegativesRankingLoss(
-            model, scale=config.scale, mini_batch_size=config.mini_batch_size
-        )
-    else:
-        loss = MultipleNegativesRankingLoss(model, scale=config.scale)
-    if config.matryoshka_dims:
-        loss = MatryoshkaLoss(model, loss, matryoshka_dims=list(config.matryoshka_dims))
+    loss = build_loss(model, base_model, config, num_negatives=len(columns) - 2)
 
     dataset = Dataset.from_polars(train.select(columns))
     steps_per_epoch = max(1, train.height // config.batch_size)
@@ -320,6 +323,54 @@ def train_bi_encoder(
 
     shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     return result
+
+
+def build_loss(model, base_model: str, config: TrainingConfig, num_negatives: int = 0):
+    """The training loss ``config`` asks for, wrapped for Matryoshka dimensions if any.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        base_model: the base it started from; loaded frozen as the guide when
+            ``config.guided_in_batch`` is set.
+        num_negatives: mined negative columns per row (the uncached guided loss takes at most one).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import (
+        CachedGISTEmbedLoss,
+        CachedMultipleNegativesRankingLoss,
+        GISTEmbedLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
+
+    cached = config.cached_loss and config.batch_size > config.mini_batch_size
+    if config.guided_in_batch:
+        guide = SentenceTransformer(resolve_model_path(base_model), device=str(model.device))
+        guide.max_seq_length = config.max_seq_length
+        guide.eval()
+        guided = dict(
+            guide=guide,
+            temperature=1.0 / config.scale,
+            margin_strategy=config.guide_margin_strategy,
+            margin=config.guide_margin,
+            # Only query->document terms, as in MNRL: the anchor-anchor/positive-positive terms of
+            # the GISTEmbed paper change the objective, not just which negatives count.
+            contrast_anchors=False,
+            contrast_positives=False,
+        )
+        if cached or num_negatives > 1:  # the uncached GISTEmbedLoss takes at most one negative column
+            loss = CachedGISTEmbedLoss(model, mini_batch_size=config.mini_batch_size, **guided)
+        else:
+            loss = GISTEmbedLoss(model, **guided)
+    elif cached:
+        loss = CachedMultipleNegativesRankingLoss(
+            model, scale=config.scale, mini_batch_size=config.mini_batch_size
+        )
+    else:
+        loss = MultipleNegativesRankingLoss(model, scale=config.scale)
+    if config.matryoshka_dims:
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=list(config.matryoshka_dims))
+    return loss
 
 
 def _choose_merge(

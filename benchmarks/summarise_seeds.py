@@ -1,0 +1,136 @@
+"""Pool several ``bench_nfcorpus.py`` runs that differ only in ``--seed``.
+
+One training run's nDCG@10 moves with its seed (data order, dropout, validation split) as
+well as with the query sample. This averages each query's nDCG@10 over the seeds before the
+paired bootstrap, so the comparison reflects the recipe rather than one lucky or unlucky run,
+and reports the per-seed spread next to it:
+
+    python benchmarks/bench_nfcorpus.py --seed 42
+    python benchmarks/bench_nfcorpus.py --seed 7
+    python benchmarks/bench_nfcorpus.py --seed 1234
+    python benchmarks/summarise_seeds.py benchmarks/results/nfcorpus-test.json \
+        benchmarks/results/nfcorpus-test-seed7.json benchmarks/results/nfcorpus-test-seed1234.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from embed_assets.evaluation.metrics import paired_bootstrap  # noqa: E402
+
+# Settings that must agree across the pooled runs (everything but the seed and where files go).
+IGNORED = {"seed", "out_dir", "work_dir"}
+
+
+def pool(records: list[dict]) -> dict:
+    """Mean and spread per model and metric, and seed-averaged paired bootstraps of nDCG@10."""
+    if len(records) < 2:
+        raise ValueError("pool needs at least two runs")
+    first = {k: v for k, v in records[0]["config"].items() if k not in IGNORED}
+    for r in records[1:]:
+        other = {k: v for k, v in r["config"].items() if k not in IGNORED}
+        diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if diff:
+            raise ValueError(f"runs differ in more than the seed: {diff}")
+    seeds = [r["config"]["seed"] for r in records]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the same seed appears twice: {seeds}")
+    models = list(records[0]["results"])
+    metrics = list(records[0]["results"][models[0]])
+    table = {
+        m: {
+            k: {
+                "mean": round(statistics.mean(r["results"][m][k] for r in records), 4),
+                "sd": round(statistics.stdev(r["results"][m][k] for r in records), 4),
+                "per_seed": [r["results"][m][k] for r in records],
+            }
+            for k in metrics
+        }
+        for m in models
+    }
+    averaged = {}
+    for m in models:
+        queries = set.intersection(*(set(r["per_query_ndcg10"][m]) for r in records))
+        averaged[m] = {q: statistics.mean(r["per_query_ndcg10"][m][q] for r in records) for q in queries}
+    pairs = [(m, "base") for m in models if m != "base"]
+    if "ours" in models and "peer" in models:
+        pairs.append(("ours", "peer"))
+    return {
+        "dataset": records[0]["dataset"],
+        "split": records[0]["split"],
+        "seeds": seeds,
+        "commands": [r["command"] for r in records],
+        "results": table,
+        "significance_ndcg10": {f"{a} vs {b}": paired_bootstrap(averaged[a], averaged[b]) for a, b in pairs},
+    }
+
+
+def markdown(pooled: dict) -> str:
+    seeds = pooled["seeds"]
+    lines = [
+        f"# {pooled['dataset']} ({pooled['split']}): mean over seeds {', '.join(map(str, seeds))}",
+        "",
+        "| model | " + " | ".join(next(iter(pooled["results"].values()))) + " |",
+        "| --- |" + " --- |" * len(next(iter(pooled["results"].values()))),
+    ]
+    base = pooled["results"].get("base")
+    for model, row in pooled["results"].items():
+        cells = []
+        for metric, v in row.items():
+            cell = f"{v['mean']:.4f} ± {v['sd']:.4f}"
+            if base is not None and model != "base":
+                cell += f" ({(v['mean'] - base[metric]['mean']) * 100:+.2f})"
+            cells.append(cell)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "(mean ± standard deviation over the seeds; in brackets: change of the mean against base, points ×100)",
+        "",
+        "Paired bootstrap of nDCG@10 over the queries, each query's score averaged over the seeds:",
+        "",
+        "| comparison | delta (points) | 95% CI | p (two-sided) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, s in pooled["significance_ndcg10"].items():
+        lines.append(
+            f"| {name} | {s['delta']:+.2f} | [{s['ci95_low']:+.2f}, {s['ci95_high']:+.2f}] | {s['p_two_sided']} |"
+        )
+    lines += ["", "Per-seed nDCG@10:", "", "| seed | " + " | ".join(pooled["results"]) + " |"]
+    lines.append("| --- |" + " --- |" * len(pooled["results"]))
+    for i, seed in enumerate(seeds):
+        lines.append(
+            f"| {seed} | "
+            + " | ".join(f"{row['NDCG@10']['per_seed'][i]:.4f}" for row in pooled["results"].values())
+            + " |"
+        )
+    lines += ["", "Commands:", "", *(f"- `{c}`" for c in pooled["commands"]), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", help="bench_nfcorpus.py result .json files, one per seed")
+    p.add_argument("--out", default=None, help="markdown file (default: beside the first input)")
+    a = p.parse_args(argv)
+    records = [json.loads(Path(f).read_text(encoding="utf-8")) for f in a.results]
+    pooled = pool(records)
+    out = (
+        Path(a.out)
+        if a.out
+        else Path(a.results[0]).with_name(f"{pooled['dataset']}-{pooled['split']}-seeds.md")
+    )
+    out.write_text(markdown(pooled), encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(pooled, indent=2), encoding="utf-8")
+    print(markdown(pooled))
+    return pooled
+
+
+if __name__ == "__main__":
+    main()
