@@ -76,6 +76,7 @@ class BenchConfig:
     llm_concurrency: int = 8  # litellm only
     kinds: tuple[str, ...] = ("title", "keyphrase")
     questions_per_chunk: int = 3
+    phrase_positives: int = 1  # structure: positives of one repeated key phrase
     generate_docs: int | None = None  # write questions for a seeded sample of N documents only
     # quality filter (ours only)
     roundtrip_top_k: int = 10
@@ -213,7 +214,7 @@ def build_generator(cfg: BenchConfig, work: Path):
     if cfg.generator == "structure":
         from embed_assets.generation.structure import StructureQuestionGenerator
 
-        return StructureQuestionGenerator(kinds=tuple(cfg.kinds))
+        return StructureQuestionGenerator(kinds=tuple(cfg.kinds), max_phrase_positives=cfg.phrase_positives)
     if cfg.generator == "embedded":
         from embed_assets.generation.embedded_llm import EmbeddedLLMQuestionGenerator
 
@@ -577,6 +578,12 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         "--kinds", default=",".join(d.kinds), help="structure question kinds: title,title_main,keyphrase"
     )
     p.add_argument("--questions-per-chunk", type=int, default=d.questions_per_chunk)
+    p.add_argument(
+        "--phrase-positives",
+        type=int,
+        default=d.phrase_positives,
+        help="structure: one question per repeated key phrase with up to N positives",
+    )
     p.add_argument("--roundtrip-top-k", type=int, default=d.roundtrip_top_k)
     p.add_argument("--negatives", type=int, default=d.negatives, help="mined hard negatives per row (ours)")
     p.add_argument("--mining-range-min", type=int, default=d.mining_range_min)
@@ -618,6 +625,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         generate_docs=a.generate_docs,
         kinds=tuple(k.strip() for k in a.kinds.split(",") if k.strip()),
         questions_per_chunk=a.questions_per_chunk,
+        phrase_positives=a.phrase_positives,
         roundtrip_top_k=a.roundtrip_top_k,
         negatives=a.negatives,
         mining_range_min=a.mining_range_min,

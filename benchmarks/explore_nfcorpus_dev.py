@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "nfcorpus-dev-explore.jsonl"))
     p.add_argument("--kinds", default="title,keyphrase")
     p.add_argument("--qpc", type=int, default=3, help="questions per chunk")
+    p.add_argument("--phrase-positives", type=int, default=1, help="positives per repeated key phrase")
     p.add_argument("--rt-k", type=int, default=0, help="round-trip filter: keep top-k hits (0 = off)")
     p.add_argument("--dedup", action="store_true", help="drop near-duplicate questions (cosine >= 0.9)")
     p.add_argument("--scale", type=float, default=20.0)
@@ -76,11 +77,16 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         index = build_chunk_index(chunks, base, work / "lancedb")
     kinds = tuple(a.kinds.split(","))
-    scored_path = work / f"scored_{'_'.join(kinds)}_{a.qpc}.parquet"
+    grouped = f"_pp{a.phrase_positives}" if a.phrase_positives > 1 else ""
+    scored_path = work / f"scored_{'_'.join(kinds)}_{a.qpc}{grouped}.parquet"
     if scored_path.exists():
         scored = pl.read_parquet(scored_path)
     else:  # scored once with a wide round trip; each variant then applies its own cut-off
-        qa = StructureQuestionGenerator(kinds=kinds).generate(chunks, questions_per_chunk=a.qpc).qa
+        qa = (
+            StructureQuestionGenerator(kinds=kinds, max_phrase_positives=a.phrase_positives)
+            .generate(chunks, questions_per_chunk=a.qpc)
+            .qa
+        )
         scored = score_pairs(qa, chunks, base, index, QualityConfig(roundtrip_top_k=100))
         scored.write_parquet(scored_path)
     kept = scored

@@ -23,7 +23,15 @@ def test_valid_configs_pass():
                 "qa_quality_scores": {"config": {"dedup_cosine": 0.95, "min_score": 0.1}},
                 "mined_negatives": {"config": {"num_negatives": 10, "absolute_margin": 0.05}},
                 "training_examples": {"config": {"batch_size": 16}},
-                "finetuned_model": {"config": {"batch_size": 16, "mini_batch_size": 8}},
+                "finetuned_model": {
+                    "config": {
+                        "batch_size": 16,
+                        "mini_batch_size": 8,
+                        "guided_in_batch": True,
+                        "guide_margin_strategy": "relative",
+                        "guide_margin": 0.05,
+                    }
+                },
             }
         }
     )
@@ -44,6 +52,10 @@ def test_valid_configs_pass():
         ),
         ({"qa_splits": {"config": {"val_fraction": 0.6, "test_fraction": 0.5}}}, "ops.qa_splits.config"),
         ({"no_such_asset": {"config": {}}}, "ops.no_such_asset: unknown asset"),
+        (
+            {"finetuned_model": {"config": {"guide_margin_strategy": "percent"}}},
+            "ops.finetuned_model.config.guide_margin_strategy",
+        ),
         (
             {"training_examples": {"config": {"batch_size": 16}}},
             "ops.training_examples.config.batch_size (16) must equal ops.finetuned_model.config.batch_size (32)",

@@ -63,3 +63,10 @@ def test_strip_title_headers_never_keeps_the_full_text(mini_corpus_dir, tmp_path
     chunks = result.output_for_node("document_chunks")
     assert rows.height > 0
     assert set(rows["positive"]) <= set(chunks["text"])
+
+
+def test_phrase_positives_reaches_the_structure_generator(tmp_path):
+    generator = QuestionGeneratorResource(backend="structure", phrase_positives=4).build(tmp_path / "cache")
+    assert isinstance(generator, StructureQuestionGenerator)
+    assert generator.max_phrase_positives == 4
+    assert QuestionGeneratorResource(backend="structure").build(tmp_path / "cache").max_phrase_positives == 1

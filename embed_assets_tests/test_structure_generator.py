@@ -100,3 +100,31 @@ def test_title_question_only_for_first_chunk():
 def test_rejects_unknown_kind():
     with pytest.raises(ValueError, match="kinds"):
         StructureQuestionGenerator(kinds=("summary",))
+
+
+CADMIUM_DOCS = [
+    (
+        f"d{i}",
+        f"Cadmium exposure study number {i}",
+        f"Cadmium was measured in cohort {i}. Cadmium levels rose with rice intake in region {i}.",
+    )
+    for i in range(4)
+]
+
+
+def test_a_key_phrase_picked_for_several_chunks_becomes_one_multi_positive_question():
+    chunks = _chunks(CADMIUM_DOCS)
+    single = StructureQuestionGenerator(kinds=("keyphrase",), max_phrase_df=1.0)
+    single = single.generate(chunks, questions_per_chunk=1).qa
+    assert single.filter(pl.col("question") == "cadmium").height == 4  # one near-duplicate per chunk
+
+    grouped = StructureQuestionGenerator(kinds=("keyphrase",), max_phrase_df=1.0, max_phrase_positives=3)
+    result = grouped.generate(chunks, questions_per_chunk=1)
+    cadmium = result.qa.filter(pl.col("question") == "cadmium")
+    assert cadmium.height == 1
+    assert cadmium["positive_chunk_ids"].to_list() == [["c-d0", "c-d1", "c-d2"]]  # corpus order, capped
+    assert cadmium["doc_ids"].to_list() == [["d0", "d1", "d2"]]
+    assert result.stats["keyphrase_positives_merged"] == 2
+    assert result.stats["keyphrase_positives_over_cap"] == 1
+    with pytest.raises(ValueError, match="max_phrase_positives"):
+        StructureQuestionGenerator(max_phrase_positives=0)

@@ -151,6 +151,12 @@ class FinetunedModelConfig(dg.Config):
     matryoshka_dims: list[int] = Field(default_factory=list)
     lora_rank: int = Field(default=0, ge=0)
     merge_weights: list[float] = Field(default_factory=lambda: [0.0, 0.5])
+    guided_in_batch: bool = Field(
+        default=False,
+        description="Mask in-batch negatives that the frozen base scores above the row's positive (GISTEmbed).",
+    )
+    guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
+    guide_margin: float = Field(default=0.0, ge=0)
     val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
     seed: int = DEFAULT_SEED
 

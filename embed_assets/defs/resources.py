@@ -74,6 +74,12 @@ class QuestionGeneratorResource(dg.ConfigurableResource):
 
     json_schema: bool = True
     max_parse_attempts: int = Field(default=3, ge=1, le=10)
+    phrase_positives: int = Field(
+        default=1,
+        ge=1,
+        description="structure backend: a key phrase picked for several chunks becomes one question "
+        "with up to this many of them as positives (1 = one question per chunk).",
+    )
 
     def llm_settings(self, default_cache: Path):
         """LLM client settings; the API key is read from the environment here, never stored in config."""
@@ -103,7 +109,7 @@ class QuestionGeneratorResource(dg.ConfigurableResource):
         if self.backend == "structure":
             from embed_assets.generation.structure import StructureQuestionGenerator
 
-            return StructureQuestionGenerator()
+            return StructureQuestionGenerator(max_phrase_positives=self.phrase_positives)
         if self.backend == "embedded":
             from embed_assets.generation.embedded_llm import EmbeddedLLMQuestionGenerator
 

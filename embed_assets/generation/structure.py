@@ -110,6 +110,11 @@ class StructureQuestionGenerator:
         min_title_words: a title with fewer content words is not used (e.g. "Introduction").
         max_phrase_df: a phrase whose words all appear in more than this share of
             chunks is too generic to ask for one chunk.
+        max_phrase_positives: a key phrase picked for several chunks becomes *one*
+            question whose positives are all of them (up to this many, in corpus order),
+            instead of one near-duplicate question per chunk that the de-duplication
+            filter would cut to a single, arbitrary chunk. Topic-style queries have many
+            relevant documents; 1 keeps one question per chunk.
     """
 
     name = "structure-v1"
@@ -121,6 +126,7 @@ class StructureQuestionGenerator:
         max_phrase_words: int = 3,
         min_title_words: int = 2,
         max_phrase_df: float = 0.05,
+        max_phrase_positives: int = 1,
     ):
         unknown = set(kinds) - set(self.KINDS)
         if unknown or not kinds:
@@ -129,10 +135,13 @@ class StructureQuestionGenerator:
             raise ValueError(f"max_phrase_words must be >= 1, got {max_phrase_words}")
         if not 0 < max_phrase_df <= 1:
             raise ValueError(f"max_phrase_df must be in (0, 1], got {max_phrase_df}")
+        if max_phrase_positives < 1:
+            raise ValueError(f"max_phrase_positives must be >= 1, got {max_phrase_positives}")
         self.kinds = tuple(kinds)
         self.max_phrase_words = max_phrase_words
         self.min_title_words = min_title_words
         self.max_phrase_df = max_phrase_df
+        self.max_phrase_positives = max_phrase_positives
 
     def generate(
         self, chunks: pl.DataFrame, *, questions_per_chunk: int, multi_hop_questions: int = 0, seed: int = 0
@@ -184,11 +193,32 @@ class StructureQuestionGenerator:
                 seen.add(key)
                 stats[f"questions_{'keyphrase' if qtype == 'keyword' else 'title'}"] += 1
                 records.append(self._record(question, qtype, complexity, row))
+        if self.max_phrase_positives > 1:
+            records = self._group_phrases(records, stats)
         qa = qa_frame(records)
         stats["generated_single"] = qa.height
         stats["generated_multi_hop"] = 0
         stats["llm_calls"] = 0
         return GenerationResult(qa=qa, stats=dict(stats))
+
+    def _group_phrases(self, records: list[dict], stats: Counter) -> list[dict]:
+        """One question per distinct key phrase, with every chunk it was picked for as a positive."""
+        grouped: list[dict] = []
+        by_phrase: dict[str, dict] = {}
+        for rec in records:
+            key = rec["question"].lower()
+            first = by_phrase.get(key) if rec["query_type"] == "keyword" else None
+            if first is None:
+                if rec["query_type"] == "keyword":
+                    by_phrase[key] = rec
+                grouped.append(rec)
+            elif len(first["positive_chunk_ids"]) < self.max_phrase_positives:
+                first["positive_chunk_ids"] = [*first["positive_chunk_ids"], *rec["positive_chunk_ids"]]
+                first["doc_ids"] = list(dict.fromkeys([*first["doc_ids"], *rec["doc_ids"]]))
+                stats["keyphrase_positives_merged"] += 1
+            else:
+                stats["keyphrase_positives_over_cap"] += 1
+        return grouped
 
     def _keyphrases(self, title, body, words, idf, df, max_df) -> list[str]:
         """Title n-grams the body repeats, best first; else the body's own repeated n-grams."""

@@ -170,7 +170,9 @@ def search(
     for start in range(0, len(query_vectors), batch_size):
         q = query_vectors[start : start + batch_size]
         builder = tbl.search(q).distance_type("dot").limit(k).select(list(columns))
-        builder = builder.nprobes(nprobes).refine_factor(refine_factor) if ann else builder.bypass_vector_index()
+        builder = (
+            builder.nprobes(nprobes).refine_factor(refine_factor) if ann else builder.bypass_vector_index()
+        )
         res = builder.to_arrow()
         qi = (
             res["query_index"].to_numpy()
