@@ -158,8 +158,9 @@ def search(
     Args:
         batch_size: queries per exact (flat) search; larger batches share one scan of the table.
         ann_batch_size: queries per ANN search. The refine step fetches ``k × refine_factor``
-            full vectors per query; on 363k chunks a batch of 256 peaked 311 MB above the
-            idle process against 100 MB for 32, which was also no slower (README, mining scale).
+            full vectors per query; on 363k chunks a batch of 256 peaked 472 MB above the
+            idle process against 125 MB for 32, which was also faster
+            (``benchmarks/bench_ann_memory.py``).
         nprobes: IVF partitions searched per query.
         refine_factor: re-score ``k × refine_factor`` PQ candidates with exact vectors, so the
             scores returned (which the mining ceiling compares) are exact dot products.
