@@ -93,6 +93,7 @@ def test_bench_nfcorpus_smoke(tmp_path):
             "1",
             "--merge-weights",
             "0.0,0.5",
+            "--refit",
         ]
     )
     assert set(out["results"]) == {"base", "peer", "ours"}
@@ -101,7 +102,10 @@ def test_bench_nfcorpus_smoke(tmp_path):
             assert 0.0 <= metrics[m] <= 1.0, (name, m, metrics[m])
     assert out["llm_calls"] == 0
     assert out["peak_rss_mb"] > 0
-    assert {"index (base embeddings)", "train ours", "train peer", "eval ours", "total"} <= set(
+    # The refit retrains on the validation documents' kept pairs as well, for the selected step count.
+    assert out["train_rows"]["ours_refit"] > out["train_rows"]["ours"]
+    assert out["ours_training"]["refit"]["steps"] == out["ours_training"]["steps"]
+    assert {"index (base embeddings)", "train ours", "refit ours", "train peer", "eval ours", "total"} <= set(
         out["timings_s"]
     )
 
@@ -111,6 +115,7 @@ def test_bench_nfcorpus_smoke(tmp_path):
     table = md.read_text()
     for row in ("| base |", "| peer |", "| ours |"):
         assert row in table
+    assert "then refit from the base" in table
     for m in METRICS:
         assert m in table
     assert "bench_nfcorpus.py" in table  # the exact command line
