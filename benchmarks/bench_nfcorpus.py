@@ -16,7 +16,8 @@ pairs, as the product does for a user who has no labelled queries.
   negatives (``--negatives N``, 0.95 ceiling; off by default: on NFCorpus dev they cost
   0.5 nDCG@10 points, since a topic has many relevant documents that a miner takes for
   negatives), MNRL at the dev-tuned scale, warmup + cosine, validation on held-out generated
-  pairs for checkpoint and merge selection.
+  pairs for checkpoint and merge selection, then a refit from the base on the training and
+  validation documents with the selected step count and merge weight (``--no-refit`` skips it).
 
 All three models are scored by exact cosine search of the split's queries over the full
 corpus with the base model's sequence length (256), so truncation is the same for all.
@@ -99,7 +100,7 @@ class BenchConfig:
     val_fraction: float = 0.1
     # Retrain on the training *and* validation documents once validation has chosen the merge weight
     # and step count (refit after model selection). On dev, the 10% holdout cost 0.40 nDCG@10.
-    refit: bool = False
+    refit: bool = True
     val_queries: int = 200
     val_corpus: int = 600
     eval_steps: int | None = None  # None: validate once, at the end (CPU budget)
@@ -582,6 +583,8 @@ def write_results(out: dict, out_dir: Path) -> tuple[Path, Path]:
         stem += f"-{cfg['generator']}"
     if cfg.get("generate_docs"):
         stem += f"-{cfg['generate_docs']}docs"
+    if cfg.get("refit", BenchConfig.refit) != BenchConfig.refit:
+        stem += "-refit" if cfg.get("refit") else "-norefit"
     if cfg.get("seed", BenchConfig.seed) != BenchConfig.seed:
         stem += f"-seed{cfg['seed']}"
     md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"

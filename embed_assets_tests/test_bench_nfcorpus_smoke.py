@@ -140,7 +140,7 @@ def test_bench_nfcorpus_with_an_llm_generator_on_loopback(tmp_path, server, monk
     out_dir = tmp_path / "results"
     args = ["--beir-dir", str(beir), "--out-dir", str(out_dir), "--work-dir", str(tmp_path / "work")]
     args += ["--generator", "litellm", "--llm-model", "openai/test-model", "--api-base", server.url]
-    args += ["--api-key-env", "BENCH_TEST_KEY", "--questions-per-chunk", "2", "--no-peer"]
+    args += ["--api-key-env", "BENCH_TEST_KEY", "--questions-per-chunk", "2", "--no-peer", "--no-refit"]
     args += ["--max-steps", "2", "--batch-size", "4", "--mini-batch-size", "4", "--train-seq-len", "64"]
     args += ["--eval-seq-len", "64", "--roundtrip-top-k", "40", "--val-queries", "8", "--val-corpus", "20"]
     out = bench.main(args)
@@ -148,6 +148,8 @@ def test_bench_nfcorpus_with_an_llm_generator_on_loopback(tmp_path, server, monk
     assert out["generation"]["generator"].startswith("llm")
     assert out["generation"]["generated_multi_hop"] > 0
     assert set(out["results"]) == {"base", "ours"}
+    assert "refit ours" not in out["timings_s"] and "refit" not in out["ours_training"]
+    assert (out_dir / "nftiny-test-litellm-norefit.json").exists()
     written = "".join(p.read_text() for p in out_dir.iterdir())
     assert TEST_KEY not in written
     # A second run over the same work folder answers every generation from the cache.
