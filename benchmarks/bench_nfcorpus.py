@@ -392,7 +392,11 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
         texts = {"untitled_text": train_text, "untitled_qa_ids": title_qa}
         train_mined = mined.filter(pl.col("qa_id").is_in(train_pairs["qa_id"].implode()))
         ours_rows = unroll_examples(train_mined, full_text, negatives_per_example=cfg.negatives, **texts)
-        refit_rows = unroll_examples(mined, full_text, negatives_per_example=cfg.negatives, **texts)
+        refit_rows = (
+            unroll_examples(mined, full_text, negatives_per_example=cfg.negatives, **texts)
+            if cfg.refit
+            else None
+        )
         peer_rows = unroll_examples(qa, full_text, negatives_per_example=0, **texts)
     out["train_rows"] = {"ours": ours_rows.height, "peer": peer_rows.height}
     if cfg.refit:
