@@ -23,7 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from embed_assets.evaluation.metrics import paired_bootstrap  # noqa: E402
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_nfcorpus import significance  # noqa: E402
 
 # Settings that must agree across the pooled runs (everything but the seed and where files go).
 IGNORED = {"seed", "out_dir", "work_dir"}
@@ -59,16 +61,13 @@ def pool(records: list[dict]) -> dict:
     for m in models:
         queries = set.intersection(*(set(r["per_query_ndcg10"][m]) for r in records))
         averaged[m] = {q: statistics.mean(r["per_query_ndcg10"][m][q] for r in records) for q in queries}
-    pairs = [(m, "base") for m in models if m != "base"]
-    if "ours" in models and "peer" in models:
-        pairs.append(("ours", "peer"))
     return {
         "dataset": records[0]["dataset"],
         "split": records[0]["split"],
         "seeds": seeds,
         "commands": [r["command"] for r in records],
         "results": table,
-        "significance_ndcg10": {f"{a} vs {b}": paired_bootstrap(averaged[a], averaged[b]) for a, b in pairs},
+        "significance_ndcg10": significance(averaged),  # the bench's own comparisons, on seed means
     }
 
 
