@@ -81,6 +81,7 @@ class BenchConfig:
     generate_docs: int | None = None  # write questions for a seeded sample of N documents only
     # quality filter (ours only)
     roundtrip_top_k: int = 10
+    lexical_top_k: int = 10
     dedup_cosine: float = 0.9
     # mining (ours only)
     negatives: int = 0
@@ -347,7 +348,11 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
             chunks,
             base,
             index,
-            QualityConfig(roundtrip_top_k=cfg.roundtrip_top_k, dedup_cosine=cfg.dedup_cosine),
+            QualityConfig(
+                roundtrip_top_k=cfg.roundtrip_top_k,
+                lexical_top_k=cfg.lexical_top_k,
+                dedup_cosine=cfg.dedup_cosine,
+            ),
         )
         # Hold out documents first, then filter only the training side: validation pairs
         # that passed the base model's round-trip would be the ones the base already gets
@@ -364,6 +369,7 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
         "train_pairs": train_pairs.height,
         "val_pairs": val_pairs.height,
         "kept_by_type": dict(kept.group_by("query_type").len().rows()),
+        "kept_by_lexical_only": kept.filter(pl.col("roundtrip_rank").is_null()).height,
         **{f"dropped:{r}": n for r, n in sorted(drops)},
     }
 
@@ -589,6 +595,8 @@ def write_results(out: dict, out_dir: Path) -> tuple[Path, Path]:
         stem += f"-{cfg['generate_docs']}docs"
     if cfg.get("refit", BenchConfig.refit) != BenchConfig.refit:
         stem += "-refit" if cfg.get("refit") else "-norefit"
+    if not cfg.get("lexical_top_k", 0):  # runs from before the option had none
+        stem += "-nolex"
     if cfg.get("seed", BenchConfig.seed) != BenchConfig.seed:
         stem += f"-seed{cfg['seed']}"
     md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
@@ -632,6 +640,12 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         help="structure: one question per repeated key phrase with up to N positives",
     )
     p.add_argument("--roundtrip-top-k", type=int, default=d.roundtrip_top_k)
+    p.add_argument(
+        "--lexical-top-k",
+        type=int,
+        default=d.lexical_top_k,
+        help="also keep questions the base model misses when BM25 ranks a positive this high (0 = off)",
+    )
     p.add_argument("--negatives", type=int, default=d.negatives, help="mined hard negatives per row (ours)")
     p.add_argument("--mining-range-min", type=int, default=d.mining_range_min)
     p.add_argument("--max-steps", type=int, default=d.max_steps, help="optimiser steps, peer and ours each")
@@ -680,6 +694,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         questions_per_chunk=a.questions_per_chunk,
         phrase_positives=a.phrase_positives,
         roundtrip_top_k=a.roundtrip_top_k,
+        lexical_top_k=a.lexical_top_k,
         negatives=a.negatives,
         mining_range_min=a.mining_range_min,
         max_steps=a.max_steps,

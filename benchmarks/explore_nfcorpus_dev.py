@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--qpc", type=int, default=3, help="questions per chunk")
     p.add_argument("--phrase-positives", type=int, default=1, help="positives per repeated key phrase")
     p.add_argument("--rt-k", type=int, default=0, help="round-trip filter: keep top-k hits (0 = off)")
+    p.add_argument(
+        "--lex-k", type=int, default=0, help="also keep questions whose positive is in the BM25 top-k"
+    )
     p.add_argument("--dedup", action="store_true", help="drop near-duplicate questions (cosine >= 0.9)")
     p.add_argument("--scale", type=float, default=20.0)
     p.add_argument("--steps", type=int, default=100)
@@ -95,8 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         split = grouped_split(kept, SplitConfig(val_fraction=a.val_docs, test_fraction=0.0, seed=a.seed))
         kept = split.filter(pl.col("split") == "train").drop("split")
+    if a.lex_k:
+        kept = kept.join(pl.read_parquet(work / "scored_lex.parquet").select("qa_id", "lex_rank"), on="qa_id")
     if a.rt_k:
-        kept = kept.filter(pl.col("roundtrip_rank").is_not_null() & (pl.col("roundtrip_rank") <= a.rt_k))
+        dense_hit = pl.col("roundtrip_rank").is_not_null() & (pl.col("roundtrip_rank") <= a.rt_k)
+        lex_hit = (pl.col("lex_rank") <= a.lex_k).fill_null(False) if a.lex_k else pl.lit(False)
+        kept = kept.filter(dense_hit | lex_hit)
     if a.dedup:
         kept = kept.filter(~pl.col("duplicate"))
     untitled = dict(zip(chunks["chunk_id"], map(strip_title, chunks["text"], chunks["title"]), strict=True))

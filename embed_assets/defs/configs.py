@@ -59,6 +59,13 @@ class SyntheticQAConfig(dg.Config):
 
 class QAQualityConfig(dg.Config):
     roundtrip_top_k: int = Field(default=10, ge=1, le=1000)
+    lexical_top_k: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Also keep a pair the base model misses when BM25 ranks its positive within this "
+        "top-k (rare identifiers, domain terms); 0 = the base model's round trip alone",
+    )
     min_score: float = Field(default=0.0, ge=0.0, le=1.0)
     dedup_cosine: float = Field(default=0.9, ge=0.0, le=1.0)
     min_answer_support: float = Field(default=0.5, ge=0.0, le=1.0)

@@ -8,6 +8,7 @@ needs "the base model's nearest chunks". Small corpora are searched exactly
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import lancedb
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from lancedb.index import FTS
 
 from embed_assets.models import embedding_dim, encode
 
@@ -40,6 +42,10 @@ class ChunkIndex:
 
     def has_ann_index(self) -> bool:
         return any("vector" in (ix.columns or []) for ix in self.open().list_indices())
+
+    def has_text_index(self) -> bool:
+        """Whether the chunk text is stored with a BM25 full-text index on it."""
+        return any("text" in (ix.columns or []) for ix in self.open().list_indices())
 
 
 def build_chunk_index(
@@ -80,33 +86,37 @@ def write_chunk_index(
     *,
     table: str = TABLE_NAME,
     ann_threshold: int = 100_000,
+    text_index: bool = True,
 ) -> ChunkIndex:
     """Write ``(chunk rows, unit-normalised vectors)`` batches to a new LanceDB table,
-    one append per batch, then build the ANN index when the table is large enough."""
+    one append per batch, then build the ANN index when the table is large enough.
+
+    When the chunk rows carry a ``text`` column it is stored too, and (with
+    ``text_index``) a BM25 full-text index is built on it for
+    :mod:`~embed_assets.mining.lexical`; vector-only batches (synthetic benchmarks) skip both.
+    """
     db = lancedb.connect(str(uri))
-    schema = pa.schema(
-        [
-            pa.field("chunk_id", pa.string()),
-            pa.field("doc_id", pa.string()),
-            pa.field("chunk_index", pa.int32()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-        ]
-    )
+    batches = iter(batches)
+    first = next(batches, None)
+    with_text = first is not None and "text" in first[0].columns
+    fields = [
+        pa.field("chunk_id", pa.string()),
+        pa.field("doc_id", pa.string()),
+        pa.field("chunk_index", pa.int32()),
+        pa.field("vector", pa.list_(pa.float32(), dim)),
+    ]
+    schema = pa.schema(fields + [pa.field("text", pa.string())] if with_text else fields)
     tbl = db.create_table(table, schema=schema, mode="overwrite")
-    for part, vectors in batches:
-        tbl.add(
-            pa.table(
-                {
-                    "chunk_id": part["chunk_id"].to_arrow(),
-                    "doc_id": part["doc_id"].to_arrow(),
-                    "chunk_index": part["chunk_index"].cast(pl.Int32).to_arrow(),
-                    "vector": pa.FixedSizeListArray.from_arrays(
-                        pa.array(vectors.astype(np.float32).ravel()), dim
-                    ),
-                },
-                schema=schema,
-            )
-        )
+    for part, vectors in itertools.chain([first] if first is not None else [], batches):
+        columns = {
+            "chunk_id": part["chunk_id"].to_arrow(),
+            "doc_id": part["doc_id"].to_arrow(),
+            "chunk_index": part["chunk_index"].cast(pl.Int32).to_arrow(),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dim),
+        }
+        if with_text:
+            columns["text"] = part["text"].to_arrow()
+        tbl.add(pa.table(columns, schema=schema))
     n = tbl.count_rows()
     if n >= ann_threshold:
         # ~sqrt(n) partitions is LanceDB's own guidance; PQ sub-vectors must divide dim.
@@ -116,6 +126,8 @@ def write_chunk_index(
         tbl.create_index(
             metric="dot", num_partitions=partitions, num_sub_vectors=sub_vectors, vector_column_name="vector"
         )
+    if with_text and text_index and n:
+        tbl.create_index("text", config=FTS(), replace=True)
     return ChunkIndex(uri=str(uri), table=table)
 
 

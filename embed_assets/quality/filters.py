@@ -4,6 +4,13 @@
   the base model must retrieve one of the question's positives within the top
   ``k`` chunks of the whole corpus. A question that the base model cannot even
   place is usually vague or wrong, and training on it adds noise.
+- **Lexical second opinion**: the base model's own round trip keeps only what the
+  base model can already answer, which is the wrong bias for a product whose point is
+  the vocabulary the base model misses (error codes, config names, product ids). A
+  question it cannot place is kept too when BM25 (:mod:`~embed_assets.mining.lexical`)
+  ranks a positive within its top ``lexical_top_k``: such a question is specific, not
+  vague, and it is what fine-tuning should teach. It also keeps the held-out test split
+  from holding only questions the base model already gets right.
 - **Answer support**: the share of the answer's content words found in the
   positive chunks; an answer the chunk does not support is a hallucination.
 - **Near-duplicate questions**: questions whose embeddings have cosine ≥ 0.9
@@ -24,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from embed_assets.mining.index import ChunkIndex, search
+from embed_assets.mining.lexical import lexical_ranks
 from embed_assets.models import encode
 
 _WORD = re.compile(r"[a-z0-9_]{3,}")
@@ -32,7 +40,8 @@ _WORD = re.compile(r"[a-z0-9_]{3,}")
 @dataclass(frozen=True)
 class QualityConfig:
     """Args:
-    roundtrip_top_k: a positive must be among the base model's top-k chunks.
+    roundtrip_top_k: a positive must be among the base model's top-k chunks...
+    lexical_top_k: ...or among BM25's top-k chunks (0 = the base model's round trip alone).
     min_score: pairs whose combined score is below this are dropped. The score is
         the round-trip reciprocal rank (1 = positive ranked first), averaged with
         the LLM judge's overall/10 when a judge ran.
@@ -45,6 +54,7 @@ class QualityConfig:
     """
 
     roundtrip_top_k: int = 10
+    lexical_top_k: int = 10
     min_score: float = 0.0
     dedup_cosine: float = 0.9
     min_answer_support: float = 0.5
@@ -54,6 +64,8 @@ class QualityConfig:
     def __post_init__(self) -> None:
         if self.roundtrip_top_k < 1:
             raise ValueError(f"roundtrip_top_k must be >= 1, got {self.roundtrip_top_k}")
+        if self.lexical_top_k < 0:
+            raise ValueError(f"lexical_top_k must be >= 0, got {self.lexical_top_k}")
         for name in ("min_score", "dedup_cosine", "min_answer_support", "min_faithfulness"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -109,7 +121,8 @@ def score_pairs(
 ) -> pl.DataFrame:
     """Add quality columns to ``qa`` and decide which pairs to keep.
 
-    Added columns: ``roundtrip_rank`` (null = not in top k), ``answer_support``,
+    Added columns: ``roundtrip_rank`` (null = not in top k), ``lexical_rank`` (BM25's, null =
+    not in its top ``lexical_top_k`` or not asked), ``answer_support``,
     ``duplicate`` (bool), ``score`` (0..1), ``kept`` (bool), ``drop_reason``.
     If ``qa`` already has ``judge_overall`` (1–10), it enters the score. If it has
     ``ragas_faithfulness`` (0–1), pairs scored below ``min_faithfulness`` are dropped
@@ -118,6 +131,7 @@ def score_pairs(
     if qa.height == 0:
         return qa.with_columns(
             pl.lit(None, pl.Int32).alias("roundtrip_rank"),
+            pl.lit(None, pl.Int32).alias("lexical_rank"),
             pl.lit(None, pl.Float64).alias("answer_support"),
             pl.lit(False).alias("duplicate"),
             pl.lit(0.0).alias("score"),
@@ -127,6 +141,15 @@ def score_pairs(
     qvec = encode(model, qa["question"].to_list())
     positives = qa["positive_chunk_ids"].to_list()
     ranks = roundtrip_ranks(qvec, positives, index, config.roundtrip_top_k)
+    lexical: list[int | None] = [None] * qa.height
+    if config.lexical_top_k:
+        # Only the base model's misses need the second opinion.
+        misses = [i for i, r in enumerate(ranks) if r is None]
+        found = lexical_ranks(
+            [qa["question"][i] for i in misses], [positives[i] for i in misses], index, config.lexical_top_k
+        )
+        for i, r in zip(misses, found, strict=True):
+            lexical[i] = r
     text_of = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
     support = [
         answer_support(a, [text_of.get(c, "") for c in p]) if a else None
@@ -145,7 +168,7 @@ def score_pairs(
     faithfulness = qa["ragas_faithfulness"].to_list() if "ragas_faithfulness" in qa.columns else None
     reasons: list[str | None] = []
     for i in range(qa.height):
-        if ranks[i] is None:
+        if ranks[i] is None and lexical[i] is None:
             reasons.append("roundtrip_miss")
         elif support[i] is not None and support[i] < config.min_answer_support:
             reasons.append("answer_unsupported")
@@ -169,6 +192,7 @@ def score_pairs(
             reasons.append(None)
     return qa.with_columns(
         pl.Series("roundtrip_rank", ranks, dtype=pl.Int32),
+        pl.Series("lexical_rank", lexical, dtype=pl.Int32),
         pl.Series("answer_support", support, dtype=pl.Float64),
         pl.Series("duplicate", dup),
         pl.Series("score", score.round(4)),

@@ -15,6 +15,7 @@ SAMPLE_COLUMNS = (
     "question",
     "answer",
     "roundtrip_rank",
+    "lexical_rank",
     "answer_support",
     "judge_overall",
     "ragas_faithfulness",
@@ -27,7 +28,8 @@ SAMPLE_COLUMNS = (
 @dg.asset(
     group_name="quality",
     kinds={"polars"},
-    description="A score per pair (round-trip rank of the base model, answer support, LLM judge when one ran, "
+    description="A score per pair (round-trip rank of the base model, BM25 rank of the pairs it misses, "
+    "answer support, LLM judge when one ran, "
     "ragas faithfulness when asked for), near-duplicate questions (cosine ≥ 0.9) marked, and a kept flag "
     "with the drop reason.",
 )
@@ -65,6 +67,8 @@ def qa_quality_scores(
             "pairs": scored.height,
             "kept": kept.height,
             "kept_fraction": round(kept.height / max(scored.height, 1), 3),
+            # Pairs the base model could not place but BM25 could: the vocabulary to learn.
+            "kept_by_lexical_only": kept.filter(pl.col("roundtrip_rank").is_null()).height,
             "dropped_by_reason": counts_table(drops),
             "roundtrip_rank_histogram": histogram(
                 scored["roundtrip_rank"].to_list(), bins=config.roundtrip_top_k, label="rank"

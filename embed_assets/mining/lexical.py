@@ -1,0 +1,55 @@
+"""BM25 search over the chunk table's text, through LanceDB's own full-text index.
+
+A base embedding model misses what it never saw in pre-training: a team's vocabulary,
+rare identifiers, error codes, product names. BM25 ranks those by exact term match, so
+it is the natural second opinion for the round-trip filter: a question the base model
+cannot place, but whose positive BM25 ranks near the top, is specific rather than
+vague, and it is exactly what fine-tuning should teach. (On NFCorpus, BM25 scores
+0.295 nDCG@10 on dev against 0.302 for all-MiniLM-L6-v2, and their rank fusion 0.327.)
+
+LanceDB's native inverted index (the table's store is the product's store; no second
+search engine to run) tokenises with lower-casing, ASCII folding, English stemming and
+stop-word removal. Queries go through :class:`lancedb.query.MatchQuery`, so a question
+with quotes, colons or ``AND`` is matched as plain words, never parsed as syntax.
+"""
+
+from __future__ import annotations
+
+from lancedb.query import MatchQuery
+
+from embed_assets.mining.index import ChunkIndex
+
+TEXT_COLUMN = "text"  # as written by write_chunk_index
+
+
+def lexical_ranks(
+    questions: list[str], positives: list[list[str]], index: ChunkIndex, k: int
+) -> list[int | None]:
+    """1-based BM25 rank of each question's best-ranked positive among the top ``k``, else None.
+
+    Args:
+        questions: query texts.
+        positives: the positive chunk ids of each question.
+        index: a chunk table written with its text (:func:`~embed_assets.mining.index.build_chunk_index`).
+        k: how deep to look.
+    """
+    if len(questions) != len(positives):
+        raise ValueError(f"{len(questions)} questions but {len(positives)} positive lists")
+    if not index.has_text_index():
+        raise ValueError(
+            f"LanceDB table {index.table!r} at {index.uri} has no full-text index on {TEXT_COLUMN!r}: "
+            "rebuild it with build_chunk_index (tables written before chunk text was stored lack it)"
+        )
+    tbl = index.open()
+    ranks: list[int | None] = []
+    for question, pos in zip(questions, positives, strict=True):
+        hits = (
+            tbl.search(MatchQuery(question, TEXT_COLUMN), query_type="fts")
+            .limit(k)
+            .select(["chunk_id"])
+            .to_arrow()["chunk_id"]
+            .to_pylist()
+        )
+        wanted = set(pos)
+        ranks.append(next((r + 1 for r, cid in enumerate(hits) if cid in wanted), None))
+    return ranks
