@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     from embed_assets.evaluation.retrieval import load_beir
     from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
     from embed_assets.mining.index import ChunkIndex, build_chunk_index
+    from embed_assets.mining.lexical import lexical_ranks
     from embed_assets.mining.negatives import MiningConfig, mine_hard_negatives
     from embed_assets.models import load_model
     from embed_assets.quality.filters import QualityConfig, score_pairs
@@ -75,9 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     corpus, queries, qrels = load_beir(beir, a.split)
     chunks = bench.read_beir_documents(beir)
     base = load_model("all-MiniLM-L6-v2")
-    if (work / "lancedb").exists():
-        index = ChunkIndex(uri=str(work / "lancedb"))
-    else:
+    index = ChunkIndex(uri=str(work / "lancedb"))
+    if not (work / "lancedb").exists() or not index.has_text_index():  # older work dirs stored no text
         index = build_chunk_index(chunks, base, work / "lancedb")
     kinds = tuple(a.kinds.split(","))
     grouped = f"_pp{a.phrase_positives}" if a.phrase_positives > 1 else ""
@@ -90,7 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
             .generate(chunks, questions_per_chunk=a.qpc)
             .qa
         )
-        scored = score_pairs(qa, chunks, base, index, QualityConfig(roundtrip_top_k=100))
+        scored = score_pairs(qa, chunks, base, index, QualityConfig(roundtrip_top_k=100, lexical_top_k=0))
+        scored.write_parquet(scored_path)
+    if "lexical_rank" not in scored.columns or scored["lexical_rank"].null_count() == scored.height:
+        # BM25 ranks of every question (the bench asks only for the base model's misses)
+        ranks = lexical_ranks(
+            scored["question"].to_list(), scored["positive_chunk_ids"].to_list(), index, 100
+        )
+        scored = scored.with_columns(pl.Series("lexical_rank", ranks, dtype=pl.Int32))
         scored.write_parquet(scored_path)
     kept = scored
     if a.val_docs:  # as the bench does: hold out whole documents, train on the rest
@@ -98,11 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         split = grouped_split(kept, SplitConfig(val_fraction=a.val_docs, test_fraction=0.0, seed=a.seed))
         kept = split.filter(pl.col("split") == "train").drop("split")
-    if a.lex_k:
-        kept = kept.join(pl.read_parquet(work / "scored_lex.parquet").select("qa_id", "lex_rank"), on="qa_id")
     if a.rt_k:
         dense_hit = pl.col("roundtrip_rank").is_not_null() & (pl.col("roundtrip_rank") <= a.rt_k)
-        lex_hit = (pl.col("lex_rank") <= a.lex_k).fill_null(False) if a.lex_k else pl.lit(False)
+        lex_hit = (pl.col("lexical_rank") <= a.lex_k).fill_null(False) if a.lex_k else pl.lit(False)
         kept = kept.filter(dense_hit | lex_hit)
     if a.dedup:
         kept = kept.filter(~pl.col("duplicate"))

@@ -20,7 +20,7 @@ def test_valid_configs_pass():
             "ops": {
                 "source_documents": {"config": {"corpus_dir": "/some/where"}},
                 "document_chunks": {"config": {"chunk_tokens": 256, "overlap_tokens": 32}},
-                "qa_quality_scores": {"config": {"dedup_cosine": 0.95, "min_score": 0.1}},
+                "qa_quality_scores": {"config": {"dedup_cosine": 0.95, "min_score": 0.1, "lexical_top_k": 0}},
                 "mined_negatives": {"config": {"num_negatives": 10, "absolute_margin": 0.05}},
                 "training_examples": {"config": {"batch_size": 16}},
                 "finetuned_model": {
@@ -45,6 +45,10 @@ def test_valid_configs_pass():
             "ops.qa_quality_scores.config.dedup_cosine",
         ),
         ({"qa_quality_scores": {"config": {"min_score": 1.5}}}, "ops.qa_quality_scores.config.min_score"),
+        (
+            {"qa_quality_scores": {"config": {"lexical_top_k": -1}}},
+            "ops.qa_quality_scores.config.lexical_top_k",
+        ),
         ({"mined_negatives": {"config": {"num_negatives": -1}}}, "ops.mined_negatives.config.num_negatives"),
         (
             {"mined_negatives": {"config": {"max_score_ratio": 1.5}}},

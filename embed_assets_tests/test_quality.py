@@ -212,9 +212,42 @@ def test_score_pairs_empty_frame(mini_chunks, mini_index, base_model):
         ({"min_score": -0.1}, "min_score"),
         ({"min_answer_support": 2.0}, "min_answer_support"),
         ({"roundtrip_top_k": 0}, "roundtrip_top_k"),
+        ({"lexical_top_k": -1}, "lexical_top_k"),
         ({"min_judge_overall": 11.0}, "min_judge_overall"),
     ],
 )
 def test_bad_quality_config_raises_naming_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         QualityConfig(**kwargs)
+
+
+def test_bm25_keeps_an_error_code_question_the_base_model_misses(mini_chunks, mini_index, base_model):
+    holders = [c for c, t in zip(mini_chunks["chunk_id"], mini_chunks["text"], strict=True) if "40P01" in t]
+    qa = qa_frame(
+        [
+            {
+                "question": "40P01",
+                "query_type": "keyword",
+                "complexity": 1,
+                "hops": 1,
+                "positive_chunk_ids": holders,
+                "doc_ids": ["x"],
+                "generator": "test",
+            }
+        ]
+    )
+    with_bm25 = score_pairs(
+        qa, mini_chunks, base_model, mini_index, QualityConfig(roundtrip_top_k=1, lexical_top_k=1)
+    )
+    [row] = with_bm25.to_dicts()
+    assert row["roundtrip_rank"] is None  # the base model does not place the bare code first...
+    assert row["lexical_rank"] == 1  # ...BM25 does, so the pair is kept
+    assert row["kept"] is True and row["drop_reason"] is None
+    assert row["score"] == 0.0  # the score stays the base model's round trip
+
+    dense_only = score_pairs(
+        qa, mini_chunks, base_model, mini_index, QualityConfig(roundtrip_top_k=1, lexical_top_k=0)
+    )
+    [row] = dense_only.to_dicts()
+    assert row["lexical_rank"] is None
+    assert row["kept"] is False and row["drop_reason"] == "roundtrip_miss"

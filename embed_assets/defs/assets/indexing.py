@@ -13,8 +13,9 @@ from embed_assets.mining.index import build_chunk_index
 @dg.asset(
     group_name="indexing",
     kinds={"lancedb"},
-    description="Base-model embeddings of every chunk in a LanceDB table: exact search for small corpora, "
-    "an IVF-PQ index above the threshold. Used for round-trip filtering and hard-negative mining.",
+    description="Base-model embeddings and text of every chunk in a LanceDB table: exact search for small "
+    "corpora, an IVF-PQ index above the threshold, and a BM25 full-text index on the text. Used for round-trip "
+    "filtering (dense and lexical) and hard-negative mining.",
 )
 def base_chunk_index(
     context: dg.AssetExecutionContext,
@@ -32,6 +33,7 @@ def base_chunk_index(
             "rows": index.count(),
             "uri": dg.MetadataValue.path(str(uri.resolve())),
             "ann_index": index.has_ann_index(),
+            "text_index": index.has_text_index(),
             "chunks_per_second": round(document_chunks.height / max(seconds, 1e-9), 1),
             **stage_metrics(start),
         },
