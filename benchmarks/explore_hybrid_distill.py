@@ -53,7 +53,11 @@ def hybrid_scores(questions: list[str], base, index, depth: int, bm25_weight: fl
     row = {c: i for i, c in enumerate(ids)}
     sims = encode(base, questions) @ vectors.T
     for i, question in enumerate(questions):
-        hits = tbl.search(MatchQuery(question, "text"), query_type="fts").limit(depth).select(["chunk_id"])
+        hits = (
+            tbl.search(MatchQuery(question, "text"), query_type="fts")
+            .limit(depth)
+            .select(["chunk_id", "_score"])
+        )
         bm25 = {r["chunk_id"]: float(r["_score"]) for r in hits.to_list()}
         top = max(bm25.values(), default=0.0) or 1.0
         candidates = (

@@ -4,8 +4,9 @@ A base embedding model misses what it never saw in pre-training: a team's vocabu
 rare identifiers, error codes, product names. BM25 ranks those by exact term match, so
 it is the natural second opinion for the round-trip filter: a question the base model
 cannot place, but whose positive BM25 ranks near the top, is specific rather than
-vague, and it is exactly what fine-tuning should teach. (On NFCorpus, BM25 scores
-0.295 nDCG@10 on dev against 0.302 for all-MiniLM-L6-v2, and their rank fusion 0.327.)
+vague, and it is exactly what fine-tuning should teach. (On NFCorpus dev queries, a hybrid
+of all-MiniLM-L6-v2 and this BM25 scores 0.334 nDCG@10 against the model's 0.302:
+``benchmarks/explore_hybrid_distill.py --score-teacher``.)
 
 LanceDB's native inverted index (the table's store is the product's store; no second
 search engine to run) tokenises with lower-casing, ASCII folding, English stemming and
@@ -46,7 +47,8 @@ def lexical_ranks(
         hits = (
             tbl.search(MatchQuery(question, TEXT_COLUMN), query_type="fts")
             .limit(k)
-            .select(["chunk_id"])
+            # Naming _score keeps lance from logging a deprecation warning on every query.
+            .select(["chunk_id", "_score"])
             .to_arrow()["chunk_id"]
             .to_pylist()
         )
