@@ -214,22 +214,19 @@ def significance(per_query: dict[str, dict[str, float]]) -> dict[str, dict]:
     return {f"{a} vs {b}": paired_bootstrap(per_query[a], per_query[b]) for a, b in pairs}
 
 
-def refit(cfg: BenchConfig, ours_cfg, selected, rows: pl.DataFrame, base, out_dir: Path) -> Path:
+def refit(cfg: BenchConfig, ours_cfg, selected, rows: pl.DataFrame, out_dir: Path) -> Path:
     """Retrain from the base on ``rows`` (training + validation documents) with what validation
     chose on the first run: its step count and merge weight. Nothing is selected here, so the
     held-out pairs only ever chose settings, never fed a model that was then judged on them."""
     from dataclasses import replace
 
-    from embed_assets.training.trainer import _linear_merge, train_bi_encoder
+    from embed_assets.training.trainer import train_bi_encoder
 
-    refit_cfg = replace(ours_cfg, max_steps=selected.steps, merge_weights=(0.0,), eval_steps=None)
+    # Without validation the trainer applies a single merge weight as given.
+    refit_cfg = replace(
+        ours_cfg, max_steps=selected.steps, merge_weights=(selected.merge_weight,), eval_steps=None
+    )
     train_bi_encoder(cfg.base_model, rows, out_dir, refit_cfg)
-    if selected.merge_weight > 0:
-        model = load_for_eval(str(out_dir), cfg.train_seq_len)
-        _linear_merge(
-            model, {k: v.detach().clone() for k, v in base.state_dict().items()}, selected.merge_weight
-        )
-        model.save(str(out_dir))
     return out_dir
 
 
@@ -439,7 +436,7 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
     ours_dir = work / "ours"
     if cfg.refit:
         with t.stage("refit ours"):
-            ours_dir = refit(cfg, ours_cfg, ours_result, refit_rows, base, work / "ours_refit")
+            ours_dir = refit(cfg, ours_cfg, ours_result, refit_rows, work / "ours_refit")
         out["ours_training"]["refit"] = {"rows": refit_rows.height, "steps": ours_result.steps}
 
     if cfg.run_peer:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_nfcorpus as bench  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
+from explore_nfcorpus_dev import work_index  # noqa: E402
 
 
 def hybrid_scores(questions: list[str], base, index, depth: int, bm25_weight: float, extra=None):
@@ -112,7 +113,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     from embed_assets.evaluation.retrieval import load_beir
     from embed_assets.generation.structure import strip_title
-    from embed_assets.mining.index import ChunkIndex, build_chunk_index
     from embed_assets.models import load_model, resolve_model_path
     from embed_assets.training.trainer import _set_seeds
 
@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     untitled = dict(zip(chunks["chunk_id"], map(strip_title, chunks["text"], chunks["title"]), strict=True))
     scored = pl.read_parquet(work / "scored_title_keyphrase_3.parquet").filter(~pl.col("duplicate"))
     base = load_model("all-MiniLM-L6-v2")
-    index = ChunkIndex(uri=str(work / "lancedb"))
-    if not (work / "lancedb").exists() or not index.has_text_index():  # as the explore harness does
-        index = build_chunk_index(chunks, base, work / "lancedb")
+    index = work_index(work, chunks, base)
     if a.score_teacher:
         from embed_assets.evaluation.metrics import ir_metrics
 

@@ -30,6 +30,17 @@ import bench_nfcorpus as bench  # noqa: E402
 import polars as pl  # noqa: E402
 
 
+def work_index(work: Path, chunks: pl.DataFrame, base):
+    """The base model's chunk table in ``work``, built on first use (and rebuilt for work dirs
+    from before the table stored chunk text and its BM25 index)."""
+    from embed_assets.mining.index import ChunkIndex, build_chunk_index
+
+    index = ChunkIndex(uri=str(work / "lancedb"))
+    if not (work / "lancedb").exists() or not index.has_text_index():
+        index = build_chunk_index(chunks, base, work / "lancedb")
+    return index
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name", help="variant name (the results key)")
@@ -62,7 +73,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     from embed_assets.evaluation.retrieval import load_beir
     from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
-    from embed_assets.mining.index import ChunkIndex, build_chunk_index
     from embed_assets.mining.lexical import lexical_ranks
     from embed_assets.mining.negatives import MiningConfig, mine_hard_negatives
     from embed_assets.models import load_model
@@ -76,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     corpus, queries, qrels = load_beir(beir, a.split)
     chunks = bench.read_beir_documents(beir)
     base = load_model("all-MiniLM-L6-v2")
-    index = ChunkIndex(uri=str(work / "lancedb"))
-    if not (work / "lancedb").exists() or not index.has_text_index():  # older work dirs stored no text
-        index = build_chunk_index(chunks, base, work / "lancedb")
+    index = work_index(work, chunks, base)
     kinds = tuple(a.kinds.split(","))
     grouped = f"_pp{a.phrase_positives}" if a.phrase_positives > 1 else ""
     scored_path = work / f"scored_{'_'.join(kinds)}_{a.qpc}{grouped}.parquet"

@@ -154,3 +154,21 @@ def test_guided_loss_masks_a_false_negative_and_trains(tmp_path):
     assert not torch.allclose(dict(tuned.named_parameters())[name], dict(base.named_parameters())[name])
     record = json.loads((tmp_path / "m" / "embed_assets_training.json").read_text())
     assert record["training_config"]["guided_in_batch"] is True
+
+
+def test_single_merge_weight_without_validation_is_applied(tmp_path):
+    """A refit has no validation to choose with: the weight chosen earlier is applied as given."""
+    settings = {"max_steps": 2, "batch_size": 8, "learning_rate": 1e-3}
+    plain = train_bi_encoder(
+        "all-MiniLM-L6-v2", rows(), tmp_path / "a", TrainingConfig(**settings, merge_weights=(0.0,))
+    )
+    merged = train_bi_encoder(
+        "all-MiniLM-L6-v2", rows(), tmp_path / "b", TrainingConfig(**settings, merge_weights=(0.3,))
+    )
+    assert plain.merge_weight == 0.0 and merged.merge_weight == 0.3
+    name = "0.model.encoder.layer.0.attention.self.query.weight"
+    tuned = dict(SentenceTransformer(plain.model_dir).named_parameters())[name]
+    base = dict(SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2")).named_parameters())[name]
+    got = dict(SentenceTransformer(merged.model_dir).named_parameters())[name]
+    assert not torch.allclose(tuned, base)
+    torch.testing.assert_close(got, 0.7 * tuned + 0.3 * base, rtol=1e-5, atol=1e-6)

@@ -50,7 +50,9 @@ class TrainingConfig:
     matryoshka_dims: also train truncated embeddings of these sizes (MatryoshkaLoss).
     lora_rank: >0 trains LoRA adapters of this rank (for large bases) and merges them.
     merge_weights: base-model weights to try for an LM-Cocktail linear merge,
-        picked on validation; (0.0,) disables merging.
+        picked on validation; (0.0,) disables merging. Without validation there is
+        nothing to pick with: a single weight (one chosen earlier) is applied as given,
+        several are ignored.
     guided_in_batch: mask in-batch negatives that the frozen *base* model scores above
         the row's positive (GISTEmbed, Solatorio 2024, with the base as guide). Generated
         questions on a topical corpus often have other relevant chunks in the batch;
@@ -317,6 +319,9 @@ def train_bi_encoder(
     )
     if evaluator is not None:
         _choose_merge(model, base_state, config, val, result)
+    elif len(set(config.merge_weights)) == 1 and config.merge_weights[0] > 0:
+        _linear_merge(model, base_state, config.merge_weights[0])
+        result.merge_weight = config.merge_weights[0]
     model.save(str(output_dir))
     _write_card(output_dir, base_model, config, result, card or {})
     import shutil
