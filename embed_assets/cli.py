@@ -29,6 +29,16 @@ def build_run_config(args: argparse.Namespace) -> dict:
     ops = ["ops"]
     if args.corpus_dir:
         _deep_set(run_config, [*ops, "source_documents", "config", "corpus_dir"], args.corpus_dir)
+    if args.corpus_jsonl:
+        _deep_set(run_config, [*ops, "source_documents", "config", "corpus_jsonl"], args.corpus_jsonl)
+    if args.labelled_queries:
+        _deep_set(
+            run_config, [*ops, "retrieval_eval", "config", "labelled_queries_dir"], args.labelled_queries
+        )
+    if args.labelled_split:
+        _deep_set(
+            run_config, [*ops, "retrieval_eval", "config", "labelled_queries_split"], args.labelled_split
+        )
     if args.max_steps is not None:
         _deep_set(run_config, [*ops, "finetuned_model", "config", "max_steps"], args.max_steps)
     return run_config
@@ -39,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize every asset and print the evaluation table")
     run.add_argument("--corpus-dir", help="folder of .txt/.md/.html documents (default data/corpus)")
+    run.add_argument("--corpus-jsonl", help="JSON Lines file of documents ({_id, title, text} per line)")
+    run.add_argument(
+        "--labelled-queries",
+        help="folder of queries written by people (queries.jsonl, qrels/<split>.tsv naming documents): "
+        "scored and gated on besides the synthetic test split",
+    )
+    run.add_argument("--labelled-split", help="qrels split of --labelled-queries (default test)")
     run.add_argument("--config", help="YAML run config ({ops: {<asset>: {config: {...}}}})")
     run.add_argument(
         "--home", default=os.environ.get("EMBED_ASSETS_HOME", ".embed_assets"), help="artifact folder"
@@ -113,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     if evaluation:
         print(f"\nBase vs fine-tuned on {evaluation['test_queries']} held-out test queries:\n")
         print(evaluation["markdown"])
+        if labelled := evaluation.get("labelled"):
+            print(f"\nBase vs fine-tuned on {labelled['queries']} labelled queries ({labelled['source']}):\n")
+            print(labelled["markdown"])
         summary = Path(args.home) / "last_run.json"
         summary.write_text(
             json.dumps(

@@ -19,6 +19,7 @@ def test_valid_configs_pass():
         {
             "ops": {
                 "source_documents": {"config": {"corpus_dir": "/some/where"}},
+                "retrieval_eval": {"config": {"labelled_queries_dir": "/q", "labelled_queries_split": "dev"}},
                 "document_chunks": {"config": {"chunk_tokens": 256, "overlap_tokens": 32}},
                 "qa_quality_scores": {"config": {"dedup_cosine": 0.95, "min_score": 0.1, "lexical_top_k": 0}},
                 "mined_negatives": {"config": {"num_negatives": 10, "absolute_margin": 0.05}},
@@ -56,6 +57,14 @@ def test_valid_configs_pass():
         ),
         ({"qa_splits": {"config": {"val_fraction": 0.6, "test_fraction": 0.5}}}, "ops.qa_splits.config"),
         ({"no_such_asset": {"config": {}}}, "ops.no_such_asset: unknown asset"),
+        (
+            {"source_documents": {"config": {"corpus_jsonl": "c.jsonl", "lancedb_uri": "/db"}}},
+            "ops.source_documents.config: Value error, set corpus_jsonl or lancedb_uri, not both",
+        ),
+        (
+            {"retrieval_eval": {"config": {"labelled_queries_split": ""}}},
+            "ops.retrieval_eval.config.labelled_queries_split",
+        ),
         (
             {"finetuned_model": {"config": {"guide_margin_strategy": "percent"}}},
             "ops.finetuned_model.config.guide_margin_strategy",

@@ -121,3 +121,40 @@ def test_recursive_and_crlf_normalised(tmp_path):
     assert row["doc_path"] == "a/b/deep.markdown"
     assert "\r" not in row["text"]
     assert row["title"] == "Deep Title"
+
+
+def test_jsonl_corpus_reads_documents_and_counts_bad_lines(tmp_path):
+    from embed_assets.ingest.documents import read_jsonl_documents
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(
+        '{"_id": "MED-10", "title": "Statin use and breast cancer", "text": "Recent studies ..."}\n'
+        '{"id": 7, "text": "  An id under the name id, and no title.  "}\n'
+        "\n"
+        '{"text": "No id at all."}\n'
+        "not json\n"
+        '["a list"]\n'
+        '{"_id": "MED-11", "text": "   "}\n'
+        '{"_id": "MED-10", "text": "The same id again."}\n'
+        '{"_id": "MED-12", "title": "Statin use and breast cancer", "text": "Recent studies ..."}\n'
+    )
+    result = read_jsonl_documents(path)
+    docs = result.documents
+    assert dict(docs.schema) == DOCUMENT_SCHEMA
+    assert docs["doc_path"].to_list() == ["MED-10", "7", "line 4"]
+    assert docs["title"].to_list() == ["Statin use and breast cancer", "", ""]
+    assert docs["text"][1] == "An id under the name id, and no title."
+    assert result.files_seen == 8  # non-blank lines
+    assert dict(result.skipped) == {"malformed_json": 1, "not_an_object": 1, "empty": 1, "duplicate": 2}
+    assert ("corpus.jsonl:5", "malformed_json") in result.skipped_files
+
+
+def test_jsonl_corpus_that_is_missing_or_has_no_text_raises_naming_it(tmp_path):
+    from embed_assets.ingest.documents import read_jsonl_documents
+
+    with pytest.raises(CorpusError, match="corpus_jsonl is not a file: .*nope.jsonl"):
+        read_jsonl_documents(tmp_path / "nope.jsonl")
+    path = tmp_path / "empty.jsonl"
+    path.write_text('{"_id": "a", "text": ""}\n')
+    with pytest.raises(CorpusError, match=r"no document with text: .*empty\.jsonl \(skipped: empty=1\)"):
+        read_jsonl_documents(path)

@@ -18,6 +18,7 @@ import pytest
 from embed_assets.defs.definitions import all_assets, build_resources, defs
 
 MINI_CORPUS = Path(__file__).parent / "fixtures" / "mini_corpus"
+MINI_LABELLED = Path(__file__).parent / "fixtures" / "mini_labelled"
 ASSETS = {
     "source_documents",
     "document_chunks",
@@ -150,20 +151,85 @@ def test_onnx_export_serves_the_finetuned_model(pipeline):
     assert (folder / "tokenizer.json").exists() or (folder / "vocab.txt").exists()
 
 
+LABELLED_EVAL = {"labelled_queries_dir": str(MINI_LABELLED), "labelled_queries_split": "test"}
+
+
+def test_labelled_queries_are_scored_by_best_chunk_and_gated(pipeline, base_model):
+    """Queries written by hand, judged on document paths: both models are scored on them, the
+    unusable judgments are counted, and the base figure is what the core functions give."""
+    from embed_assets.evaluation.labelled import document_run
+    from embed_assets.evaluation.metrics import ir_metrics
+    from embed_assets.evaluation.retrieval import retrieve
+
+    result, _, instance, resources = pipeline
+    rerun = dg.materialize(
+        all_assets,
+        selection=["retrieval_eval"],
+        run_config={"ops": {"retrieval_eval": {"config": LABELLED_EVAL}}},
+        resources=resources,
+        instance=instance,
+    )
+    labelled = rerun.output_for_node("retrieval_eval")["labelled"]
+    assert labelled["queries"] == 7  # q8 names no document of the corpus, q9 has no text
+    assert labelled["skipped"] == {
+        "judgment_unknown_document": 2,
+        "query_without_relevant_document": 1,
+        "query_without_text": 1,
+    }
+    assert labelled["source"].endswith("qrels/test.tsv") and len(labelled["fingerprint"]) > 8
+    meta = materialized(rerun)["retrieval_eval"].metadata
+    assert meta["labelled_queries"].value == 7
+    assert "NDCG@10" in meta["labelled_metrics"].value
+    assert "not-in-the-corpus.md" in meta["labelled_unknown_documents"].value
+    # The synthetic evaluation is unchanged by adding the labelled set.
+    assert meta["ndcg10_base"].value == materialized(result)["retrieval_eval"].metadata["ndcg10_base"].value
+
+    # Independently: the base model over the same chunks, documents scored by their best chunk.
+    chunks = result.output_for_node("document_chunks")
+    records = [json.loads(line) for line in (MINI_LABELLED / "queries.jsonl").read_text().splitlines()]
+    queries = {r["_id"]: r["text"] for r in records if r["_id"] in {f"q{i}" for i in range(1, 8)}}
+    corpus = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
+    chunk_doc = dict(zip(chunks["chunk_id"], chunks["doc_path"], strict=True))
+    run = document_run(retrieve(base_model, corpus, queries, top_k=len(corpus)), chunk_doc, 100)
+    qrels = {}
+    for line in (MINI_LABELLED / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        q, doc, grade = line.split("\t")
+        if q in queries and (MINI_CORPUS / doc).exists():
+            qrels.setdefault(q, {})[doc] = int(grade)
+    expected = ir_metrics(qrels, run)["NDCG@10"]
+    assert labelled["base"]["NDCG@10"] == pytest.approx(expected, abs=1e-3)
+    assert expected > 0.5  # hand-written queries about single pages: the base model finds most
+    check = next(
+        e for e in rerun.get_asset_check_evaluations() if e.asset_check_key.name == "no_regression_vs_base"
+    )
+    gated = check.metadata["ndcg10_delta_points_labelled_queries"].value
+    assert gated == pytest.approx(
+        (labelled["fine_tuned"]["NDCG@10"] - labelled["base"]["NDCG@10"]) * 100, abs=0.01
+    )
+
+
 def test_regressed_model_is_never_exported(pipeline):
-    """A destructive learning rate wrecks the model; the blocking gate must stop the export."""
+    """A destructive learning rate wrecks the model; the blocking gate must stop the export, and
+    says which evaluation regressed: the synthetic split and the labelled queries."""
     _, _, instance, resources = pipeline
     config = tiny_run_config(learning_rate=0.5, merge_weights=[0.0], warmup_ratio=0.0)
     result = dg.materialize(
         all_assets,
         selection=["finetuned_model", "retrieval_eval", "onnx_model"],
-        run_config={"ops": {k: v for k, v in config["ops"].items() if k in {"finetuned_model"}}},
+        run_config={
+            "ops": {
+                "finetuned_model": config["ops"]["finetuned_model"],
+                "retrieval_eval": {"config": LABELLED_EVAL},
+            }
+        },
         resources=resources,
         instance=instance,
         raise_on_error=False,
     )
-    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks["no_regression_vs_base"] is False
+    checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    assert checks["no_regression_vs_base"].passed is False
+    regressed = checks["no_regression_vs_base"].metadata["regressed_on"].value
+    assert regressed == "synthetic test split, labelled queries"
     assert "onnx_model" not in materialized(result)
 
 

@@ -25,6 +25,11 @@ class SourceDocumentsConfig(dg.Config):
     corpus_dir: str = Field(
         default="data/corpus", description="Folder read recursively for .txt/.md/.html files."
     )
+    corpus_jsonl: str | None = Field(
+        default=None,
+        description="Read a JSON Lines file of documents ({_id, title, text} per line, BEIR's corpus.jsonl) "
+        "instead of a folder; the _id is the name labelled queries use.",
+    )
     lancedb_uri: str | None = Field(
         default=None, description="Read the chunks of a production LanceDB table instead of a folder."
     )
@@ -32,6 +37,12 @@ class SourceDocumentsConfig(dg.Config):
     text_column: str = Field(default="text", description="Chunk text column, with lancedb_uri.")
     title_column: str | None = Field(default=None, description="Optional title column, with lancedb_uri.")
     id_column: str | None = Field(default=None, description="Optional id column, with lancedb_uri.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.corpus_jsonl and self.lancedb_uri:
+            raise ValueError("set corpus_jsonl or lancedb_uri, not both")
+        return self
 
 
 class DocumentChunksConfig(dg.Config):
@@ -184,6 +195,15 @@ class RetrievalEvalConfig(dg.Config):
     top_k: int = Field(default=100, ge=10)
     tolerance_points: float = Field(
         default=0.0, ge=0.0, description="Allowed nDCG@10 drop (points) before the no-regression gate fails."
+    )
+    labelled_queries_dir: str | None = Field(
+        default=None,
+        description="A folder of queries written by people (queries.jsonl + qrels/<split>.tsv) whose judgments "
+        "name documents as source_documents reads them (relative path, JSONL _id or table id). When set, both "
+        "models are also scored on them and the no-regression gate must hold there too.",
+    )
+    labelled_queries_split: str = Field(
+        default="test", min_length=1, description="Which qrels/<split>.tsv of labelled_queries_dir to read."
     )
 
 

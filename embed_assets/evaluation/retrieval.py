@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Container
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,61 @@ from embed_assets.evaluation.metrics import Qrels, Run
 from embed_assets.models import encode
 
 
+def read_qrels(path: str | Path) -> Qrels:
+    """``query-id<TAB>corpus-id<TAB>score`` lines (BEIR's ``qrels/<split>.tsv``), header optional.
+
+    Raises:
+        FileNotFoundError: the file is missing (the message names it).
+        ValueError: a line is not three tab-separated fields with an integer score
+            (the message names the file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no qrels file: {path}")
+    qrels: Qrels = {}
+    with path.open(encoding="utf-8") as f:
+        for n, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) != 3:
+                raise ValueError(f"{path}:{n}: expected query-id, corpus-id, score; got {len(row)} fields")
+            qid, cid, score = (x.strip() for x in row)
+            try:
+                grade = int(score)
+            except ValueError:
+                if n == 1:  # the header line
+                    continue
+                raise ValueError(f"{path}:{n}: score {score!r} is not an integer") from None
+            qrels.setdefault(qid, {})[cid] = grade
+    return qrels
+
+
+def read_queries(path: str | Path, wanted: Container[str] | None = None) -> dict[str, str]:
+    """``{"_id", "text"}`` objects, one per line (BEIR's ``queries.jsonl``); only the ids in
+    ``wanted`` when given.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: a line is not a JSON object with ``_id`` and ``text`` (file and line named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no queries file: {path}")
+    queries: dict[str, str] = {}
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                qid, text = str(d["_id"]), d["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{n}: expected a JSON object with _id and text") from None
+            if wanted is None or qid in wanted:
+                queries[qid] = text
+    return queries
+
+
 def load_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], Qrels]:
     """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` (BEIR layout).
 
@@ -21,27 +77,16 @@ def load_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], 
     joined the way BEIR's own models do.
     """
     folder = Path(folder)
-    qrels: Qrels = {}
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.exists():
         raise FileNotFoundError(f"no qrels for split {split!r}: {qrels_path}")
-    with qrels_path.open(encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t")
-        next(reader)  # header
-        for qid, cid, score in reader:
-            qrels.setdefault(qid, {})[cid] = int(score)
+    qrels = read_qrels(qrels_path)
     corpus: dict[str, str] = {}
     with (folder / "corpus.jsonl").open(encoding="utf-8") as f:
         for line in f:
             d = json.loads(line)
             corpus[d["_id"]] = (d.get("title", "") + " " + d["text"]).strip() if d.get("title") else d["text"]
-    queries: dict[str, str] = {}
-    with (folder / "queries.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            d = json.loads(line)
-            if d["_id"] in qrels:
-                queries[d["_id"]] = d["text"]
-    return corpus, queries, qrels
+    return corpus, read_queries(folder / "queries.jsonl", wanted=qrels), qrels
 
 
 def retrieve(

@@ -133,6 +133,66 @@ def read_corpus(corpus_dir: str | Path) -> CorpusReadResult:
     return result
 
 
+def read_jsonl_documents(path: str | Path) -> CorpusReadResult:
+    """Read a JSON Lines file of documents, one object per line (BEIR's ``corpus.jsonl`` layout).
+
+    Each object needs a ``text`` string and may carry a ``title`` and an id (``_id`` or
+    ``id``). The id becomes the document's ``doc_path``, which is what labelled queries
+    name (see :mod:`embed_assets.evaluation.labelled`); without one, ``line <n>`` stands in.
+    Lines that are not JSON objects, or have no text, are skipped and counted with the
+    line number; a repeated id or a repeated text is skipped as a duplicate.
+
+    Raises:
+        CorpusError: the file is missing, not a file, or yields no document.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus_jsonl is not a file: {path}")
+    result = CorpusReadResult(documents=pl.DataFrame(schema=DOCUMENT_SCHEMA))
+    rows: list[dict] = []
+    seen_text: set[str] = set()
+    seen_ref: set[str] = set()
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            result.files_seen += 1
+            where = f"{path.name}:{n}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                result.skip(where, "malformed_json")
+                continue
+            if not isinstance(record, dict):
+                result.skip(where, "not_an_object")
+                continue
+            raw_id = record.get("_id", record.get("id"))
+            ref = str(raw_id) if raw_id not in (None, "") else f"line {n}"
+            text = record.get("text")
+            if not isinstance(text, str) or not text.strip():
+                result.skip(where, "empty")
+                continue
+            text = text.strip()
+            title = record.get("title")
+            title = title.strip() if isinstance(title, str) else ""
+            doc_id = content_hash(f"{title}\n{text}")
+            if ref in seen_ref or doc_id in seen_text:
+                result.skip(where, "duplicate")
+                continue
+            seen_ref.add(ref)
+            seen_text.add(doc_id)
+            rows.append(
+                {"doc_id": doc_id, "doc_path": ref, "title": title, "text": text, "n_chars": len(text)}
+            )
+    if not rows:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.skipped.items())) or "no lines"
+        raise CorpusError(f"corpus_jsonl has no document with text: {path} (skipped: {reasons})")
+    result.documents = pl.DataFrame(rows, schema=DOCUMENT_SCHEMA)
+    return result
+
+
 def read_lancedb_chunks(
     uri: str | Path,
     table: str,

@@ -9,14 +9,14 @@ from embed_assets.defs.configs import DocumentChunksConfig, SourceDocumentsConfi
 from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview, stage_metrics
 from embed_assets.defs.resources import BaseModelResource
 from embed_assets.ingest.chunking import chunk_documents
-from embed_assets.ingest.documents import read_corpus, read_lancedb_chunks
+from embed_assets.ingest.documents import read_corpus, read_jsonl_documents, read_lancedb_chunks
 
 
 @dg.asset(
     group_name="ingestion",
     kinds={"polars"},
-    description="Every .txt/.md/.html file under the corpus folder (HTML converted to text), or every row of a "
-    "production LanceDB chunk table. "
+    description="Every .txt/.md/.html file under the corpus folder (HTML converted to text), every line of a "
+    "JSON Lines corpus, or every row of a production LanceDB chunk table. "
     "Document ids are content hashes; binary, non-UTF-8, empty and duplicate files are skipped and counted.",
 )
 def source_documents(
@@ -32,6 +32,9 @@ def source_documents(
             title_column=config.title_column,
             id_column=config.id_column,
         )
+    elif config.corpus_jsonl:
+        source = config.corpus_jsonl
+        result = read_jsonl_documents(config.corpus_jsonl)
     else:
         source = config.corpus_dir
         result = read_corpus(config.corpus_dir)
