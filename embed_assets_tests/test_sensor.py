@@ -55,3 +55,28 @@ def test_sensor_watches_a_production_lancedb_table(tmp_path, monkeypatch):
     assert isinstance(corpus_change_sensor(dg.build_sensor_context(cursor=cursor)), dg.SkipReason)
     tbl.add(pa.table({"id": ["b"], "text": ["`shared_buffers` sets memory"]}))
     assert isinstance(corpus_change_sensor(dg.build_sensor_context(cursor=cursor)), dg.RunRequest)
+
+
+def test_sensor_watches_a_jsonl_corpus_and_carries_the_labelled_queries(tmp_path, monkeypatch):
+    from embed_assets.defs.configs import validate_run_config
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "a", "text": "`work_mem` sets memory"}\n')
+    monkeypatch.setenv("EMBED_ASSETS_CORPUS_JSONL", str(corpus))
+    monkeypatch.setenv("EMBED_ASSETS_LABELLED_QUERIES", str(tmp_path / "labelled"))
+    monkeypatch.setenv("EMBED_ASSETS_LABELLED_SPLIT", "dev")
+    first = corpus_change_sensor(dg.build_sensor_context(cursor=None))
+    assert isinstance(first, dg.RunRequest)
+    ops = first.run_config["ops"]
+    assert ops["source_documents"]["config"] == {"corpus_jsonl": str(corpus)}
+    assert ops["retrieval_eval"]["config"] == {
+        "labelled_queries_dir": str(tmp_path / "labelled"),
+        "labelled_queries_split": "dev",
+    }
+    validate_run_config(first.run_config)
+    cursor = first.tags["embed_assets/corpus_fingerprint"]
+    assert isinstance(corpus_change_sensor(dg.build_sensor_context(cursor=cursor)), dg.SkipReason)
+    corpus.write_text(corpus.read_text() + '{"_id": "b", "text": "`shared_buffers` sets memory"}\n')
+    assert isinstance(corpus_change_sensor(dg.build_sensor_context(cursor=cursor)), dg.RunRequest)
+    corpus.unlink()
+    assert isinstance(corpus_change_sensor(dg.build_sensor_context(cursor=cursor)), dg.SkipReason)

@@ -26,6 +26,15 @@ def corpus_fingerprint(corpus_dir: str | Path) -> str | None:
     return stable_hash(entries)
 
 
+def file_fingerprint(path: str | Path) -> str | None:
+    """A JSON Lines corpus' size and mtime; None when the file is missing."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return stable_hash({"size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
 def lancedb_fingerprint(uri: str, table: str) -> str | None:
     """The table's version and row count: LanceDB bumps the version on every write."""
     import lancedb
@@ -42,8 +51,10 @@ def lancedb_fingerprint(uri: str, table: str) -> str | None:
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Requests a full pipeline run when the source changes: the production LanceDB chunk table "
-    "($EMBED_ASSETS_LANCEDB_URI / $EMBED_ASSETS_LANCEDB_TABLE) when set, else the files under the corpus folder "
-    "($EMBED_ASSETS_CORPUS_DIR, default data/corpus). The cursor is the last source fingerprint seen.",
+    "($EMBED_ASSETS_LANCEDB_URI / $EMBED_ASSETS_LANCEDB_TABLE) when set, else a JSON Lines corpus "
+    "($EMBED_ASSETS_CORPUS_JSONL) when set, else the files under the corpus folder ($EMBED_ASSETS_CORPUS_DIR, "
+    "default data/corpus). With $EMBED_ASSETS_LABELLED_QUERIES (and $EMBED_ASSETS_LABELLED_SPLIT), the run "
+    "is also scored and gated on those labelled queries. The cursor is the last source fingerprint seen.",
 )
 def corpus_change_sensor(context: dg.SensorEvaluationContext):
     lancedb_uri = os.environ.get("EMBED_ASSETS_LANCEDB_URI")
@@ -52,6 +63,10 @@ def corpus_change_sensor(context: dg.SensorEvaluationContext):
         fingerprint = lancedb_fingerprint(lancedb_uri, table)
         source = f"lancedb table {table} at {lancedb_uri}"
         source_config = {"lancedb_uri": lancedb_uri, "lancedb_table": table}
+    elif corpus_jsonl := os.environ.get("EMBED_ASSETS_CORPUS_JSONL"):
+        fingerprint = file_fingerprint(corpus_jsonl)
+        source = f"JSON Lines corpus {corpus_jsonl}"
+        source_config = {"corpus_jsonl": corpus_jsonl}
     else:
         corpus_dir = os.environ.get("EMBED_ASSETS_CORPUS_DIR", "data/corpus")
         fingerprint = corpus_fingerprint(corpus_dir)
@@ -62,8 +77,14 @@ def corpus_change_sensor(context: dg.SensorEvaluationContext):
     if fingerprint == context.cursor:
         return dg.SkipReason(f"{source} unchanged")
     context.update_cursor(fingerprint)
+    ops: dict = {"source_documents": {"config": source_config}}
+    if labelled := os.environ.get("EMBED_ASSETS_LABELLED_QUERIES"):
+        eval_config = {"labelled_queries_dir": labelled}
+        if split := os.environ.get("EMBED_ASSETS_LABELLED_SPLIT"):
+            eval_config["labelled_queries_split"] = split
+        ops["retrieval_eval"] = {"config": eval_config}
     return dg.RunRequest(
         run_key=f"corpus-{fingerprint}",
-        run_config={"ops": {"source_documents": {"config": source_config}}},
+        run_config={"ops": ops},
         tags={"embed_assets/trigger": "corpus_change", "embed_assets/corpus_fingerprint": fingerprint},
     )
