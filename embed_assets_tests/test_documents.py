@@ -74,6 +74,8 @@ def test_bad_corpus_skips_each_reason_once(bad_corpus_dir):
     kept = result.documents["doc_path"].to_list()
     assert len(kept) == 1
     assert {kept[0], by_reason["duplicate"]} == {"dup.md", "orig.md"}
+    # ... and the skipped one stays a name of the kept document (for labelled queries).
+    assert result.documents["aliases"].to_list() == [[by_reason["duplicate"]]]
 
 
 def test_missing_folder_raises_naming_path(tmp_path):
@@ -147,6 +149,8 @@ def test_jsonl_corpus_reads_documents_and_counts_bad_lines(tmp_path):
     assert result.files_seen == 8  # non-blank lines
     assert dict(result.skipped) == {"malformed_json": 1, "not_an_object": 1, "empty": 1, "duplicate": 2}
     assert ("corpus.jsonl:5", "malformed_json") in result.skipped_files
+    # MED-12 repeats MED-10's text: another name for it. The second MED-10 is a conflicting record.
+    assert docs["aliases"].to_list() == [["MED-12"], [], []]
 
 
 def test_jsonl_corpus_that_is_missing_or_has_no_text_raises_naming_it(tmp_path):

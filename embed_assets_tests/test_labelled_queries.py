@@ -86,6 +86,19 @@ def test_a_set_that_names_no_document_says_what_names_are_expected(doc_paths, tm
         load_labelled_queries(folder, "test", doc_paths)
 
 
+def test_a_duplicate_documents_name_finds_the_kept_copy(doc_paths, tmp_path):
+    folder = write_set(
+        tmp_path,
+        '{"_id": "q1", "text": "cluster-wide settings"}\n',
+        "q1\tcopies/sql-altersystem.md\t2\nq1\tsql-altersystem.md\t1\n",
+    )
+    labelled = load_labelled_queries(
+        folder, "test", doc_paths, other_names={"copies/sql-altersystem.md": "sql-altersystem.md"}
+    )
+    assert labelled.qrels == {"q1": {"sql-altersystem.md": 2}}  # two names, one document, the higher grade
+    assert labelled.skipped["judgment_unknown_document"] == 0
+
+
 def test_production_table_rows_can_be_named_by_their_id():
     aliases = document_aliases(["lancedb://kb/17", "runbooks/db.md"])
     assert aliases == {

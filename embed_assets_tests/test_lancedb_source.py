@@ -41,6 +41,7 @@ def test_rows_become_documents_and_bad_rows_are_counted(prod_table):
     assert docs["doc_path"].to_list() == ["lancedb://kb/r1", "lancedb://kb/r2"]
     assert docs["title"].to_list() == ["Memory", "WAL"]
     assert dict(result.skipped) == {"duplicate": 1, "empty": 1}
+    assert docs["aliases"].to_list() == [["lancedb://kb/r3"], []]
 
 
 def test_missing_table_or_column_names_it(prod_table):

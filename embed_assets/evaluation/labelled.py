@@ -51,18 +51,24 @@ class LabelledQueries:
     unknown_documents: list[str] = field(default_factory=list)
 
 
-def document_aliases(doc_paths: Iterable[str]) -> dict[str, str]:
-    """The names a judgment may use for each document: its ``doc_path`` and, for a row of a
-    production LanceDB table (``lancedb://<table>/<id>``), the bare ``<id>``."""
+def document_aliases(
+    doc_paths: Iterable[str], other_names: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The names a judgment may use for each document, mapped to its ``doc_path``: the
+    ``doc_path`` itself; for a row of a production LanceDB table (``lancedb://<table>/<id>``),
+    the bare ``<id>``; and ``other_names`` (``{name: doc_path}``: the duplicates the reader
+    skipped, see ``source_documents``' ``aliases`` column)."""
     aliases: dict[str, str] = {}
-    for path in doc_paths:
-        aliases[path] = path
-        if path.startswith("lancedb://"):
-            aliases.setdefault(path.rsplit("/", 1)[-1], path)
+    for name, path in [*((p, p) for p in doc_paths), *(other_names or {}).items()]:
+        aliases.setdefault(name, path)
+        if name.startswith("lancedb://"):
+            aliases.setdefault(name.rsplit("/", 1)[-1], path)
     return aliases
 
 
-def load_labelled_queries(folder: str | Path, split: str, doc_paths: Iterable[str]) -> LabelledQueries:
+def load_labelled_queries(
+    folder: str | Path, split: str, doc_paths: Iterable[str], other_names: Mapping[str, str] | None = None
+) -> LabelledQueries:
     """Read ``folder/queries.jsonl`` and ``folder/qrels/<split>.tsv`` and keep the judgments
     on documents in ``doc_paths``.
 
@@ -71,6 +77,7 @@ def load_labelled_queries(folder: str | Path, split: str, doc_paths: Iterable[st
             is the pipeline's own documents).
         split: which qrels file to read.
         doc_paths: the ``doc_path`` of every document the pipeline read.
+        other_names: ``{name: doc_path}`` for documents read under several names (duplicates).
 
     Raises:
         LabelledQueriesError: a file is missing or malformed (named with its line), or no
@@ -79,7 +86,7 @@ def load_labelled_queries(folder: str | Path, split: str, doc_paths: Iterable[st
     """
     folder = Path(folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
-    aliases = document_aliases(doc_paths)
+    aliases = document_aliases(doc_paths, other_names)
     try:
         raw = read_qrels(qrels_path)
         texts = read_queries(folder / "queries.jsonl", wanted=raw)

@@ -27,6 +27,9 @@ DOCUMENT_SCHEMA = {
     "title": pl.String,
     "text": pl.String,
     "n_chars": pl.Int64,
+    # Other names of the same text (a copied file, a repeated row): skipped as duplicates, but a
+    # labelled query that names one of them still finds the document.
+    "aliases": pl.List(pl.String),
 }
 
 
@@ -89,7 +92,7 @@ def read_corpus(corpus_dir: str | Path) -> CorpusReadResult:
 
     result = CorpusReadResult(documents=pl.DataFrame(schema=DOCUMENT_SCHEMA))
     rows: list[dict] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, dict] = {}  # doc_id -> its row
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = str(path.relative_to(root))
         result.files_seen += 1
@@ -113,17 +116,17 @@ def read_corpus(corpus_dir: str | Path) -> CorpusReadResult:
         doc_id = content_hash(text)
         if doc_id in seen:
             result.skip(rel, "duplicate")
+            seen[doc_id]["aliases"].append(rel)
             continue
-        seen[doc_id] = rel
-        rows.append(
-            {
-                "doc_id": doc_id,
-                "doc_path": rel,
-                "title": _title_for(path, raw, text),
-                "text": text,
-                "n_chars": len(text),
-            }
-        )
+        seen[doc_id] = {
+            "doc_id": doc_id,
+            "doc_path": rel,
+            "title": _title_for(path, raw, text),
+            "text": text,
+            "n_chars": len(text),
+            "aliases": [],
+        }
+        rows.append(seen[doc_id])
     if result.files_seen == 0:
         raise CorpusError(f"corpus_dir is empty: {root}")
     if not rows:
@@ -152,7 +155,7 @@ def read_jsonl_documents(path: str | Path) -> CorpusReadResult:
         raise CorpusError(f"corpus_jsonl is not a file: {path}")
     result = CorpusReadResult(documents=pl.DataFrame(schema=DOCUMENT_SCHEMA))
     rows: list[dict] = []
-    seen_text: set[str] = set()
+    seen_text: dict[str, dict] = {}  # doc_id -> its row
     seen_ref: set[str] = set()
     with path.open(encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, start=1):
@@ -180,12 +183,20 @@ def read_jsonl_documents(path: str | Path) -> CorpusReadResult:
             doc_id = content_hash(f"{title}\n{text}")
             if ref in seen_ref or doc_id in seen_text:
                 result.skip(where, "duplicate")
+                if ref not in seen_ref:  # the same text under a new id: another name for it
+                    seen_text[doc_id]["aliases"].append(ref)
+                    seen_ref.add(ref)
                 continue
             seen_ref.add(ref)
-            seen_text.add(doc_id)
-            rows.append(
-                {"doc_id": doc_id, "doc_path": ref, "title": title, "text": text, "n_chars": len(text)}
-            )
+            seen_text[doc_id] = {
+                "doc_id": doc_id,
+                "doc_path": ref,
+                "title": title,
+                "text": text,
+                "n_chars": len(text),
+                "aliases": [],
+            }
+            rows.append(seen_text[doc_id])
     if not rows:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.skipped.items())) or "no lines"
         raise CorpusError(f"corpus_jsonl has no document with text: {path} (skipped: {reasons})")
@@ -237,7 +248,8 @@ def read_lancedb_chunks(
     wanted = [c for c in (text_column, title_column, id_column) if c]
     frame = pl.from_arrow(tbl.to_arrow().select(list(dict.fromkeys(wanted))))
     result = CorpusReadResult(documents=pl.DataFrame(schema=DOCUMENT_SCHEMA))
-    rows, seen = [], set()
+    rows: list[dict] = []
+    seen: dict[str, dict] = {}  # doc_id -> its row
     for i, row in enumerate(frame.iter_rows(named=True)):
         result.files_seen += 1
         ref = f"lancedb://{table}/{row[id_column] if id_column else i}"
@@ -249,10 +261,18 @@ def read_lancedb_chunks(
         doc_id = content_hash(text)
         if doc_id in seen:
             result.skip(ref, "duplicate")
+            seen[doc_id]["aliases"].append(ref)
             continue
-        seen.add(doc_id)
         title = str(row[title_column]) if title_column and row[title_column] else ""
-        rows.append({"doc_id": doc_id, "doc_path": ref, "title": title, "text": text, "n_chars": len(text)})
+        seen[doc_id] = {
+            "doc_id": doc_id,
+            "doc_path": ref,
+            "title": title,
+            "text": text,
+            "n_chars": len(text),
+            "aliases": [],
+        }
+        rows.append(seen[doc_id])
     if not rows:
         raise CorpusError(f"lancedb table {table!r} at {uri} has no row with text in {text_column!r}")
     result.documents = pl.DataFrame(rows, schema=DOCUMENT_SCHEMA)

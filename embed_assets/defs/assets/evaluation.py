@@ -65,6 +65,7 @@ def retrieval_eval(
     config: RetrievalEvalConfig,
     finetuned_model: dict,
     qa_splits: pl.DataFrame,
+    source_documents: pl.DataFrame,
     document_chunks: pl.DataFrame,
     base_chunk_index: dict,
     base_model: BaseModelResource,
@@ -76,8 +77,12 @@ def retrieval_eval(
     # Read the labelled set first: a naming mistake should fail before minutes of encoding.
     labelled = None
     if config.labelled_queries_dir:
+        duplicates = source_documents.select("doc_path", "aliases").explode("aliases").drop_nulls()
         labelled = load_labelled_queries(
-            config.labelled_queries_dir, config.labelled_queries_split, document_chunks["doc_path"].unique()
+            config.labelled_queries_dir,
+            config.labelled_queries_split,
+            source_documents["doc_path"],
+            other_names=dict(zip(duplicates["aliases"], duplicates["doc_path"], strict=True)),
         )
     # Each model's corpus embeddings are computed once and serve both query sets. The base
     # model's are already in the LanceDB index (same model, same chunk texts): reuse them.
