@@ -57,6 +57,18 @@ def html_to_text(html: str) -> str:
     return converter.handle(html)
 
 
+def _document_row(doc_id: str, doc_path: str, title: str, text: str) -> dict:
+    """One row of :data:`DOCUMENT_SCHEMA`; duplicates found later append to its ``aliases``."""
+    return {
+        "doc_id": doc_id,
+        "doc_path": doc_path,
+        "title": title,
+        "text": text,
+        "n_chars": len(text),
+        "aliases": [],
+    }
+
+
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
@@ -118,14 +130,7 @@ def read_corpus(corpus_dir: str | Path) -> CorpusReadResult:
             result.skip(rel, "duplicate")
             seen[doc_id]["aliases"].append(rel)
             continue
-        seen[doc_id] = {
-            "doc_id": doc_id,
-            "doc_path": rel,
-            "title": _title_for(path, raw, text),
-            "text": text,
-            "n_chars": len(text),
-            "aliases": [],
-        }
+        seen[doc_id] = _document_row(doc_id, rel, _title_for(path, raw, text), text)
         rows.append(seen[doc_id])
     if result.files_seen == 0:
         raise CorpusError(f"corpus_dir is empty: {root}")
@@ -188,14 +193,7 @@ def read_jsonl_documents(path: str | Path) -> CorpusReadResult:
                     seen_ref.add(ref)
                 continue
             seen_ref.add(ref)
-            seen_text[doc_id] = {
-                "doc_id": doc_id,
-                "doc_path": ref,
-                "title": title,
-                "text": text,
-                "n_chars": len(text),
-                "aliases": [],
-            }
+            seen_text[doc_id] = _document_row(doc_id, ref, title, text)
             rows.append(seen_text[doc_id])
     if not rows:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.skipped.items())) or "no lines"
@@ -264,14 +262,7 @@ def read_lancedb_chunks(
             seen[doc_id]["aliases"].append(ref)
             continue
         title = str(row[title_column]) if title_column and row[title_column] else ""
-        seen[doc_id] = {
-            "doc_id": doc_id,
-            "doc_path": ref,
-            "title": title,
-            "text": text,
-            "n_chars": len(text),
-            "aliases": [],
-        }
+        seen[doc_id] = _document_row(doc_id, ref, title, text)
         rows.append(seen[doc_id])
     if not rows:
         raise CorpusError(f"lancedb table {table!r} at {uri} has no row with text in {text_column!r}")
