@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         "--api-base", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"
     )
     run.add_argument("--max-steps", type=int, default=None, help="cap training steps")
+    run.add_argument(
+        "--select",
+        default=None,
+        help="materialize only these assets, in Dagster's selection syntax (e.g. 'training_examples*': "
+        "training and everything after it); the rest are read from --home as the last run left them",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     except RunConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    if args.select:
+        # A run config may only configure the assets the run materializes.
+        try:
+            selected = {
+                k.to_user_string() for k in dg.AssetSelection.from_string(args.select).resolve(all_assets)
+            }
+        except Exception as e:  # Dagster raises several types for an unknown key or bad syntax
+            print(f"--select {args.select!r}: {e}", file=sys.stderr)
+            return 2
+        run_config["ops"] = {k: v for k, v in run_config.get("ops", {}).items() if k in selected}
     gen_fields = {
         k: v
         for k, v in {"backend": args.generator, "model": args.llm_model, "api_base": args.api_base}.items()
@@ -104,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = dg.materialize(
         all_assets,
+        selection=args.select,
         run_config=run_config,
         resources=resources,
         instance=dg.DagsterInstance.get(),
