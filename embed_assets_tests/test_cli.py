@@ -54,3 +54,28 @@ def test_run_on_a_jsonl_corpus_scores_labelled_queries(mini_corpus_dir, tmp_path
     assert summary["labelled"]["skipped"]["judgment_unknown_document"] == 2
     assert set(summary["stages"]) >= {"source_documents", "retrieval_eval", "onnx_model"}
     assert 0.0 < summary["labelled"]["base"]["NDCG@10"] <= 1.0
+
+    # Part of the graph: only the evaluation runs again, on what the first run left in --home.
+    # The JSONL source in the arguments configures an asset outside the selection: it is left out.
+    code = main(
+        [
+            "run",
+            "--corpus-jsonl",
+            str(corpus),
+            "--labelled-queries",
+            str(MINI_LABELLED),
+            "--config",
+            str(config),
+            "--home",
+            str(home),
+            "--select",
+            "retrieval_eval",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rerun = json.loads((home / "last_run.json").read_text())
+    assert set(rerun["stages"]) == {"retrieval_eval"}
+    assert rerun["labelled"] == summary["labelled"]  # same models, same queries: same figures
+    assert main(["run", "--home", str(home), "--select", "no_such_asset*"]) == 2
+    assert "no_such_asset" in capsys.readouterr().err
