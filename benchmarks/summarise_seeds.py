@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -35,9 +36,15 @@ def pool(records: list[dict]) -> dict:
     """Mean and spread per model and metric, and seed-averaged paired bootstraps of nDCG@10."""
     if len(records) < 2:
         raise ValueError("pool needs at least two runs")
-    first = {k: v for k, v in records[0]["config"].items() if k not in IGNORED}
+    def settings(record: dict) -> dict:
+        # The same data folder may be reached by another path (a clone beside a link to it).
+        config = {k: v for k, v in record["config"].items() if k not in IGNORED}
+        config["beir_dir"] = os.path.realpath(config["beir_dir"])
+        return config
+
+    first = settings(records[0])
     for r in records[1:]:
-        other = {k: v for k, v in r["config"].items() if k not in IGNORED}
+        other = settings(r)
         diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
         if diff:
             raise ValueError(f"runs differ in more than the seed: {diff}")

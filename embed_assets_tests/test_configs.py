@@ -62,6 +62,10 @@ def test_valid_configs_pass():
             "ops.source_documents.config: Value error, set corpus_jsonl or lancedb_uri, not both",
         ),
         (
+            {"retrieval_eval": {"config": {"gate_metrics": ["NDCG@10", "NDCG@3"]}}},
+            "ops.retrieval_eval.config: Value error, gate_metrics: unknown ['NDCG@3']",
+        ),
+        (
             {"retrieval_eval": {"config": {"labelled_queries_split": ""}}},
             "ops.retrieval_eval.config.labelled_queries_split",
         ),

@@ -33,7 +33,13 @@ LINEAGE = {
     "mined_negatives": {"qa_splits", "base_chunk_index"},
     "training_examples": {"mined_negatives", "document_chunks", "qa_splits"},
     "finetuned_model": {"training_examples", "qa_splits", "document_chunks"},
-    "retrieval_eval": {"finetuned_model", "qa_splits", "base_chunk_index"},
+    "retrieval_eval": {
+        "finetuned_model",
+        "qa_splits",
+        "base_chunk_index",
+        "source_documents",
+        "document_chunks",
+    },
     "onnx_model": {"finetuned_model", "retrieval_eval", "document_chunks"},
 }
 CHECKS = {

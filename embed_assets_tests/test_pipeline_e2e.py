@@ -165,9 +165,12 @@ def test_labelled_queries_are_scored_by_best_chunk_and_gated(pipeline, base_mode
     rerun = dg.materialize(
         all_assets,
         selection=["retrieval_eval"],
-        run_config={"ops": {"retrieval_eval": {"config": LABELLED_EVAL}}},
+        run_config={
+            "ops": {"retrieval_eval": {"config": {**LABELLED_EVAL, "gate_metrics": ["NDCG@10", "MAP@10"]}}}
+        },
         resources=resources,
         instance=instance,
+        raise_on_error=False,  # the gate may fail on MAP@10 after 6 steps; what it says is checked below
     )
     labelled = rerun.output_for_node("retrieval_eval")["labelled"]
     assert labelled["queries"] == 7  # q8 names no document of the corpus, q9 has no text
@@ -202,10 +205,16 @@ def test_labelled_queries_are_scored_by_best_chunk_and_gated(pipeline, base_mode
     check = next(
         e for e in rerun.get_asset_check_evaluations() if e.asset_check_key.name == "no_regression_vs_base"
     )
-    gated = check.metadata["ndcg10_delta_points_labelled_queries"].value
-    assert gated == pytest.approx(
-        (labelled["fine_tuned"]["NDCG@10"] - labelled["base"]["NDCG@10"]) * 100, abs=0.01
-    )
+    evaluation = rerun.output_for_node("retrieval_eval")
+    expected_deltas = {
+        f"{m.lower().replace('@', '')}_delta_points_{name}": (ev["fine_tuned"][m] - ev["base"][m]) * 100
+        for name, ev in (("synthetic_test_split", evaluation), ("labelled_queries", labelled))
+        for m in ("NDCG@10", "MAP@10")
+    }
+    for key, delta in expected_deltas.items():
+        assert check.metadata[key].value == pytest.approx(delta, abs=0.01), key
+    assert check.passed == all(round(d, 9) >= 0 for d in expected_deltas.values())
+    assert check.metadata["gate_metrics"].value == "NDCG@10, MAP@10"
 
 
 def test_regressed_model_is_never_exported(pipeline):

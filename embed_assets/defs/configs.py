@@ -7,6 +7,7 @@ config up front; the CLI and the sensor call it before they launch anything.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import dagster as dg
@@ -19,6 +20,7 @@ from embed_assets.splitting.splits import SplitConfig
 from embed_assets.training.trainer import TrainingConfig
 
 DEFAULT_SEED = 42
+GATE_METRIC = re.compile(r"(NDCG|MAP|Recall|Precision|MRR)@(1|5|10|100)")  # the names ir_metrics reports
 
 
 class SourceDocumentsConfig(dg.Config):
@@ -196,6 +198,12 @@ class RetrievalEvalConfig(dg.Config):
     tolerance_points: float = Field(
         default=0.0, ge=0.0, description="Allowed nDCG@10 drop (points) before the no-regression gate fails."
     )
+    gate_metrics: list[str] = Field(
+        default_factory=lambda: ["NDCG@10"],
+        min_length=1,
+        description="Metrics the no-regression gate holds each evaluation to (NDCG, MAP, Recall, Precision or "
+        "MRR at 1, 5, 10 or 100), e.g. [NDCG@10, Recall@10] to also refuse a model that finds fewer positives.",
+    )
     labelled_queries_dir: str | None = Field(
         default=None,
         description="A folder of queries written by people (queries.jsonl + qrels/<split>.tsv) whose judgments "
@@ -205,6 +213,15 @@ class RetrievalEvalConfig(dg.Config):
     labelled_queries_split: str = Field(
         default="test", min_length=1, description="Which qrels/<split>.tsv of labelled_queries_dir to read."
     )
+
+    @model_validator(mode="after")
+    def _known_metrics(self):
+        unknown = [m for m in self.gate_metrics if not GATE_METRIC.fullmatch(m)]
+        if unknown:
+            raise ValueError(
+                f"gate_metrics: unknown {unknown}; use NDCG, MAP, Recall, Precision or MRR @1/5/10/100"
+            )
+        return self
 
 
 class OnnxModelConfig(dg.Config):

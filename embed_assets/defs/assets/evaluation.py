@@ -103,7 +103,7 @@ def retrieval_eval(
         run(base, base_vectors, queries, config.top_k),
         run(tuned, tuned_vectors, queries, config.top_k),
     )
-    deltas = {"synthetic test split": synthetic["delta_points"]}
+    evaluations = {"synthetic test split": synthetic}
     context.log.info(
         "test nDCG@10: base %.4f, fine-tuned %.4f (%+.2f points)",
         synthetic["base"]["NDCG@10"],
@@ -132,7 +132,7 @@ def retrieval_eval(
             document_run(run(base, base_vectors, labelled.queries, depth), chunk_document, config.top_k),
             document_run(run(tuned, tuned_vectors, labelled.queries, depth), chunk_document, config.top_k),
         )
-        deltas["labelled queries"] = real["delta_points"]
+        evaluations["labelled queries"] = real
         context.log.info(
             "labelled nDCG@10 (%d queries): base %.4f, fine-tuned %.4f (%+.2f points)",
             len(labelled.queries),
@@ -158,7 +158,14 @@ def retrieval_eval(
                 **_summary_metadata("labelled_", real),
             }
         )
-    failed = [name for name, delta in deltas.items() if delta < -config.tolerance_points]
+    # The gate: every gate metric of every evaluation within tolerance of the base model.
+    deltas = {
+        (name, metric): (ev["fine_tuned"][metric] - ev["base"][metric]) * 100
+        for name, ev in evaluations.items()
+        for metric in config.gate_metrics
+    }
+    regressions = {key: d for key, d in deltas.items() if d < -config.tolerance_points}
+    failed = list(dict.fromkeys(name for name, _ in regressions))
     metadata.update(
         {
             "beir_dir": dg.MetadataValue.path(str(folder.resolve())),
@@ -176,12 +183,20 @@ def retrieval_eval(
                 passed=not failed,
                 severity=dg.AssetCheckSeverity.ERROR,
                 metadata={
-                    **{f"ndcg10_delta_points_{k.replace(' ', '_')}": round(v, 2) for k, v in deltas.items()},
+                    **{
+                        f"{metric.lower().replace('@', '')}_delta_points_{name.replace(' ', '_')}": round(
+                            d, 2
+                        )
+                        for (name, metric), d in deltas.items()
+                    },
+                    "gate_metrics": ", ".join(config.gate_metrics),
                     "tolerance_points": config.tolerance_points,
                     "regressed_on": ", ".join(failed) or "none",
+                    "regressions": "; ".join(f"{n} {m} {d:+.2f}" for (n, m), d in regressions.items())
+                    or "none",
                 },
-                description="fine-tuned nDCG@10 must not fall below base on the synthetic test split, nor on the "
-                "labelled queries when given; a regressed model is never exported",
+                description="fine-tuned must not fall below base on the gate metrics (default nDCG@10), on the "
+                "synthetic test split nor on the labelled queries when given; a regressed model is never exported",
             )
         ],
     )
