@@ -36,6 +36,7 @@ def pool(records: list[dict]) -> dict:
     """Mean and spread per model and metric, and seed-averaged paired bootstraps of nDCG@10."""
     if len(records) < 2:
         raise ValueError("pool needs at least two runs")
+
     def settings(record: dict) -> dict:
         # The same data folder may be reached by another path (a clone beside a link to it).
         config = {k: v for k, v in record["config"].items() if k not in IGNORED}

@@ -30,21 +30,9 @@ def test_run_on_a_jsonl_corpus_scores_labelled_queries(mini_corpus_dir, tmp_path
     (tmp_path / "dagster_home").mkdir()
     home = tmp_path / "home"
 
-    code = main(
-        [
-            "run",
-            "--corpus-jsonl",
-            str(corpus),
-            "--labelled-queries",
-            str(MINI_LABELLED),
-            "--labelled-split",
-            "test",
-            "--config",
-            str(config),
-            "--home",
-            str(home),
-        ]
-    )
+    args = ["run", "--corpus-jsonl", str(corpus), "--labelled-queries", str(MINI_LABELLED)]
+    args += ["--config", str(config), "--home", str(home)]
+    code = main([*args, "--labelled-split", "test"])
 
     out = capsys.readouterr().out
     assert code == 0, out
@@ -57,21 +45,7 @@ def test_run_on_a_jsonl_corpus_scores_labelled_queries(mini_corpus_dir, tmp_path
 
     # Part of the graph: only the evaluation runs again, on what the first run left in --home.
     # The JSONL source in the arguments configures an asset outside the selection: it is left out.
-    code = main(
-        [
-            "run",
-            "--corpus-jsonl",
-            str(corpus),
-            "--labelled-queries",
-            str(MINI_LABELLED),
-            "--config",
-            str(config),
-            "--home",
-            str(home),
-            "--select",
-            "retrieval_eval",
-        ]
-    )
+    code = main([*args, "--select", "retrieval_eval"])
     out = capsys.readouterr().out
     assert code == 0, out
     rerun = json.loads((home / "last_run.json").read_text())
