@@ -77,12 +77,15 @@ def retrieval_eval(
     # Read the labelled set first: a naming mistake should fail before minutes of encoding.
     labelled = None
     if config.labelled_queries_dir:
-        duplicates = source_documents.select("doc_path", "aliases").explode("aliases").drop_nulls()
+        other_names = {}
+        if "aliases" in source_documents.columns:  # documents read before aliases were kept have none
+            dups = source_documents.select("doc_path", "aliases").explode("aliases").drop_nulls()
+            other_names = dict(zip(dups["aliases"], dups["doc_path"], strict=True))
         labelled = load_labelled_queries(
             config.labelled_queries_dir,
             config.labelled_queries_split,
             source_documents["doc_path"],
-            other_names=dict(zip(duplicates["aliases"], duplicates["doc_path"], strict=True)),
+            other_names=other_names,
         )
     # Each model's corpus embeddings are computed once and serve both query sets. The base
     # model's are already in the LanceDB index (same model, same chunk texts): reuse them.
