@@ -26,21 +26,17 @@ def _deep_set(d: dict, path: list[str], value) -> None:
 def build_run_config(args: argparse.Namespace) -> dict:
     run_config: dict = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     run_config = run_config or {}
-    ops = ["ops"]
-    if args.corpus_dir:
-        _deep_set(run_config, [*ops, "source_documents", "config", "corpus_dir"], args.corpus_dir)
-    if args.corpus_jsonl:
-        _deep_set(run_config, [*ops, "source_documents", "config", "corpus_jsonl"], args.corpus_jsonl)
-    if args.labelled_queries:
-        _deep_set(
-            run_config, [*ops, "retrieval_eval", "config", "labelled_queries_dir"], args.labelled_queries
-        )
-    if args.labelled_split:
-        _deep_set(
-            run_config, [*ops, "retrieval_eval", "config", "labelled_queries_split"], args.labelled_split
-        )
-    if args.max_steps is not None:
-        _deep_set(run_config, [*ops, "finetuned_model", "config", "max_steps"], args.max_steps)
+    # Command-line flags override the YAML: (flag value, asset, config field).
+    flags = [
+        (args.corpus_dir, "source_documents", "corpus_dir"),
+        (args.corpus_jsonl, "source_documents", "corpus_jsonl"),
+        (args.labelled_queries, "retrieval_eval", "labelled_queries_dir"),
+        (args.labelled_split, "retrieval_eval", "labelled_queries_split"),
+        (args.max_steps, "finetuned_model", "max_steps"),
+    ]
+    for value, asset, field in flags:
+        if value is not None and value != "":
+            _deep_set(run_config, ["ops", asset, "config", field], value)
     return run_config
 
 

@@ -196,7 +196,9 @@ class FinetunedModelConfig(dg.Config):
 class RetrievalEvalConfig(dg.Config):
     top_k: int = Field(default=100, ge=10)
     tolerance_points: float = Field(
-        default=0.0, ge=0.0, description="Allowed nDCG@10 drop (points) before the no-regression gate fails."
+        default=0.0,
+        ge=0.0,
+        description="Allowed drop (points) of any gate metric before the no-regression gate fails.",
     )
     gate_metrics: list[str] = Field(
         default_factory=lambda: ["NDCG@10"],

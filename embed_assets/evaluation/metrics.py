@@ -113,3 +113,25 @@ def markdown_table(frame: pl.DataFrame) -> str:
             + " |"
         )
     return "\n".join(lines)
+
+
+def compare_runs(qrels: Qrels, base_run: Run, tuned_run: Run) -> dict:
+    """Base against fine-tuned on one query set: both models' metrics (``base``,
+    ``fine_tuned``), the comparison ``table`` (as dicts) and its ``markdown``, and a paired
+    bootstrap of the nDCG@10 gain (``ndcg10_significance``: is it more than query sampling noise?)."""
+    base, tuned = ir_metrics(qrels, base_run), ir_metrics(qrels, tuned_run)
+    table = comparison_table(base, tuned)
+    return {
+        "base": base,
+        "fine_tuned": tuned,
+        "table": table.to_dicts(),
+        "markdown": markdown_table(table),
+        "ndcg10_significance": paired_bootstrap(
+            per_query_ndcg(qrels, tuned_run), per_query_ndcg(qrels, base_run)
+        ),
+    }
+
+
+def ndcg10_delta_points(comparison: dict) -> float:
+    """The nDCG@10 gain of a :func:`compare_runs` result, in points (×100)."""
+    return (comparison["fine_tuned"]["NDCG@10"] - comparison["base"]["NDCG@10"]) * 100

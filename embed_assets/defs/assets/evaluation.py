@@ -10,35 +10,10 @@ from embed_assets.defs.configs import RetrievalEvalConfig
 from embed_assets.defs.metadata import counts_table, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.evaluation.labelled import document_run, load_labelled_queries
-from embed_assets.evaluation.metrics import (
-    Qrels,
-    Run,
-    comparison_table,
-    ir_metrics,
-    markdown_table,
-    paired_bootstrap,
-    per_query_ndcg,
-)
+from embed_assets.evaluation.metrics import compare_runs, ndcg10_delta_points
 from embed_assets.evaluation.retrieval import load_beir, retrieve
 from embed_assets.mining.index import ChunkIndex, read_vectors
 from embed_assets.models import encode, load_model
-
-
-def compare_runs(qrels: Qrels, base_run: Run, tuned_run: Run) -> dict:
-    """Both models' metrics, the comparison table, and a paired bootstrap of the nDCG@10 gain
-    (is it more than query sampling noise?)."""
-    base, tuned = ir_metrics(qrels, base_run), ir_metrics(qrels, tuned_run)
-    table = comparison_table(base, tuned)
-    return {
-        "base": base,
-        "fine_tuned": tuned,
-        "table": table.to_dicts(),
-        "markdown": markdown_table(table),
-        "delta_points": (tuned["NDCG@10"] - base["NDCG@10"]) * 100,
-        "ndcg10_significance": paired_bootstrap(
-            per_query_ndcg(qrels, tuned_run), per_query_ndcg(qrels, base_run)
-        ),
-    }
 
 
 def _summary_metadata(prefix: str, comparison: dict) -> dict:
@@ -46,7 +21,7 @@ def _summary_metadata(prefix: str, comparison: dict) -> dict:
     return {
         f"{prefix}ndcg10_base": round(comparison["base"]["NDCG@10"], 4),
         f"{prefix}ndcg10_fine_tuned": round(comparison["fine_tuned"]["NDCG@10"], 4),
-        f"{prefix}ndcg10_delta_points": round(comparison["delta_points"], 2),
+        f"{prefix}ndcg10_delta_points": round(ndcg10_delta_points(comparison), 2),
         f"{prefix}ndcg10_delta_ci95_points": f"[{sig['ci95_low']:+.2f}, {sig['ci95_high']:+.2f}]",
         f"{prefix}ndcg10_delta_p_value": sig["p_two_sided"],
     }
@@ -111,10 +86,10 @@ def retrieval_eval(
         "test nDCG@10: base %.4f, fine-tuned %.4f (%+.2f points)",
         synthetic["base"]["NDCG@10"],
         synthetic["fine_tuned"]["NDCG@10"],
-        synthetic["delta_points"],
+        ndcg10_delta_points(synthetic),
     )
     value = {
-        **{k: v for k, v in synthetic.items() if k != "delta_points"},
+        **synthetic,
         "test_queries": len(queries),
         "beir_dir": str(folder.resolve()),
         "base_model": finetuned_model["base_model"],
@@ -141,10 +116,10 @@ def retrieval_eval(
             len(labelled.queries),
             real["base"]["NDCG@10"],
             real["fine_tuned"]["NDCG@10"],
-            real["delta_points"],
+            ndcg10_delta_points(real),
         )
         value["labelled"] = {
-            **{k: v for k, v in real.items() if k != "delta_points"},
+            **real,
             "queries": len(labelled.queries),
             "source": labelled.source,
             "fingerprint": labelled.fingerprint,
