@@ -270,7 +270,7 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
     from embed_assets.mining.index import build_chunk_index, read_vectors
     from embed_assets.mining.negatives import MiningConfig, mine_hard_negatives
     from embed_assets.models import resolve_model_path
-    from embed_assets.quality.filters import QualityConfig, score_pairs
+    from embed_assets.quality.filters import QualityConfig, filter_summary, score_pairs
     from embed_assets.splitting.splits import SplitConfig, grouped_split
     from embed_assets.training.examples import unroll_examples
     from embed_assets.training.trainer import TrainingConfig, _linear_merge, train_bi_encoder
@@ -360,14 +360,13 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
         kept = scored.filter(pl.col("kept"))
         train_pairs = kept.filter(pl.col("split") == "train")
         val_pairs = scored.filter(pl.col("split") == "val")
-    drops = scored.group_by("drop_reason").len().drop_nulls().rows()
+    summary = filter_summary(scored)
     out["filter"] = {
-        "kept": kept.height,
+        "kept": summary.pop("kept"),
         "train_pairs": train_pairs.height,
         "val_pairs": val_pairs.height,
         "kept_by_type": dict(kept.group_by("query_type").len().rows()),
-        "kept_by_lexical_only": kept.filter(pl.col("roundtrip_rank").is_null()).height,
-        **{f"dropped:{r}": n for r, n in sorted(drops)},
+        **summary,
     }
 
     # A refit trains on the validation documents' kept pairs too, so they are mined as well.

@@ -11,6 +11,7 @@ from embed_assets.models import encode
 from embed_assets.quality.filters import (
     QualityConfig,
     answer_support,
+    filter_summary,
     near_duplicates,
     score_pairs,
 )
@@ -167,6 +168,12 @@ def test_score_pairs_drops_near_duplicate_and_unsupported(mini_chunks, mini_inde
     assert scored["answer_support"][2] == 0.0
     assert reasons[2] == "answer_unsupported"
     assert scored["kept"].to_list() == [True, False, False]
+    assert filter_summary(scored) == {
+        "kept": 1,
+        "kept_by_lexical_only": 0,
+        "dropped:answer_unsupported": 1,
+        "dropped:near_duplicate": 1,
+    }
 
 
 def test_score_pairs_rank_min_score_and_judge(mini_chunks, mini_index, mini_vectors, base_model):

@@ -9,7 +9,7 @@ from embed_assets.defs.configs import QAQualityConfig
 from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, QuestionGeneratorResource
 from embed_assets.mining.index import ChunkIndex
-from embed_assets.quality.filters import score_pairs
+from embed_assets.quality.filters import filter_summary, score_pairs
 
 SAMPLE_COLUMNS = (
     "question",
@@ -57,18 +57,17 @@ def qa_quality_scores(
         qa = faithfulness.score(qa, document_chunks)
         ragas_stats = dict(faithfulness.last_stats)
     scored = score_pairs(qa, document_chunks, base_model.load(), index, config.to_core())
-    kept = scored.filter(pl.col("kept"))
-    drops = dict(scored.filter(~pl.col("kept")).group_by("drop_reason").len().iter_rows())
+    summary = filter_summary(scored)
+    drops = {k.removeprefix("dropped:"): n for k, n in summary.items() if k.startswith("dropped:")}
     samples = scored.sample(min(10, scored.height), seed=0)
     return dg.MaterializeResult(
         value=scored,
         data_version=frame_version(scored.with_columns(pl.col("kept").cast(pl.String)), "qa_id"),
         metadata={
             "pairs": scored.height,
-            "kept": kept.height,
-            "kept_fraction": round(kept.height / max(scored.height, 1), 3),
-            # Pairs the base model could not place but BM25 could: the vocabulary to learn.
-            "kept_by_lexical_only": kept.filter(pl.col("roundtrip_rank").is_null()).height,
+            "kept": summary["kept"],
+            "kept_fraction": round(summary["kept"] / max(scored.height, 1), 3),
+            "kept_by_lexical_only": summary["kept_by_lexical_only"],
             "dropped_by_reason": counts_table(drops),
             "roundtrip_rank_histogram": histogram(
                 scored["roundtrip_rank"].to_list(), bins=config.roundtrip_top_k, label="rank"
