@@ -196,3 +196,51 @@ def test_seeded_runs_with_guided_training_pool_into_one_table(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="scale"):
         summarise.main([str(files[0]), str(tmp_path / "other.json")])
+
+
+def _load_probe():
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the probe imports bench_nfcorpus by name
+    spec = importlib.util.spec_from_file_location(
+        "probe", REPO / "benchmarks" / "probe_real_query_ceiling.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
+def test_probe_trains_on_one_split_of_real_queries_and_scores_on_another(tmp_path):
+    probe = _load_probe()
+    beir = _tiny_beir(tmp_path / "nftiny")
+    # Half of the tiny folder's judged queries become a "dev" split that trains the probe.
+    lines = (beir / "qrels" / "test.tsv").read_text().splitlines()
+    qids = sorted({line.split("\t")[0] for line in lines[1:]})
+    train_q = set(qids[:5])
+    (beir / "qrels" / "dev.tsv").write_text(
+        "\n".join([lines[0], *(x for x in lines[1:] if x.split("\t")[0] in train_q)]) + "\n"
+    )
+    (beir / "qrels" / "test.tsv").write_text(
+        "\n".join([lines[0], *(x for x in lines[1:] if x.split("\t")[0] not in train_q)]) + "\n"
+    )
+    out_dir = tmp_path / "results"
+    args = ["--beir-dir", str(beir), "--out-dir", str(out_dir), "--max-steps", "2", "--batch-size", "4"]
+    out = probe.main(args)
+
+    # Every judged (dev query, document) pair is a training row; the test queries only score.
+    assert out["train_queries"] == 5
+    assert out["train_rows"] == sum(1 for x in lines[1:] if x.split("\t")[0] in train_q)
+    assert out["significance_ndcg10"]["probe vs base"]["queries"] == len(qids) - 5
+    for name in ("base", "probe"):
+        assert all(0.0 <= out["results"][name][m] <= 1.0 for m in METRICS)
+    assert out["deltas_points_vs_base"]["NDCG@10"] == pytest.approx(
+        (out["results"]["probe"]["NDCG@10"] - out["results"]["base"]["NDCG@10"]) * 100, abs=0.01
+    )
+    md = (out_dir / "nftiny-probe-dev-queries-test.md").read_text()
+    assert "| probe |" in md and "not a product result" in md
+    assert (
+        json.loads((out_dir / "nftiny-probe-dev-queries-test.json").read_text())["results"] == out["results"]
+    )
+
+    # Training and scoring on the same split is refused.
+    with pytest.raises(SystemExit):
+        probe.main([*args, "--train-split", "test"])
