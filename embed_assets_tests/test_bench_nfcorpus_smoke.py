@@ -21,12 +21,17 @@ NFCORPUS = REPO.parent / "shared" / "benchmarks" / "nfcorpus"
 METRICS = ("NDCG@10", "Recall@10", "Recall@100", "MAP@10")
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_nfcorpus", REPO / "benchmarks" / "bench_nfcorpus.py")
+def _load_script(name: str):
+    """A script of ``benchmarks/`` as a module (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+def _load_bench():
+    return _load_script("bench_nfcorpus")
 
 
 def _tiny_beir(dst: Path, n_queries: int = 10, n_docs: int = 40) -> Path:
@@ -158,20 +163,11 @@ def test_bench_nfcorpus_with_an_llm_generator_on_loopback(tmp_path, server, monk
     assert server.count == calls and again["generation"]["cache_hits"] > 0
 
 
-def _load_summariser():
-    spec = importlib.util.spec_from_file_location(
-        "summarise_seeds", REPO / "benchmarks" / "summarise_seeds.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
 def test_seeded_runs_with_guided_training_pool_into_one_table(tmp_path):
     """Two ``--guided`` runs that differ only in ``--seed`` write separate files and pool into
     seed means, spreads and a seed-averaged bootstrap; runs that differ otherwise are refused."""
-    bench, summarise = _load_bench(), _load_summariser()
+    bench, summarise = _load_bench(), _load_script("summarise_seeds")
     beir = _tiny_beir(tmp_path / "nftiny")
     out_dir = tmp_path / "results"
     args = ["--beir-dir", str(beir), "--out-dir", str(out_dir), "--guided", "--max-steps", "2"]
@@ -198,19 +194,9 @@ def test_seeded_runs_with_guided_training_pool_into_one_table(tmp_path):
         summarise.main([str(files[0]), str(tmp_path / "other.json")])
 
 
-def _load_probe():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the probe imports bench_nfcorpus by name
-    spec = importlib.util.spec_from_file_location(
-        "probe", REPO / "benchmarks" / "probe_real_query_ceiling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
 def test_probe_trains_on_one_split_of_real_queries_and_scores_on_another(tmp_path):
-    probe = _load_probe()
+    probe = _load_script("probe_real_query_ceiling")
     beir = _tiny_beir(tmp_path / "nftiny")
     # Half of the tiny folder's judged queries become a "dev" split that trains the probe.
     lines = (beir / "qrels" / "test.tsv").read_text().splitlines()
