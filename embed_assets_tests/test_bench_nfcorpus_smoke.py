@@ -214,6 +214,7 @@ def test_probe_trains_on_one_split_of_real_queries_and_scores_on_another(tmp_pat
 
     # Every judged (dev query, document) pair is a training row; the test queries only score.
     assert out["train_queries"] == 5
+    assert out["train_steps"] == 2
     assert out["train_rows"] == sum(1 for x in lines[1:] if x.split("\t")[0] in train_q)
     assert out["significance_ndcg10"]["probe vs base"]["queries"] == len(qids) - 5
     for name in ("base", "probe"):
@@ -221,10 +222,11 @@ def test_probe_trains_on_one_split_of_real_queries_and_scores_on_another(tmp_pat
     assert out["deltas_points_vs_base"]["NDCG@10"] == pytest.approx(
         (out["results"]["probe"]["NDCG@10"] - out["results"]["base"]["NDCG@10"]) * 100, abs=0.01
     )
-    md = (out_dir / "nftiny-probe-dev-queries-test.md").read_text()
+    md = (out_dir / "nftiny-probe-dev-queries-test-2steps.md").read_text()
     assert "| probe |" in md and "not a product result" in md
     assert (
-        json.loads((out_dir / "nftiny-probe-dev-queries-test.json").read_text())["results"] == out["results"]
+        json.loads((out_dir / "nftiny-probe-dev-queries-test-2steps.json").read_text())["results"]
+        == out["results"]
     )
 
     # Training and scoring on the same split is refused.
