@@ -362,11 +362,12 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
         val_pairs = scored.filter(pl.col("split") == "val")
     summary = filter_summary(scored)
     out["filter"] = {
-        "kept": summary.pop("kept"),
+        "kept": summary["kept"],
         "train_pairs": train_pairs.height,
         "val_pairs": val_pairs.height,
         "kept_by_type": dict(kept.group_by("query_type").len().rows()),
-        **summary,
+        "kept_by_lexical_only": summary["kept_by_lexical_only"],
+        **{f"dropped:{reason}": n for reason, n in summary["dropped"].items()},
     }
 
     # A refit trains on the validation documents' kept pairs too, so they are mined as well.

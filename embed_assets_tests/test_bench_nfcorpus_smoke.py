@@ -232,3 +232,18 @@ def test_probe_trains_on_one_split_of_real_queries_and_scores_on_another(tmp_pat
     # Training and scoring on the same split is refused.
     with pytest.raises(SystemExit):
         probe.main([*args, "--train-split", "test"])
+
+
+def test_probe_rows_are_the_judged_pairs_at_or_above_the_grade():
+    probe = _load_script("probe_real_query_ceiling")
+    queries = {"q1": "statins and breast cancer", "q2": "eye parasites"}
+    corpus = {"d1": "statin study", "d2": "tamoxifen trial", "d3": "acanthamoeba keratitis"}
+    qrels = {"q1": {"d1": 2, "d2": 1}, "q2": {"d3": 1, "d9": 2}, "q3": {"d1": 2}}
+    rows = probe.real_query_rows(queries, qrels, corpus, min_grade=1)
+    # d9 is not in the corpus and q3 has no text: both are left out.
+    assert rows.select("qa_id", "positive_id").rows() == [("q1", "d1"), ("q1", "d2"), ("q2", "d3")]
+    assert rows["anchor"][2] == "eye parasites" and rows["positive"][2] == "acanthamoeba keratitis"
+    direct = probe.real_query_rows(queries, qrels, corpus, min_grade=2)
+    assert direct.select("qa_id", "positive_id").rows() == [("q1", "d1")]
+    with pytest.raises(ValueError, match="grade >= 3"):
+        probe.real_query_rows(queries, qrels, corpus, min_grade=3)

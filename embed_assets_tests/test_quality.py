@@ -171,8 +171,7 @@ def test_score_pairs_drops_near_duplicate_and_unsupported(mini_chunks, mini_inde
     assert filter_summary(scored) == {
         "kept": 1,
         "kept_by_lexical_only": 0,
-        "dropped:answer_unsupported": 1,
-        "dropped:near_duplicate": 1,
+        "dropped": {"answer_unsupported": 1, "near_duplicate": 1},
     }
 
 

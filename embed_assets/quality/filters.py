@@ -201,14 +201,13 @@ def score_pairs(
     )
 
 
-def filter_summary(scored: pl.DataFrame) -> dict[str, int]:
+def filter_summary(scored: pl.DataFrame) -> dict:
     """Counts of a :func:`score_pairs` result: ``kept``, ``kept_by_lexical_only`` (kept
     although the base model missed the positive, on BM25's word: the vocabulary to learn) and
-    ``dropped:<reason>`` per drop reason."""
+    ``dropped`` (drop reason -> pairs, sorted by reason)."""
     kept = scored.filter(pl.col("kept"))
-    drops = scored.group_by("drop_reason").len().drop_nulls().rows()
     return {
         "kept": kept.height,
         "kept_by_lexical_only": kept.filter(pl.col("roundtrip_rank").is_null()).height,
-        **{f"dropped:{reason}": n for reason, n in sorted(drops)},
+        "dropped": dict(sorted(scored.group_by("drop_reason").len().drop_nulls().rows())),
     }

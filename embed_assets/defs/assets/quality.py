@@ -58,7 +58,6 @@ def qa_quality_scores(
         ragas_stats = dict(faithfulness.last_stats)
     scored = score_pairs(qa, document_chunks, base_model.load(), index, config.to_core())
     summary = filter_summary(scored)
-    drops = {k.removeprefix("dropped:"): n for k, n in summary.items() if k.startswith("dropped:")}
     samples = scored.sample(min(10, scored.height), seed=0)
     return dg.MaterializeResult(
         value=scored,
@@ -68,7 +67,7 @@ def qa_quality_scores(
             "kept": summary["kept"],
             "kept_fraction": round(summary["kept"] / max(scored.height, 1), 3),
             "kept_by_lexical_only": summary["kept_by_lexical_only"],
-            "dropped_by_reason": counts_table(drops),
+            "dropped_by_reason": counts_table(summary["dropped"]),
             "roundtrip_rank_histogram": histogram(
                 scored["roundtrip_rank"].to_list(), bins=config.roundtrip_top_k, label="rank"
             ),
