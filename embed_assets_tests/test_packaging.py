@@ -48,7 +48,10 @@ def test_wheel_holds_every_tracked_file_of_the_package(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+        metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     missing = sorted(f for f in tracked if f not in names)
     assert not missing, f"not in {wheel.name}: {missing}"
     assert not any(n.startswith("embed_assets_tests/") for n in names), "the tests do not ship"
     assert "embed-assets = embed_assets.cli:main" in entry_points
+    # An SPDX expression: the TOML-table form is deprecated and stops building in 2027.
+    assert "License-Expression: Apache-2.0" in metadata
