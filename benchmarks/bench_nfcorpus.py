@@ -214,6 +214,33 @@ def significance(per_query: dict[str, dict[str, float]]) -> dict[str, dict]:
     return {f"{a} vs {b}": paired_bootstrap(per_query[a], per_query[b]) for a, b in pairs}
 
 
+def shared_training_settings(cfg: BenchConfig) -> dict:
+    """The training settings the peer and ours share."""
+    return {
+        "max_steps": cfg.max_steps,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "max_seq_length": cfg.train_seq_len,
+        "seed": cfg.seed,
+    }
+
+
+def ours_training_config(cfg: BenchConfig, validated: bool):
+    """Ours' training recipe. ``validated``: a validation set will choose the checkpoint and the
+    merge weight; without one, no merge is applied."""
+    from embed_assets.training.trainer import TrainingConfig
+
+    return TrainingConfig(
+        **shared_training_settings(cfg),
+        mini_batch_size=cfg.mini_batch_size,
+        cached_loss=True,
+        scale=cfg.scale,
+        guided_in_batch=cfg.guided_in_batch,
+        merge_weights=tuple(cfg.merge_weights) if validated else (0.0,),
+        eval_steps=(cfg.eval_steps or cfg.max_steps) if validated else None,
+    )
+
+
 def refit(cfg: BenchConfig, ours_cfg, selected, rows: pl.DataFrame, out_dir: Path) -> Path:
     """Retrain from the base on ``rows`` (training + validation documents) with what validation
     chose on the first run: its step count and merge weight. Nothing is selected here, so the
@@ -406,23 +433,8 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
         out["train_rows"]["ours_refit"] = refit_rows.height
 
     val = validation_set(val_pairs, train_text, cfg) if val_pairs.height else None
-    common = {
-        "max_steps": cfg.max_steps,
-        "batch_size": cfg.batch_size,
-        "learning_rate": cfg.learning_rate,
-        "max_seq_length": cfg.train_seq_len,
-        "seed": cfg.seed,
-    }
     with t.stage("train ours"):
-        ours_cfg = TrainingConfig(
-            **common,
-            mini_batch_size=cfg.mini_batch_size,
-            cached_loss=True,
-            scale=cfg.scale,
-            guided_in_batch=cfg.guided_in_batch,
-            merge_weights=tuple(cfg.merge_weights) if val else (0.0,),
-            eval_steps=cfg.eval_steps or cfg.max_steps,
-        )
+        ours_cfg = ours_training_config(cfg, validated=val is not None)
         ours_result = train_bi_encoder(cfg.base_model, ours_rows, work / "ours", ours_cfg, val=val)
     out["ours_training"] = {
         k: v for k, v in asdict(ours_result).items() if k not in ("history", "model_dir", "device")
@@ -441,7 +453,9 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
 
     if cfg.run_peer:
         with t.stage("train peer"):
-            peer_cfg = TrainingConfig(**common, cached_loss=False, scale=20.0, merge_weights=(0.0,))
+            peer_cfg = TrainingConfig(
+                **shared_training_settings(cfg), cached_loss=False, scale=20.0, merge_weights=(0.0,)
+            )
             peer_result = train_bi_encoder(cfg.base_model, peer_rows, work / "peer", peer_cfg)
         out["peer_training"] = {"steps": peer_result.steps, "train_seconds": peer_result.train_seconds}
 

@@ -29,6 +29,7 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from embed_assets.evaluation.retrieval import load_beir
     from embed_assets.models import resolve_model_path
-    from embed_assets.training.trainer import TrainingConfig, train_bi_encoder
+    from embed_assets.training.trainer import train_bi_encoder
 
     started = time.perf_counter()
     t = bench.Timings()
@@ -84,18 +85,16 @@ def main(argv: list[str] | None = None) -> dict:
     if overlap:
         raise ValueError(f"{len(overlap)} queries are in both splits, e.g. {sorted(overlap)[:3]}")
     rows = real_query_rows(train_queries, train_qrels, corpus, a.min_grade)
-    # The benchmark's "ours" recipe as bench_nfcorpus.py runs it (its refit, without validation).
-    cfg = TrainingConfig(
+    # The benchmark's "ours" recipe as bench_nfcorpus.py builds it, as its refit runs it (no
+    # validation set, so no merge); only the step count, batch size and seed can be changed here.
+    recipe = replace(
+        d,
         max_steps=a.max_steps,
         batch_size=a.batch_size,
         mini_batch_size=min(d.mini_batch_size, a.batch_size),
-        cached_loss=True,
-        learning_rate=d.learning_rate,
-        max_seq_length=d.train_seq_len,
-        scale=d.scale,
-        merge_weights=(0.0,),
         seed=a.seed,
     )
+    cfg = bench.ours_training_config(recipe, validated=False)
     with tempfile.TemporaryDirectory() as work:
         with t.stage("train probe"):
             trained = train_bi_encoder(d.base_model, rows, Path(work) / "probe", cfg)
