@@ -132,6 +132,6 @@ def compare_runs(qrels: Qrels, base_run: Run, tuned_run: Run) -> dict:
     }
 
 
-def ndcg10_delta_points(comparison: dict) -> float:
-    """The nDCG@10 gain of a :func:`compare_runs` result, in points (×100)."""
-    return (comparison["fine_tuned"]["NDCG@10"] - comparison["base"]["NDCG@10"]) * 100
+def delta_points(comparison: dict, metric: str = "NDCG@10") -> float:
+    """The fine-tuned model's gain on ``metric`` in a :func:`compare_runs` result, in points (×100)."""
+    return (comparison["fine_tuned"][metric] - comparison["base"][metric]) * 100

@@ -10,7 +10,7 @@ from embed_assets.defs.configs import RetrievalEvalConfig
 from embed_assets.defs.metadata import counts_table, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.evaluation.labelled import document_run, load_labelled_queries
-from embed_assets.evaluation.metrics import compare_runs, ndcg10_delta_points
+from embed_assets.evaluation.metrics import compare_runs, delta_points
 from embed_assets.evaluation.retrieval import load_beir, retrieve
 from embed_assets.mining.index import ChunkIndex, read_vectors
 from embed_assets.models import encode, load_model
@@ -21,7 +21,7 @@ def _summary_metadata(prefix: str, comparison: dict) -> dict:
     return {
         f"{prefix}ndcg10_base": round(comparison["base"]["NDCG@10"], 4),
         f"{prefix}ndcg10_fine_tuned": round(comparison["fine_tuned"]["NDCG@10"], 4),
-        f"{prefix}ndcg10_delta_points": round(ndcg10_delta_points(comparison), 2),
+        f"{prefix}ndcg10_delta_points": round(delta_points(comparison), 2),
         f"{prefix}ndcg10_delta_ci95_points": f"[{sig['ci95_low']:+.2f}, {sig['ci95_high']:+.2f}]",
         f"{prefix}ndcg10_delta_p_value": sig["p_two_sided"],
     }
@@ -86,7 +86,7 @@ def retrieval_eval(
         "test nDCG@10: base %.4f, fine-tuned %.4f (%+.2f points)",
         synthetic["base"]["NDCG@10"],
         synthetic["fine_tuned"]["NDCG@10"],
-        ndcg10_delta_points(synthetic),
+        delta_points(synthetic),
     )
     value = {
         **synthetic,
@@ -116,7 +116,7 @@ def retrieval_eval(
             len(labelled.queries),
             real["base"]["NDCG@10"],
             real["fine_tuned"]["NDCG@10"],
-            ndcg10_delta_points(real),
+            delta_points(real),
         )
         value["labelled"] = {
             **real,
@@ -138,7 +138,7 @@ def retrieval_eval(
         )
     # The gate: every gate metric of every evaluation within tolerance of the base model.
     deltas = {
-        (name, metric): (ev["fine_tuned"][metric] - ev["base"][metric]) * 100
+        (name, metric): delta_points(ev, metric)
         for name, ev in evaluations.items()
         for metric in config.gate_metrics
     }
