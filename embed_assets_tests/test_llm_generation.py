@@ -496,6 +496,65 @@ def test_embedded_gemma_end_to_end(tmp_path, caplog):
     assert replay.qa.equals(result.qa)
 
 
+def _embedded_chunks(texts: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [
+            {
+                "chunk_id": content_hash(t),
+                "doc_id": f"d{i}",
+                "doc_path": f"d{i}.md",
+                "chunk_index": 0,
+                "title": f"doc {i}",
+                "text": t,
+                "n_tokens": 24,
+            }
+            for i, t in enumerate(texts)
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_embedded_model_crash_is_a_clear_error_not_a_dead_process(tmp_path):
+    """A fault in the model's native code kills only its child process: the caller gets an
+    EmbeddedModelError naming the signal, keeps what was cached, and can run again."""
+    import importlib.util
+    import os
+    import signal
+
+    from embed_assets.generation.embedded_llm import EmbeddedLLMQuestionGenerator, EmbeddedModelError
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama_cpp is not installed (make setup-llm)")
+    cache_path = str(tmp_path / "llm_cache.sqlite")
+    gen = EmbeddedLLMQuestionGenerator(cache_path=cache_path, backend="llama_cpp")
+    first = _embedded_chunks(["checkpoint_timeout sets the maximum time between automatic WAL checkpoints."])
+    done = gen.generate(first, questions_per_chunk=1, multi_hop_questions=0, seed=42)
+    assert done.stats["llm_calls"] == 1
+    pid = gen.worker_pid
+    assert pid is not None and pid != os.getpid()
+    os.kill(pid, signal.SIGSEGV)  # what a segfault in llama.cpp's decode does to the process
+    more = _embedded_chunks(["wal_level determines how much information is written to the WAL."])
+    with pytest.raises(EmbeddedModelError, match="died with signal SIGSEGV"):
+        gen.generate(more, questions_per_chunk=1, multi_hop_questions=0, seed=42)
+    # This process is alive, the finished sample is still cached, and a rerun starts a new child.
+    replay = EmbeddedLLMQuestionGenerator(cache_path=cache_path, backend="llama_cpp")
+    assert replay.generate(first, questions_per_chunk=1, multi_hop_questions=0, seed=42).stats["llm_calls"] == 0
+    again = gen.generate(more, questions_per_chunk=1, multi_hop_questions=0, seed=42)
+    assert again.stats["llm_calls"] == 1 and gen.worker_pid not in (None, pid)
+    gen.close()
+    assert gen.worker_pid is None
+
+
+def test_embedded_model_load_failure_is_a_clear_error(tmp_path):
+    """A file that is no GGUF model fails in the child and is reported, naming the cause."""
+    from embed_assets.generation.embedded_llm import ChildProcessBackend, EmbeddedModelError
+
+    bogus = tmp_path / "not-a-model.gguf"
+    bogus.write_bytes(b"this is not a gguf file")
+    with pytest.raises(EmbeddedModelError, match="could not be loaded"):
+        ChildProcessBackend("transformers", bogus, n_threads=1)
+
+
 def test_fewshot_copies_are_dropped():
     from embed_assets.generation.embedded_llm import EmbeddedLLMQuestionGenerator
 

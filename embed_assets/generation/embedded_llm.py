@@ -18,6 +18,10 @@ duplicate, over-long, injection-echo outputs and long verbatim copies of the pas
 dropped and counted too. No multi-hop questions:
 a 270M base model cannot write them reliably (counted as ``multi_hop_unsupported``).
 
+The model runs in a child process (:class:`ChildProcessBackend`): a crash in llama.cpp's native
+code is then an :class:`EmbeddedModelError` that says how the process ended, not a dead Dagster
+run or test session. The tested llama-cpp-python release is pinned in ``requirements/lock.txt``.
+
 Every completion goes through the same SQLite response cache as the LLM backends, keyed the
 same way (chunk hash, prompt name@version, model, sampling params incl. seed, prompt text),
 so re-runs are instant and deterministic; the model is loaded only on a cache miss.
@@ -25,8 +29,11 @@ so re-runs are instant and deterministic; the model is loaded only on a cache mi
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import re
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -229,7 +236,7 @@ def load_backend(
     n_threads: int = 2,
     n_ctx: int = 1024,
 ) -> _Backend:
-    """Load the embedded model.
+    """Load the embedded model in this process (the child process calls this).
 
     Args:
         kind: ``llama_cpp``, ``transformers``, or ``auto`` (llama_cpp when it imports). Default auto.
@@ -257,6 +264,137 @@ def load_backend(
     except Exception as exc:
         errors.append(f"transformers: {exc!r}")
     raise RuntimeError("the embedded model could not be loaded: " + "; ".join(errors))
+
+
+class EmbeddedModelError(RuntimeError):
+    """The embedded model's process failed to load, crashed, or stopped answering."""
+
+
+def _worker(conn, kind: str, model_path: str | None, n_threads: int, n_ctx: int) -> None:
+    """The child process: load the model, then answer ``complete`` requests until the pipe closes."""
+    try:
+        backend = load_backend(kind, model_path, n_threads, n_ctx)  # type: ignore[arg-type]
+    except BaseException as exc:  # report any load failure to the parent, then exit
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", backend.name))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:  # the parent is gone or closed the pipe
+            return
+        if request[0] == "stop":
+            return
+        _, prompts, seeds, temperature, max_new_tokens = request
+        try:
+            texts = backend.complete(prompts, seeds, temperature, max_new_tokens)
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            continue
+        conn.send(("ok", texts, backend.generated_tokens))
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"died with signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"died with signal {-code}"
+    return f"exited with code {code}"
+
+
+class ChildProcessBackend(_Backend):
+    """The embedded model in a child process of its own.
+
+    llama.cpp is native code: a fault there (one llama-cpp-python release segfaulted in
+    ``decode`` on this model) would kill the whole interpreter, a Dagster run or a test
+    session with it. In a child process it becomes an :class:`EmbeddedModelError` that says
+    how the process ended; completions already received stay in the response cache.
+
+    Args:
+        kind: backend to load in the child (see :func:`load_backend`).
+        model_path: GGUF file; None = the packaged Gemma 3 270M.
+        n_threads: CPU threads for the model.
+        n_ctx: llama.cpp context length.
+        load_timeout_s: seconds the child may take to load the model. Default 600.
+        call_timeout_s: seconds one batch of completions may take. Default 600.
+    """
+
+    def __init__(
+        self,
+        kind: Literal["auto", "llama_cpp", "transformers"] = "auto",
+        model_path: str | Path | None = None,
+        n_threads: int = 2,
+        n_ctx: int = 1024,
+        load_timeout_s: float = 600.0,
+        call_timeout_s: float = 600.0,
+    ):
+        # spawn, not fork: a forked copy of a process that holds torch/OpenMP threads can deadlock.
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._process = ctx.Process(
+            target=_worker,
+            args=(child_conn, kind, str(model_path) if model_path else None, n_threads, n_ctx),
+            name="embed_assets-embedded-llm",
+            daemon=True,
+        )
+        self._process.start()
+        child_conn.close()  # the parent keeps one end: EOF then tells it the child is gone
+        self.call_timeout_s = call_timeout_s
+        self.name = kind
+        reply = self._receive(load_timeout_s, "loading the model")
+        if reply[0] == "error":
+            self.close()
+            raise EmbeddedModelError(f"the embedded model ({kind}) could not be loaded: {reply[1]}")
+        self.name = reply[1]
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def _receive(self, timeout_s: float, doing: str):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self._conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+                    return self._conn.recv()
+            except (EOFError, OSError):
+                pass  # the child closed its end: it died, reported below
+            if not self._process.is_alive() or time.monotonic() >= deadline:
+                alive = self._process.is_alive()
+                self.close()
+                how = f"did not answer within {timeout_s:.0f} s" if alive else None
+                how = how or _describe_exit(self._process.exitcode)
+                raise EmbeddedModelError(
+                    f"the embedded model's process ({self.name}, pid {self._process.pid}) {how} while "
+                    f"{doing}; completions received before that are in the response cache, so a rerun "
+                    "resumes there. If it repeats, try question_generator backend 'litellm' or the "
+                    "transformers backend, and check the llama-cpp-python version (tested: 0.3.16)."
+                )
+
+    def complete(
+        self, prompts: list[str], seeds: list[int], temperature: float, max_new_tokens: int
+    ) -> list[str]:
+        with contextlib.suppress(BrokenPipeError, OSError):  # _receive reports how the child ended
+            self._conn.send(("complete", prompts, seeds, temperature, max_new_tokens))
+        reply = self._receive(self.call_timeout_s, f"generating {len(prompts)} completions")
+        if reply[0] == "error":
+            raise EmbeddedModelError(f"the embedded model ({self.name}) failed: {reply[1]}")
+        _, texts, self.generated_tokens = reply
+        return texts
+
+    def close(self) -> None:
+        """Stop the child process (it also exits by itself when this process ends)."""
+        if self._process.is_alive():
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self._conn.send(("stop",))
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(timeout=10)
+        self._conn.close()
 
 
 class EmbeddedLLMQuestionGenerator:
@@ -312,11 +450,22 @@ class EmbeddedLLMQuestionGenerator:
     def _model(self) -> _Backend:
         if self._backend is None:
             start = time.perf_counter()
-            self._backend = load_backend(self.backend_kind, self.model_path, self.n_threads)
+            self._backend = ChildProcessBackend(self.backend_kind, self.model_path, self.n_threads)
             logger.info(
                 "embedded model loaded with %s in %.1fs", self._backend.name, time.perf_counter() - start
             )
         return self._backend
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The model's child process id, None until a cache miss loads the model."""
+        return self._backend.pid if isinstance(self._backend, ChildProcessBackend) else None
+
+    def close(self) -> None:
+        """Stop the model's child process; a later cache miss starts a new one."""
+        if isinstance(self._backend, ChildProcessBackend):
+            self._backend.close()
+        self._backend = None
 
     def _backend_name(self) -> str:
         # Part of the cache key: the two backends sample differently for the same seed.
@@ -379,9 +528,13 @@ class EmbeddedLLMQuestionGenerator:
             step = 8  # commit to the cache every few samples: a killed run keeps what it made
             for start in range(0, len(misses), step):
                 batch = misses[start : start + step]
-                texts = model.complete(
-                    [m[2] for m in batch], [m[3] for m in batch], self.temperature, self.max_new_tokens
-                )
+                try:
+                    texts = model.complete(
+                        [m[2] for m in batch], [m[3] for m in batch], self.temperature, self.max_new_tokens
+                    )
+                except EmbeddedModelError:
+                    self._backend = None  # a retry starts a fresh process
+                    raise
                 for (row, _, _, _, key), out in zip(batch, texts, strict=True):
                     outputs[key] = out
                     if self.cache is not None:

@@ -28,12 +28,16 @@ def synthetic_qa(
     if config.max_chunks and chunks.height > config.max_chunks:
         chunks = chunks.sample(config.max_chunks, seed=config.seed).sort(["doc_path", "chunk_index"])
     generator = question_generator.build(store.path("llm_cache.sqlite"))
-    result = generator.generate(
-        chunks,
-        questions_per_chunk=config.questions_per_chunk,
-        multi_hop_questions=config.multi_hop_questions,
-        seed=config.seed,
-    )
+    try:
+        result = generator.generate(
+            chunks,
+            questions_per_chunk=config.questions_per_chunk,
+            multi_hop_questions=config.multi_hop_questions,
+            seed=config.seed,
+        )
+    finally:
+        if hasattr(generator, "close"):  # the embedded model's child process
+            generator.close()
     qa = result.qa
     if qa.height == 0:
         raise ValueError(
