@@ -136,32 +136,25 @@ def peak_rss_mb() -> float:
 def read_beir_documents(beir_dir: Path, max_docs: int | None = None) -> pl.DataFrame:
     """The BEIR corpus as a chunk frame: one chunk per document, ``chunk_id = doc_id = _id``.
 
-    The chunk text is title and text joined exactly as :func:`load_beir` joins them, so
-    the base model's index vectors are also the base model's evaluation vectors.
+    The same documents and text as :func:`load_beir` (both read it with ``read_beir_corpus``),
+    so the base model's index vectors are also the base model's evaluation vectors.
     """
-    rows = []
-    with (beir_dir / "corpus.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            d = json.loads(line)
-            title = (d.get("title") or "").strip()
-            text = (d.get("title", "") + " " + d["text"]).strip() if d.get("title") else d["text"]
-            if not text.strip():
-                continue
-            rows.append(
-                {
-                    "chunk_id": d["_id"],
-                    "doc_id": d["_id"],
-                    "doc_path": d["_id"],
-                    "chunk_index": 0,
-                    "title": title,
-                    "text": text,
-                    "n_tokens": 0,
-                }
-            )
-            if max_docs and len(rows) >= max_docs:
-                break
+    from embed_assets.evaluation.retrieval import joined_text, read_beir_corpus
     from embed_assets.ingest.chunking import CHUNK_SCHEMA
 
+    corpus = list(read_beir_corpus(beir_dir / "corpus.jsonl").items())[:max_docs]
+    rows = [
+        {
+            "chunk_id": doc_id,
+            "doc_id": doc_id,
+            "doc_path": doc_id,
+            "chunk_index": 0,
+            "title": title,
+            "text": joined_text(title, text),
+            "n_tokens": 0,
+        }
+        for doc_id, (title, text) in corpus
+    ]
     return pl.DataFrame(rows, schema=CHUNK_SCHEMA)
 
 

@@ -1,4 +1,8 @@
 """``embed-assets run``: materialize the whole pipeline in-process and print base vs fine-tuned.
+``embed-assets clean-runs``: mark failed the runs that were killed and still show as STARTED.
+
+Bad input (a config file, a field, a model path, a busy home) is one message on stderr and
+exit code 2; a failed step prints why it failed and exits 1.
 
 Runs are recorded in the Dagster instance at ``$DAGSTER_HOME`` (default
 ``.dagster_home``), so ``dagster dev -w workspace.yaml`` afterwards shows every
@@ -17,15 +21,44 @@ from pathlib import Path
 import yaml
 
 
+class UsageError(ValueError):
+    """Bad command-line input: printed as one message, exit code 2."""
+
+
 def _deep_set(d: dict, path: list[str], value) -> None:
     for p in path[:-1]:
         d = d.setdefault(p, {})
+        if not isinstance(d, dict):  # e.g. `ops: 5`; validate_run_config names it
+            return
     d[path[-1]] = value
 
 
+def load_config_file(path: str) -> dict:
+    """A YAML run config file as a mapping; :class:`UsageError` naming the file otherwise."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--config {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string"}.get(type(data), type(data).__name__)
+        raise UsageError(
+            f"--config {path}: must be a mapping like 'ops: {{<asset>: {{config: ...}}}}', got {kind}"
+        )
+    return data
+
+
 def build_run_config(args: argparse.Namespace) -> dict:
-    run_config: dict = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    run_config = run_config or {}
+    run_config = load_config_file(args.config) if args.config else {}
     # Command-line flags override the YAML: (flag value, asset, config field).
     flags = [
         (args.corpus_dir, "source_documents", "corpus_dir"),
@@ -38,6 +71,30 @@ def build_run_config(args: argparse.Namespace) -> dict:
         if value is not None and value != "":
             _deep_set(run_config, ["ops", asset, "config", field], value)
     return run_config
+
+
+def failure_reason(error) -> str:
+    """The innermost cause of a Dagster error (what the asset's code raised), as
+    ``ExceptionType: message``: the outer layers only say which op failed."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    cls = (error.cls_name or "Error").rsplit(".", 1)[-1]
+    message = error.message.strip()
+    # SerializableErrorInfo.message already starts with the qualified class name.
+    message = (
+        message.split(": ", 1)[1] if message.split(": ", 1)[0].endswith(cls) and ": " in message else message
+    )
+    return f"{cls}: {message}"
+
+
+def _print_failures(result) -> None:
+    """One line per failed step (or the failed run, when it failed before any step), with why."""
+    failures = [(f"step {e.step_key}", e) for e in result.all_events if e.is_step_failure]
+    if not failures:
+        failures = [("run", e) for e in result.all_events if e.is_run_failure]
+    for what, event in failures:
+        error = getattr(event.event_specific_data, "error", None)
+        print(f"{what} failed: {failure_reason(error) if error else event.message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,40 +123,63 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--max-steps", type=int, default=None, help="cap training steps")
     run.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait when another run is using --home (default 0: fail at once)",
+    )
+    run.add_argument(
         "--select",
         default=None,
         help="materialize only these assets, in Dagster's selection syntax (e.g. 'training_examples*': "
         "training and everything after it); the rest are read from --home as the last run left them",
     )
+    clean = sub.add_parser(
+        "clean-runs",
+        help="mark failed the runs Dagster still lists as STARTED whose process was killed",
+    )
+    clean.add_argument("--dry-run", action="store_true", help="list them, change nothing")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    if args.command == "clean-runs":
+        return clean_runs(args.dry_run)
+    try:
+        return run_pipeline(args)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
 
+
+def clean_runs(dry_run: bool) -> int:
+    import dagster as dg
+
+    from embed_assets.defs.runs import describe, mark_failed, orphaned_runs
+
+    instance = dg.DagsterInstance.get()
+    runs = orphaned_runs(instance)
+    for run in runs:
+        print(f"{'would mark' if dry_run else 'marked'} failed: {describe(run)}")
+    if not dry_run:
+        mark_failed(instance, runs)
+    print(f"{len(runs)} killed run(s) {'found' if dry_run else 'marked failed'}")
+    return 0
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from embed_assets.defs.configs import RunConfigError, validate_run_config
     from embed_assets.defs.definitions import all_assets, build_resources
     from embed_assets.defs.resources import QuestionGeneratorResource
+    from embed_assets.defs.runs import describe, orphaned_runs
+    from embed_assets.home_lock import busy_holder
+    from embed_assets.models import embedding_dim_of_folder
 
     run_config = build_run_config(args)
-    try:
-        validate_run_config(run_config)
-    except RunConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
-    if args.select:
-        # A run config may only configure the assets the run materializes.
-        try:
-            selected = {
-                k.to_user_string() for k in dg.AssetSelection.from_string(args.select).resolve(all_assets)
-            }
-        except Exception as e:  # Dagster raises several types for an unknown key or bad syntax
-            print(f"--select {args.select!r}: {e}", file=sys.stderr)
-            return 2
-        run_config["ops"] = {k: v for k, v in run_config.get("ops", {}).items() if k in selected}
     gen_fields = {
         k: v
         for k, v in {"backend": args.generator, "model": args.llm_model, "api_base": args.api_base}.items()
@@ -108,10 +188,35 @@ def main(argv: list[str] | None = None) -> int:
     resources = build_resources(args.home, args.base_model, QuestionGeneratorResource(**gen_fields))
     # Fail fast on an unknown model path, before any asset runs.
     try:
-        resources["base_model"].path()
+        base_path = resources["base_model"].path()
     except ValueError as e:
-        print(e, file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
+    try:
+        validate_run_config(run_config, embedding_dim=embedding_dim_of_folder(base_path))
+    except RunConfigError as e:
+        raise UsageError(str(e)) from None
+    if args.select:
+        # A run config may only configure the assets the run materializes.
+        try:
+            selected = {
+                k.to_user_string() for k in dg.AssetSelection.from_string(args.select).resolve(all_assets)
+            }
+        except Exception as e:  # Dagster raises several types for an unknown key or bad syntax
+            raise UsageError(f"--select {args.select!r}: {e}") from None
+        run_config["ops"] = {k: v for k, v in run_config.get("ops", {}).items() if k in selected}
+    if args.wait <= 0 and (holder := busy_holder(args.home)):
+        raise UsageError(
+            f"artifact home {Path(args.home).resolve()} is in use by {holder.describe()}; one run at a time "
+            "per home: wait for it (--wait SECONDS), or use another --home"
+        )
+    resources["io_manager"] = resources["io_manager"].model_copy(update={"lock_timeout_s": float(args.wait)})
+    instance = dg.DagsterInstance.get()
+    for run in orphaned_runs(instance):
+        print(
+            f"warning: {describe(run)} is still marked STARTED but its process is gone (killed); "
+            "`embed-assets clean-runs` marks it failed",
+            file=sys.stderr,
+        )
 
     start = time.perf_counter()
     result = dg.materialize(
@@ -119,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         selection=args.select,
         run_config=run_config,
         resources=resources,
-        instance=dg.DagsterInstance.get(),
+        instance=instance,
         raise_on_error=False,
     )
     wall = time.perf_counter() - start
@@ -153,13 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
-    else:
-        for event in result.all_events:
-            if event.is_step_failure:
-                print(
-                    f"step {event.step_key} failed: {event.event_specific_data.error.message.strip()}",
-                    file=sys.stderr,
-                )
+    if not result.success:
+        _print_failures(result)
     return 0 if result.success else 1
 
 

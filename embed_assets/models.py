@@ -72,6 +72,23 @@ def load_model(name_or_path: str, device: str | None = None):
     return SentenceTransformer(resolve_model_path(name_or_path), device=device or best_device())
 
 
+def embedding_dim_of_folder(path: str | Path) -> int | None:
+    """A sentence-transformers folder's embedding width, read from its config files without
+    loading the weights; None when the folder does not say (e.g. a hub id)."""
+    import json
+
+    folder = Path(path)
+    for config, key in (
+        ("1_Pooling/config.json", "word_embedding_dimension"),
+        ("config.json", "hidden_size"),
+    ):
+        try:
+            return int(json.loads((folder / config).read_text())[key])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def embedding_dim(model) -> int:
     # sentence-transformers 6 renamed get_sentence_embedding_dimension; accept both.
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension

@@ -51,8 +51,22 @@ def _tiny_beir(dst: Path, n_queries: int = 10, n_docs: int = 40) -> Path:
                 docs[d["_id"]] = line
     docs = {k: docs[k] for k in wanted if k in docs} | {k: v for k, v in docs.items() if k not in wanted}
     docs = dict(list(docs.items())[:n_docs])
+    # What real BEIR folders hold besides (Cranfield has the first two): documents with no text at
+    # all, one of them judged relevant; the same text under another id; no title field; one word;
+    # a document far longer than any sequence length.
+    first = json.loads(next(iter(docs.values())))
+    awkward = [
+        {"_id": "EMPTY-1", "title": "", "text": ""},
+        {"_id": "EMPTY-2", "title": "", "text": ""},
+        dict(first, _id="SAME-TEXT"),
+        {"_id": "NO-TITLE", "text": "Vitamin D and bone density in older adults."},
+        {"_id": "ONE-WORD", "title": "", "text": "Turmeric"},
+        {"_id": "LONG", "title": "A long review", "text": " ".join(["Dietary fibre and gut health."] * 800)},
+    ]
     (dst / "qrels").mkdir(parents=True)
-    (dst / "corpus.jsonl").write_text("".join(docs.values()), encoding="utf-8")
+    (dst / "corpus.jsonl").write_text(
+        "".join(docs.values()) + "".join(json.dumps(d) + "\n" for d in awkward), encoding="utf-8"
+    )
     with (NFCORPUS / "queries.jsonl").open(encoding="utf-8") as f:
         queries = [line for line in f if json.loads(line)["_id"] in qids]
     (dst / "queries.jsonl").write_text("".join(queries), encoding="utf-8")
@@ -62,6 +76,7 @@ def _tiny_beir(dst: Path, n_queries: int = 10, n_docs: int = 40) -> Path:
             for c, s in by_query[q][:3]:
                 if c in docs:
                     f.write(f"{q}\t{c}\t{s}\n")
+        f.write(f"{qids[0]}\tEMPTY-1\t1\n")
     return dst
 
 
@@ -212,10 +227,13 @@ def test_probe_trains_on_one_split_of_real_queries_and_scores_on_another(tmp_pat
     args = ["--beir-dir", str(beir), "--out-dir", str(out_dir), "--max-steps", "2", "--batch-size", "4"]
     out = probe.main(args)
 
-    # Every judged (dev query, document) pair is a training row; the test queries only score.
+    # Every judged (dev query, document) pair is a training row, but for the judged document
+    # without text (nothing to train on); the test queries only score.
     assert out["train_queries"] == 5
     assert out["train_steps"] == 2
-    assert out["train_rows"] == sum(1 for x in lines[1:] if x.split("\t")[0] in train_q)
+    judged = [x.split("\t") for x in lines[1:] if x.split("\t")[0] in train_q]
+    assert ["EMPTY-1"] == [c for _, c, _ in judged if c.startswith("EMPTY")]
+    assert out["train_rows"] == len(judged) - 1
     assert out["significance_ndcg10"]["probe vs base"]["queries"] == len(qids) - 5
     for name in ("base", "probe"):
         assert all(0.0 <= out["results"][name][m] <= 1.0 for m in METRICS)

@@ -59,11 +59,11 @@ def test_valid_configs_pass():
         ({"no_such_asset": {"config": {}}}, "ops.no_such_asset: unknown asset"),
         (
             {"source_documents": {"config": {"corpus_jsonl": "c.jsonl", "lancedb_uri": "/db"}}},
-            "ops.source_documents.config: Value error, set corpus_jsonl or lancedb_uri, not both",
+            "ops.source_documents.config: set corpus_jsonl or lancedb_uri, not both",
         ),
         (
             {"retrieval_eval": {"config": {"gate_metrics": ["NDCG@10", "NDCG@3"]}}},
-            "ops.retrieval_eval.config: Value error, gate_metrics: unknown ['NDCG@3']",
+            "ops.retrieval_eval.config: gate_metrics: unknown ['NDCG@3']",
         ),
         (
             {"retrieval_eval": {"config": {"labelled_queries_split": ""}}},
@@ -130,3 +130,59 @@ def test_every_asset_config_builds_with_defaults():
         cfg = cls()
         if hasattr(cfg, "to_core"):
             assert cfg.to_core() is not None, name
+
+
+@pytest.mark.parametrize(
+    "run_config, expected",
+    [
+        ([{"ops": {}}], "run config: must be a mapping"),
+        ("ops", "run config: must be a mapping"),
+        ({"ops": 5}, "ops: must be a mapping of asset name"),
+        ({"ops": ["qa_splits"]}, "ops: must be a mapping of asset name"),
+        ({"ops": {"qa_splits": 3}}, "ops.qa_splits: must be {config: {...}}"),
+        ({"ops": {"qa_splits": {"config": [1]}}}, "ops.qa_splits.config: must be a mapping"),
+        ({"ops": {"qa_splits": {"conf": {}}}}, "ops.qa_splits: must be {config: {...}}"),
+        ({"opps": {}}, "run config.opps: unknown field; did you mean 'ops'?"),
+        ({"ops": {"qa_split": {"config": {}}}}, "ops.qa_split: unknown asset; did you mean 'qa_splits'?"),
+    ],
+)
+def test_malformed_shapes_are_named_not_a_traceback(run_config, expected):
+    with pytest.raises(RunConfigError) as exc:
+        validate_run_config(run_config)
+    assert any(line.startswith(expected) for line in _lines(exc.value)), _lines(exc.value)
+
+
+def test_unknown_fields_are_named_with_a_suggestion():
+    with pytest.raises(RunConfigError) as exc:
+        validate_run_config({"ops": {"qa_quality_scores": {"config": {"dedup_cosin": 0.8, "zzz": 1}}}})
+    lines = _lines(exc.value)
+    assert "ops.qa_quality_scores.config.dedup_cosin: unknown field; did you mean 'dedup_cosine'?" in lines
+    assert any(line.startswith("ops.qa_quality_scores.config.zzz: unknown field; known:") for line in lines)
+
+
+def test_field_and_cross_field_errors_of_one_asset_come_together():
+    """pydantic skips a model's own validators once a field fails; both must still be reported."""
+    ops = {"finetuned_model": {"config": {"scale": -1.0, "merge_weights": [1.5], "batch_size": 16}}}
+    with pytest.raises(RunConfigError) as exc:
+        validate_run_config({"ops": ops})
+    lines = _lines(exc.value)
+    assert any(line.startswith("ops.finetuned_model.config.scale:") for line in lines), lines
+    assert any("merge_weights must each be in [0, 1)" in line for line in lines), lines
+    assert any(line.startswith("ops.training_examples.config.batch_size (32) must equal") for line in lines)
+    assert len(lines) == 3, lines
+
+
+def test_matryoshka_dims_out_of_range():
+    bad = {"ops": {"finetuned_model": {"config": {"matryoshka_dims": [4, 64, 64]}}}}
+    with pytest.raises(RunConfigError) as exc:
+        validate_run_config(bad)
+    [line] = _lines(exc.value)
+    assert line.startswith("ops.finetuned_model.config.matryoshka_dims") and "[4]" in line
+    # Above the base model's width: only known with the model (the CLI passes it).
+    wide = {"ops": {"finetuned_model": {"config": {"matryoshka_dims": [512, 256]}}}}
+    validate_run_config(wide)
+    with pytest.raises(RunConfigError, match=r"\[512\] exceed the base model's embedding size 384"):
+        validate_run_config(wide, embedding_dim=384)
+    validate_run_config(
+        {"ops": {"finetuned_model": {"config": {"matryoshka_dims": [256, 64]}}}}, embedding_dim=384
+    )

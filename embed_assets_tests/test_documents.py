@@ -153,6 +153,55 @@ def test_jsonl_corpus_reads_documents_and_counts_bad_lines(tmp_path):
     assert docs["aliases"].to_list() == [["MED-12"], [], []]
 
 
+def test_jsonl_same_text_under_two_ids_and_titles_is_one_document(tmp_path):
+    from embed_assets.ingest.documents import read_jsonl_documents
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(
+        '{"_id": "1", "title": "Flow past a cylinder", "text": "Experiments on the wake."}\n'
+        '{"_id": "2", "title": "Another title", "text": "  Experiments on the wake. "}\n'
+        '{"_id": "3", "text": "A different abstract."}\n'
+    )
+    result = read_jsonl_documents(path)
+    assert result.documents["doc_path"].to_list() == ["1", "3"]
+    assert result.documents["aliases"].to_list() == [["2"], []]
+    assert dict(result.skipped) == {"duplicate": 1}
+
+
+def test_jsonl_lines_not_utf8_or_with_non_string_text_are_skipped_and_named(tmp_path):
+    from embed_assets.ingest.documents import read_jsonl_documents
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(
+        b'{"_id": "ok", "text": "Caf\xc3\xa9 au lait in UTF-8."}\n'
+        b'{"_id": "latin1", "text": "Caf\xe9 in Latin-1."}\n'
+        b'{"_id": "n", "text": 42}\n'
+        b'{"_id": "l", "text": ["a", "list"]}\n'
+        b'{"_id": "o", "text": {"nested": "object"}}\n'
+        b'{"_id": "z", "text": null}\n'
+        b'{"_id": "t", "title": "no text field"}\n'
+        + b'{"_id": "deep", "text": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}\n"
+    )
+    result = read_jsonl_documents(path)
+    assert result.documents["doc_path"].to_list() == ["ok"]
+    assert result.documents["text"][0] == "Café au lait in UTF-8."
+    assert "\ufffd" not in result.documents["text"][0]
+    # JSON nested 5,000 deep is beyond Python's parser: a malformed line, not a crash.
+    assert dict(result.skipped) == {
+        "not_utf8": 1,
+        "text_is_number": 1,
+        "text_is_array": 1,
+        "text_is_object": 1,
+        "text_is_null": 1,
+        "no_text": 1,
+        "malformed_json": 1,
+    }
+    assert ("corpus.jsonl:2", "not_utf8") in result.skipped_files
+
+
 def test_jsonl_corpus_that_is_missing_or_has_no_text_raises_naming_it(tmp_path):
     from embed_assets.ingest.documents import read_jsonl_documents
 

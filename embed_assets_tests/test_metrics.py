@@ -137,3 +137,29 @@ def test_paired_bootstrap_separates_a_consistent_gain_from_noise():
     assert paired_bootstrap(noisy, base, n_resamples=2000) == noise  # seeded
     with pytest.raises(ValueError, match="no query"):
         paired_bootstrap({"a": 1.0}, {"b": 1.0})
+
+
+def test_load_beir_leaves_out_documents_without_text_and_names_bad_lines(tmp_path):
+    from embed_assets.evaluation.retrieval import load_beir
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text(
+        '{"_id": "a", "title": "Wing flutter", "text": "Flutter of thin wings."}\n'
+        '{"_id": "b", "title": "", "text": ""}\n'
+        '{"_id": "c", "text": "No title here."}\n'
+        '{"_id": "d", "title": null, "text": "A null title."}\n'
+        '{"_id": "e", "title": "Wing flutter", "text": "Flutter of thin wings."}\n'
+    )
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "flutter"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\ta\t1\nq1\tb\t1\n")
+    corpus, queries, qrels = load_beir(tmp_path)
+    assert corpus == {
+        "a": "Wing flutter Flutter of thin wings.",
+        "c": "No title here.",
+        "d": "A null title.",
+        "e": "Wing flutter Flutter of thin wings.",
+    }
+    assert queries == {"q1": "flutter"} and qrels == {"q1": {"a": 1, "b": 1}}
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "a", "text": "fine"}\n{"_id": "b", "text": 7}\n')
+    with pytest.raises(ValueError, match=r"corpus.jsonl:2: text of 'b' is not a string"):
+        load_beir(tmp_path)

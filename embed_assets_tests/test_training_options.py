@@ -11,7 +11,13 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from embed_assets.models import resolve_model_path
-from embed_assets.training.trainer import TrainingConfig, ValidationSet, build_loss, train_bi_encoder
+from embed_assets.training.trainer import (
+    TrainingConfig,
+    ValidationSet,
+    build_loss,
+    full_batches,
+    train_bi_encoder,
+)
 
 SETTINGS = [
     "work_mem",
@@ -88,6 +94,37 @@ def test_matryoshka_and_validation_selected_merge(tmp_path):
 def test_too_few_rows_for_a_batch_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="batch_size=32"):
         train_bi_encoder("all-MiniLM-L6-v2", rows(), tmp_path / "m", TrainingConfig(batch_size=32))
+
+
+def test_full_batches_is_the_trainers_no_repeat_rule(tmp_path):
+    """40 rows are five batches of 8 by count, but their positives are only 5 texts: no batch
+    of 8 can avoid repeating one, so the count is 0 and the trainer refuses, as the check must."""
+    repeated = pl.DataFrame(
+        {"anchor": [f"question {i}" for i in range(40)], "positive": [f"passage {i % 5}" for i in range(40)]}
+    )
+    assert full_batches(repeated, 8) == 0
+    with pytest.raises(ValueError, match="40 rows could not fill one batch of 8 without repeating a text"):
+        train_bi_encoder(
+            "all-MiniLM-L6-v2", repeated, tmp_path / "m", TrainingConfig(batch_size=8, max_steps=1)
+        )
+    assert full_batches(rows(), 8) == 2  # 16 rows, every text distinct
+    assert full_batches(rows(), 16) == 1
+    assert full_batches(rows(), 32) == 0
+    # 16 distinct rows plus 8 that repeat the first positive: at most one of those 8 fits a batch.
+    mixed = pl.concat(
+        [rows().drop("negative_1"), repeated.head(8).with_columns(positive=pl.lit(rows()["positive"][0]))]
+    )
+    assert full_batches(mixed, 8) == 2
+
+
+def test_matryoshka_dims_wider_than_the_model_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"matryoshka_dims \[512\] exceed the model's embedding size 384"):
+        train_bi_encoder(
+            "all-MiniLM-L6-v2",
+            rows(),
+            tmp_path / "m",
+            TrainingConfig(batch_size=8, matryoshka_dims=(512, 128)),
+        )
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,13 @@ config up front; the CLI and the sensor call it before they launch anything.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from embed_assets.ingest.chunking import ChunkingConfig
 from embed_assets.mining.negatives import MiningConfig
@@ -168,7 +170,11 @@ class FinetunedModelConfig(dg.Config):
     scale: float = Field(default=50.0, gt=0)
     max_seq_length: int = Field(default=128, ge=8)
     early_stopping_patience: int = Field(default=2, ge=1)
-    matryoshka_dims: list[int] = Field(default_factory=list)
+    matryoshka_dims: list[int] = Field(
+        default_factory=list,
+        description="Also train truncated embeddings of these sizes (MatryoshkaLoss), e.g. [256, 128, 64]; "
+        "each in [8, the base model's embedding size].",
+    )
     lora_rank: int = Field(default=0, ge=0)
     merge_weights: list[float] = Field(default_factory=lambda: [0.0, 0.5])
     guided_in_batch: bool = Field(
@@ -179,6 +185,15 @@ class FinetunedModelConfig(dg.Config):
     guide_margin: float = Field(default=0.0, ge=0)
     val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
     seed: int = DEFAULT_SEED
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _dims(cls, dims: list[int]) -> list[int]:
+        if bad := [d for d in dims if not 8 <= d <= 8192]:
+            raise ValueError(f"each size must be in [8, 8192], got {bad}")
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"sizes must be distinct, got {dims}")
+        return dims
 
     def to_core(self) -> TrainingConfig:
         d = self.model_dump()
@@ -246,29 +261,117 @@ CONFIG_BY_ASSET: dict[str, type[dg.Config]] = {
 
 
 class RunConfigError(ValueError):
-    pass
+    """A run config with one or more bad fields; the message lists every one of them."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("invalid run config:\n  " + "\n  ".join(errors))
+        self.errors = errors
 
 
-def validate_run_config(run_config: dict[str, Any] | None) -> None:
-    """Build every asset's Config from ``run_config['ops']`` and raise one error listing
-    every bad field (``ops.<asset>.config.<field>: message``)."""
-    ops = (run_config or {}).get("ops", {})
-    unknown = set(ops) - set(CONFIG_BY_ASSET)
-    errors = [f"ops.{name}: unknown asset" for name in sorted(unknown)]
+RUN_CONFIG_SECTIONS = ("ops", "resources", "execution", "loggers")  # what Dagster's run config may hold
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string"}.get(
+        type(value), f"{value!r} ({type(value).__name__})"
+    )
+
+
+def _unknown_field(where: str, name: str, known: Iterable[str]) -> str:
+    near = difflib.get_close_matches(str(name), list(known), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(sorted(known))}"
+    return f"{where}.{name}: unknown field{hint}"
+
+
+def config_errors(cls: type[BaseModel], values: Mapping[str, Any], where: str) -> list[str]:
+    """Every problem with ``values`` as ``cls``'s fields, each prefixed with ``where``.
+
+    Field errors (type, range), unknown fields and the class's cross-field rules are all
+    reported together: pydantic skips a model's own validators once a field fails, so the
+    cross-field rules are checked again on the fields that passed.
+    """
+    errors = [_unknown_field(where, k, cls.model_fields) for k in values if k not in cls.model_fields]
+    known = {k: v for k, v in values.items() if k in cls.model_fields}
+    try:
+        cls(**known)
+        return errors
+    except ValidationError as e:
+        details = e.errors()
+    except ValueError as e:  # a core config's own check (e.g. TrainingConfig.__post_init__)
+        details = [{"loc": (), "msg": str(e)}]
+    bad_fields = {str(d["loc"][0]) for d in details if d["loc"]}
+    for d in details:
+        loc = ".".join(str(x) for x in d["loc"])
+        message = d["msg"].removeprefix("Value error, ")
+        errors.append(f"{where}{'.' + loc if loc else ''}: {message}")
+    if bad_fields:
+        errors += [
+            e for e in config_errors(cls, {k: v for k, v in known.items() if k not in bad_fields}, where)
+        ]
+    return errors
+
+
+def run_config_errors(run_config: Any, *, embedding_dim: int | None = None) -> list[str]:
+    """Every problem with a run config, as ``path: message`` lines (empty when it is valid).
+
+    Args:
+        run_config: a Dagster run config (``{ops: {<asset>: {config: {...}}}, resources: ...}``).
+        embedding_dim: the base model's embedding width, when known: ``matryoshka_dims`` must
+            not exceed it.
+    """
+    if run_config is None:
+        return []
+    if not isinstance(run_config, Mapping):
+        return [
+            f"run config: must be a mapping like {{ops: {{<asset>: {{config: ...}}}}}}, got {_type_name(run_config)}"
+        ]
+    errors = [
+        _unknown_field("run config", k, RUN_CONFIG_SECTIONS)
+        for k in run_config
+        if k not in RUN_CONFIG_SECTIONS
+    ]
+    ops = run_config.get("ops") or {}
+    if not isinstance(ops, Mapping):
+        return [
+            *errors,
+            f"ops: must be a mapping of asset name to {{config: {{...}}}}, got {_type_name(ops)}",
+        ]
+    configs: dict[str, Mapping] = {}
+    for name, entry in ops.items():
+        if name not in CONFIG_BY_ASSET:
+            errors.append(
+                _unknown_field("ops", name, CONFIG_BY_ASSET).replace("unknown field", "unknown asset")
+            )
+        elif not isinstance(entry, Mapping) or set(entry) - {"config"}:
+            errors.append(f"ops.{name}: must be {{config: {{...}}}}, got {entry!r:.80}")
+        elif not isinstance(entry.get("config") or {}, Mapping):
+            errors.append(
+                f"ops.{name}.config: must be a mapping of field to value, got {_type_name(entry['config'])}"
+            )
+        else:
+            configs[name] = entry.get("config") or {}
     for name, cls in CONFIG_BY_ASSET.items():
-        try:
-            cls(**ops.get(name, {}).get("config", {}))
-        except (ValidationError, ValueError) as e:
-            details = e.errors() if isinstance(e, ValidationError) else [{"loc": (), "msg": str(e)}]
-            for err in details:
-                loc = ".".join(str(x) for x in err["loc"])
-                errors.append(f"ops.{name}.config{'.' + loc if loc else ''}: {err['msg']}")
-    examples_bs = ops.get("training_examples", {}).get("config", {}).get("batch_size", 32)
-    model_bs = ops.get("finetuned_model", {}).get("config", {}).get("batch_size", 32)
+        errors += config_errors(cls, configs.get(name, {}), f"ops.{name}.config")
+    examples_bs = configs.get("training_examples", {}).get("batch_size", 32)
+    model_bs = configs.get("finetuned_model", {}).get("batch_size", 32)
     if examples_bs != model_bs:
         errors.append(
             f"ops.training_examples.config.batch_size ({examples_bs}) must equal "
             f"ops.finetuned_model.config.batch_size ({model_bs})"
         )
-    if errors:
-        raise RunConfigError("invalid run config:\n  " + "\n  ".join(errors))
+    dims = configs.get("finetuned_model", {}).get("matryoshka_dims") or []
+    too_big = [d for d in dims if isinstance(d, int) and d > embedding_dim] if embedding_dim else []
+    if too_big and isinstance(dims, list):
+        errors.append(
+            f"ops.finetuned_model.config.matryoshka_dims: {too_big} exceed the base model's "
+            f"embedding size {embedding_dim}"
+        )
+    return errors
+
+
+def validate_run_config(run_config: Any, *, embedding_dim: int | None = None) -> None:
+    """Raise one :class:`RunConfigError` listing every bad field of ``run_config``
+    (``ops.<asset>.config.<field>: message``); the CLI, the sensor and every run's start
+    (the IO manager's setup) call it, so all three reject the same configs."""
+    if errors := run_config_errors(run_config, embedding_dim=embedding_dim):
+        raise RunConfigError(errors)

@@ -50,7 +50,7 @@ def build_resources(
     """Resources for the Definitions object, the CLI and the tests."""
     store = ArtifactStoreResource(root_dir=root_dir) if root_dir else ArtifactStoreResource()
     return {
-        "io_manager": PolarsJsonIOManager(base_dir=os.path.join(store.root_dir, "assets")),
+        "io_manager": PolarsJsonIOManager(home_dir=store.root_dir),
         "store": store,
         "base_model": BaseModelResource(name_or_path=base_model) if base_model else BaseModelResource(),
         "question_generator": generator or QuestionGeneratorResource(),
@@ -61,6 +61,9 @@ all_assets = dg.load_assets_from_modules(ALL_ASSET_MODULES)
 
 defs = dg.Definitions(
     assets=all_assets,
+    # One process per run: the run holds its home's lock from start to end (io_manager.py), and the
+    # models loaded by one stage stay loaded for the next.
+    executor=dg.in_process_executor,
     jobs=[pipeline_job],
     sensors=[corpus_change_sensor],
     resources=build_resources(),

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from embed_assets.defs.configs import run_config_errors
 from embed_assets.defs.jobs import pipeline_job
 from embed_assets.hashing import stable_hash
 from embed_assets.ingest.documents import SUPPORTED_SUFFIXES
@@ -76,15 +77,19 @@ def corpus_change_sensor(context: dg.SensorEvaluationContext):
         return dg.SkipReason(f"{source} does not exist")
     if fingerprint == context.cursor:
         return dg.SkipReason(f"{source} unchanged")
-    context.update_cursor(fingerprint)
     ops: dict = {"source_documents": {"config": source_config}}
     if labelled := os.environ.get("EMBED_ASSETS_LABELLED_QUERIES"):
         eval_config = {"labelled_queries_dir": labelled}
         if split := os.environ.get("EMBED_ASSETS_LABELLED_SPLIT"):
             eval_config["labelled_queries_split"] = split
         ops["retrieval_eval"] = {"config": eval_config}
+    run_config = {"ops": ops}
+    if errors := run_config_errors(run_config):
+        # Left unrequested (and the cursor unmoved): the next tick after the fix requests it.
+        return dg.SkipReason(f"{source} changed, but its run config is invalid: " + "; ".join(errors))
+    context.update_cursor(fingerprint)
     return dg.RunRequest(
         run_key=f"corpus-{fingerprint}",
-        run_config={"ops": ops},
+        run_config=run_config,
         tags={"embed_assets/trigger": "corpus_change", "embed_assets/corpus_fingerprint": fingerprint},
     )

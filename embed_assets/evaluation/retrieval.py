@@ -70,22 +70,57 @@ def read_queries(path: str | Path, wanted: Container[str] | None = None) -> dict
     return queries
 
 
+def read_beir_corpus(path: str | Path) -> dict[str, tuple[str, str]]:
+    """BEIR's ``corpus.jsonl`` as ``{_id: (title, text)}``, stripped.
+
+    Documents with neither title nor text (Cranfield has two) are left out: nothing can
+    retrieve them by their content, and a judgment naming one simply counts as a relevant
+    document no model finds. A missing or non-string title is no title.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: a line is not a JSON object with an ``_id`` and a string ``text``
+            (file and line named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no corpus file: {path}")
+    corpus: dict[str, tuple[str, str]] = {}
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                doc_id, text = str(d["_id"]), d["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{n}: expected a JSON object with _id and text") from None
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{n}: text of {doc_id!r} is not a string")
+            title = d.get("title") if isinstance(d.get("title"), str) else ""
+            if title.strip() or text.strip():
+                corpus[doc_id] = (title.strip(), text.strip())
+    return corpus
+
+
+def joined_text(title: str, text: str) -> str:
+    """Title and text joined the way BEIR's own models do."""
+    return f"{title} {text}".strip() if title else text
+
+
 def load_beir(folder: str | Path, split: str = "test") -> tuple[dict[str, str], dict[str, str], Qrels]:
     """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` (BEIR layout).
 
     Only queries that have judgments in the split are returned. Title and text are
-    joined the way BEIR's own models do.
+    joined the way BEIR's own models do (:func:`joined_text`); see :func:`read_beir_corpus`
+    for what is left out.
     """
     folder = Path(folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.exists():
         raise FileNotFoundError(f"no qrels for split {split!r}: {qrels_path}")
     qrels = read_qrels(qrels_path)
-    corpus: dict[str, str] = {}
-    with (folder / "corpus.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            d = json.loads(line)
-            corpus[d["_id"]] = (d.get("title", "") + " " + d["text"]).strip() if d.get("title") else d["text"]
+    corpus = {d: joined_text(*tt) for d, tt in read_beir_corpus(folder / "corpus.jsonl").items()}
     return corpus, read_queries(folder / "queries.jsonl", wanted=qrels), qrels
 
 

@@ -141,14 +141,30 @@ def read_corpus(corpus_dir: str | Path) -> CorpusReadResult:
     return result
 
 
+_JSON_TYPE = {
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
+
+
 def read_jsonl_documents(path: str | Path) -> CorpusReadResult:
     """Read a JSON Lines file of documents, one object per line (BEIR's ``corpus.jsonl`` layout).
 
     Each object needs a ``text`` string and may carry a ``title`` and an id (``_id`` or
     ``id``). The id becomes the document's ``doc_path``, which is what labelled queries
     name (see :mod:`embed_assets.evaluation.labelled`); without one, ``line <n>`` stands in.
-    Lines that are not JSON objects, or have no text, are skipped and counted with the
-    line number; a repeated id or a repeated text is skipped as a duplicate.
+
+    Lines are skipped and counted, with their line number, when they are: not UTF-8
+    (``not_utf8``, as for files: a Latin-1 line is not silently turned into U+FFFD), not JSON
+    (``malformed_json``), not an object (``not_an_object``), without a ``text`` field
+    (``no_text``), with a text that is not a string (``text_is_number``, ``text_is_array``,
+    ...), or with an empty text (``empty``). A repeated text is one document: the later ids
+    become ``aliases`` of the first (title aside: the text is what is retrieved); a repeated
+    id with another text is a conflicting record, skipped as ``duplicate``.
 
     Raises:
         CorpusError: the file is missing, not a file, or yields no document.
@@ -162,15 +178,20 @@ def read_jsonl_documents(path: str | Path) -> CorpusReadResult:
     rows: list[dict] = []
     seen_text: dict[str, dict] = {}  # doc_id -> its row
     seen_ref: set[str] = set()
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             result.files_seen += 1
             where = f"{path.name}:{n}"
             try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                result.skip(where, "not_utf8")
+                continue
+            try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 result.skip(where, "malformed_json")
                 continue
             if not isinstance(record, dict):
@@ -178,14 +199,20 @@ def read_jsonl_documents(path: str | Path) -> CorpusReadResult:
                 continue
             raw_id = record.get("_id", record.get("id"))
             ref = str(raw_id) if raw_id not in (None, "") else f"line {n}"
-            text = record.get("text")
-            if not isinstance(text, str) or not text.strip():
+            if "text" not in record:
+                result.skip(where, "no_text")
+                continue
+            text = record["text"]
+            if not isinstance(text, str):
+                result.skip(where, f"text_is_{_JSON_TYPE.get(type(text), type(text).__name__)}")
+                continue
+            if not text.strip():
                 result.skip(where, "empty")
                 continue
             text = text.strip()
             title = record.get("title")
             title = title.strip() if isinstance(title, str) else ""
-            doc_id = content_hash(f"{title}\n{text}")
+            doc_id = content_hash(text)
             if ref in seen_ref or doc_id in seen_text:
                 result.skip(where, "duplicate")
                 if ref not in seen_ref:  # the same text under a new id: another name for it

@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from embed_assets.models import best_device, resolve_model_path
+from embed_assets.models import best_device, embedding_dim, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,47 @@ def _linear_merge(model, base_state: dict[str, torch.Tensor], base_weight: float
                 param.mul_(1 - base_weight).add_(base_state[name].to(param.device), alpha=base_weight)
 
 
+def training_columns(train: pl.DataFrame) -> list[str]:
+    """The columns the loss reads, in order: anchor, positive, then the negatives."""
+    return ["anchor", "positive"] + sorted(c for c in train.columns if c.startswith("negative_"))
+
+
+def full_batches(train: pl.DataFrame, batch_size: int, seed: int = 42) -> int:
+    """How many full batches of ``batch_size`` one pass over ``train`` gives when no text may
+    repeat inside a batch: the rule the trainer's sampler applies (an in-batch duplicate
+    would be a false negative).
+
+    Counted with sentence-transformers' own ``NoDuplicatesBatchSampler`` and the trainer's
+    seed, so a check built on it passes exactly when training can run.
+    """
+    from datasets import Dataset
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    if train.height < batch_size:
+        return 0
+    sampler = NoDuplicatesBatchSampler(
+        Dataset.from_polars(train.select(training_columns(train))),
+        batch_size=batch_size,
+        drop_last=True,
+        generator=torch.Generator(),
+        seed=seed,
+    )
+    # The public iterator pads a short pass with repeated rows up to len(sampler); one pass
+    # without repeats is what the trainer can rely on (its step count is capped by it).
+    one_pass = getattr(sampler, "_iter_one_pass", None)
+    if one_pass is None:  # another sentence-transformers release: the padded count, an upper bound
+        return sum(1 for _ in sampler)
+    sampler.generator.manual_seed(seed)  # as the sampler's own __iter__ does for epoch 0
+    values = sampler.dataset
+    return sum(
+        1
+        for _ in one_pass(
+            lambda i: {str(v) for v in values[i].values()},
+            lambda sample, batch: not sample.isdisjoint(batch),
+        )
+    )
+
+
 def train_bi_encoder(
     base_model: str,
     train: pl.DataFrame,
@@ -221,13 +262,17 @@ def train_bi_encoder(
 
     config = config or TrainingConfig()
     output_dir = Path(output_dir)
-    columns = ["anchor", "positive"] + sorted(c for c in train.columns if c.startswith("negative_"))
+    columns = training_columns(train)
     if train.height < config.batch_size:
         raise ValueError(f"need at least batch_size={config.batch_size} training rows, got {train.height}")
     _set_seeds(config.seed)
     device = best_device()
     model = SentenceTransformer(resolve_model_path(base_model), device=device)
     model.max_seq_length = config.max_seq_length
+    if too_big := [d for d in config.matryoshka_dims if d > embedding_dim(model)]:
+        raise ValueError(
+            f"matryoshka_dims {too_big} exceed the model's embedding size {embedding_dim(model)}"
+        )
     base_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
 
     if config.lora_rank > 0:

@@ -11,7 +11,13 @@ from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
 from embed_assets.hashing import stable_hash
 from embed_assets.training.examples import unroll_examples
-from embed_assets.training.trainer import ValidationSet, train_bi_encoder
+from embed_assets.training.trainer import ValidationSet, full_batches, train_bi_encoder
+
+
+def _op_config(context: dg.AssetExecutionContext, asset: str) -> dict:
+    """Another asset's config as this run gives it (its defaults when the run gives none)."""
+    ops = (context.run.run_config or {}).get("ops") or {}
+    return (ops.get(asset) or {}).get("config") or {}
 
 
 @dg.asset(
@@ -44,7 +50,9 @@ def training_examples(
         untitled_text=untitled,
         untitled_qa_ids=untitled_qa,
     )
-    needed = config.batch_size * config.min_batches
+    # The trainer's own rule: full batches in which no text repeats, at the trainer's seed.
+    trainer_config = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
+    batches = full_batches(rows, trainer_config.batch_size, trainer_config.seed)
     return dg.MaterializeResult(
         value=rows,
         data_version=frame_version(rows.with_columns(pl.col("qa_id") + pl.col("positive_id")), "qa_id"),
@@ -54,15 +62,22 @@ def training_examples(
             "unrolled_extra_rows": rows.height - rows["qa_id"].n_unique(),
             "dropped_queries_short_of_negatives": mined_negatives.height - rows["qa_id"].n_unique(),
             "rows_without_title_header": int(rows["qa_id"].is_in(list(untitled_qa)).sum()),
+            "full_batches_without_repeats": batches,
             "preview": preview(rows.drop("qa_id", "positive_id")),
             **stage_metrics(start),
         },
         check_results=[
             dg.AssetCheckResult(
                 check_name="enough_examples_for_batch",
-                passed=rows.height >= needed,
-                metadata={"rows": rows.height, "needed": needed, "batch_size": config.batch_size},
-                description=f"{rows.height} rows; training needs ≥ {config.min_batches} batches of {config.batch_size}",
+                passed=batches >= config.min_batches,
+                metadata={
+                    "rows": rows.height,
+                    "full_batches": batches,
+                    "needed_batches": config.min_batches,
+                    "batch_size": trainer_config.batch_size,
+                },
+                description=f"{rows.height} rows fill {batches} batches of {trainer_config.batch_size} in which "
+                f"no text repeats (the trainer's sampler); training needs ≥ {config.min_batches}",
             )
         ],
     )
