@@ -21,8 +21,10 @@ RUN apt-get update \
 WORKDIR /app
 RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY embed_assets ./embed_assets
-RUN pip install ".[llm]"
+# The versions tested here (llama-cpp-python is built from source: pinned to the tested release).
+RUN pip install -c requirements/lock.txt ".[llm]"
 COPY workspace.yaml ./
 COPY data ./data
 COPY scripts/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
