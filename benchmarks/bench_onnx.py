@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     import onnxruntime as ort
     import torch
 
-    from embed_assets.export import OnnxEmbedder, export_onnx
+    from embed_assets.export import export_onnx
     from embed_assets.models import resolve_model_path
+    from embed_assets.serving.runtime import OnnxEmbedder
 
     texts = make_texts(args.n)
     model_path = resolve_model_path(args.model)

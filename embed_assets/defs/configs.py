@@ -244,6 +244,13 @@ class RetrievalEvalConfig(dg.Config):
 class OnnxModelConfig(dg.Config):
     quantize_int8: bool = Field(default=False, description="Also write a MatMul-only int8 model.")
     min_parity_cosine: float = Field(default=0.999, gt=0.0, le=1.0)
+    max_int8_ndcg_drift: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Largest |int8 - fp32| nDCG@10 on the test split for the int8 model to be kept "
+        "(check int8_retrieval_drift; a model over it is removed from the export).",
+    )
 
 
 CONFIG_BY_ASSET: dict[str, type[dg.Config]] = {

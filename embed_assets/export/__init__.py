@@ -1,27 +1,26 @@
-"""ONNX export of a sentence-transformers bi-encoder, an onnxruntime embedder and parity checks."""
+"""ONNX export of a sentence-transformers bi-encoder (needs torch), parity and int8 retrieval checks.
 
+Running an export (``OnnxEmbedder``, ``read_descriptor``) lives in ``embed_assets.serving.runtime``,
+which imports no torch, so the server does not need it.
+"""
+
+from embed_assets.export.int8_drift import Int8Drift, int8_retrieval_drift
 from embed_assets.export.onnx_export import (
-    DESCRIPTOR_FILE,
-    INT8_MODEL_FILE,
-    MODEL_FILE,
-    OnnxEmbedder,
     OnnxExport,
     ParityReport,
     check_parity,
     export_onnx,
     quantize_onnx_int8,
-    read_descriptor,
+    withdraw_int8,
 )
 
 __all__ = [
-    "DESCRIPTOR_FILE",
-    "INT8_MODEL_FILE",
-    "MODEL_FILE",
-    "OnnxEmbedder",
+    "Int8Drift",
     "OnnxExport",
     "ParityReport",
     "check_parity",
     "export_onnx",
+    "int8_retrieval_drift",
     "quantize_onnx_int8",
-    "read_descriptor",
+    "withdraw_int8",
 ]

@@ -1,16 +1,17 @@
-"""Export a sentence-transformers bi-encoder to ONNX, run it with onnxruntime, check parity.
+"""Export a sentence-transformers bi-encoder to ONNX and check parity with PyTorch.
 
 The exported graph is the whole encoder, not just the transformer: token embeddings,
 pooling (mean or CLS, as configured in the model's ``Pooling`` module) and L2
 normalisation (when the model has a ``Normalize`` module) all happen inside ONNX, so
 a consumer only needs the tokenizer and one ``session.run`` to get the same vectors
-as ``SentenceTransformer.encode``.
+as ``SentenceTransformer.encode``. Running an export needs no torch: see
+``embed_assets.serving.runtime`` (``OnnxEmbedder``), which this module uses for its checks.
 
 Layout of an export folder::
 
     model.onnx                 fp32 graph: (input_ids, attention_mask[, token_type_ids]) -> sentence_embedding
     model_int8.onnx            optional dynamically quantised copy (MatMul weights, per channel)
-    embed_assets_onnx.json     descriptor: input names, max_seq_length, dim, pooling, normalize, source
+    embed_assets_onnx.json     descriptor: input names, max_seq_length, dim, pooling, normalize, prompts, source
     tokenizer.json, ...        the tokenizer, loadable with ``AutoTokenizer.from_pretrained(folder)``
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-MODEL_FILE = "model.onnx"
-INT8_MODEL_FILE = "model_int8.onnx"
-DESCRIPTOR_FILE = "embed_assets_onnx.json"
-OUTPUT_NAME = "sentence_embedding"
+from embed_assets.serving.runtime import (
+    DESCRIPTOR_FILE,
+    INT8_MODEL_FILE,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    OnnxEmbedder,
+    read_descriptor,
+)
+
 DESCRIPTOR_VERSION = 1
 SUPPORTED_POOLING = ("mean", "cls")
 
@@ -248,6 +253,7 @@ def export_onnx(
         "normalize": normalize,
         "opset": opset,
         "source_model_dir": _source_dir(model_dir),
+        **_prompt_fields(st_model),
     }
     descriptor_path = out_dir / DESCRIPTOR_FILE
     descriptor_path.write_text(json.dumps(descriptor, indent=2) + "\n")
@@ -266,6 +272,41 @@ def export_onnx(
         model_bytes=model_path.stat().st_size,
         int8_model_bytes=int8_path.stat().st_size if int8_path else None,
     )
+
+
+def _prompt_fields(st_model) -> dict[str, Any]:
+    """The model's sentence-transformers prompts (``config_sentence_transformers.json``), for the server.
+
+    Empty prompts are dropped (sentence-transformers gives every model ``{"query": "", "document": ""}``).
+    A model whose Pooling leaves the prompt tokens out (``include_prompt=False``) cannot be served with
+    prompts by a graph that pools every token, so its prompts are not exported.
+    """
+    prompts = {k: v for k, v in (getattr(st_model, "prompts", None) or {}).items() if v}
+    if prompts and getattr(list(st_model)[1], "include_prompt", True) is False:
+        logging.getLogger(__name__).warning(
+            "the model's Pooling excludes prompt tokens; its prompts %s are not exported", sorted(prompts)
+        )
+        prompts = {}
+    default = getattr(st_model, "default_prompt_name", None)
+    return {"prompts": prompts, "default_prompt_name": default if default in prompts else None}
+
+
+def withdraw_int8(onnx_dir: Path | str, reason: str) -> None:
+    """Remove ``model_int8.onnx`` from an export and record why in the descriptor.
+
+    Used when the quantised model fails its retrieval check: it can then not be served by mistake
+    (``OnnxEmbedder(..., int8=True)`` and ``--int8`` fail naming ``reason``); the fp32 model stays.
+
+    Args:
+        onnx_dir: the export folder.
+        reason: why, for whoever tries to load it.
+    """
+    onnx_dir = Path(onnx_dir)
+    descriptor = read_descriptor(onnx_dir)
+    (onnx_dir / INT8_MODEL_FILE).unlink(missing_ok=True)
+    descriptor["int8_model_file"] = None
+    descriptor["int8_withdrawn"] = reason
+    (onnx_dir / DESCRIPTOR_FILE).write_text(json.dumps(descriptor, indent=2) + "\n")
 
 
 def _source_dir(model_dir: Path | str) -> str:
@@ -316,110 +357,6 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.substring not in record.getMessage()
-
-
-def read_descriptor(onnx_dir: Path | str) -> dict[str, Any]:
-    """Load ``embed_assets_onnx.json`` from an export folder.
-
-    Args:
-        onnx_dir: folder written by ``export_onnx``.
-    """
-    path = Path(onnx_dir) / DESCRIPTOR_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {onnx_dir} a folder written by export_onnx?")
-    return json.loads(path.read_text())
-
-
-def default_providers() -> list[str]:
-    """onnxruntime providers to use: CUDA first when this onnxruntime build has it, then CPU."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
-class OnnxEmbedder:
-    """Sentence embeddings from an ``export_onnx`` folder with onnxruntime (no torch needed).
-
-    Args:
-        onnx_dir: folder written by ``export_onnx``.
-        int8: load ``model_int8.onnx`` instead of ``model.onnx`` (must have been exported).
-        providers: onnxruntime execution providers; default CUDA (when available) then CPU.
-        intra_op_num_threads: threads per inference call; None lets onnxruntime decide.
-    """
-
-    def __init__(
-        self,
-        onnx_dir: Path | str,
-        *,
-        int8: bool = False,
-        providers: Sequence[str] | None = None,
-        intra_op_num_threads: int | None = None,
-    ) -> None:
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
-        self.onnx_dir = Path(onnx_dir)
-        self.descriptor = read_descriptor(self.onnx_dir)
-        file_name = self.descriptor["int8_model_file"] if int8 else self.descriptor["model_file"]
-        if not file_name or not (self.onnx_dir / file_name).exists():
-            raise FileNotFoundError(
-                f"{self.onnx_dir / (file_name or INT8_MODEL_FILE)} not found"
-                + (" (export with quantize_int8=True)" if int8 else "")
-            )
-        self.model_path = self.onnx_dir / file_name
-        self.int8 = int8
-        self.input_names: list[str] = list(self.descriptor["input_names"])
-        self.max_seq_length: int = int(self.descriptor["max_seq_length"])
-        self.dim: int = int(self.descriptor["embedding_dim"])
-        options = ort.SessionOptions()
-        if intra_op_num_threads is not None:
-            options.intra_op_num_threads = intra_op_num_threads
-        self.session = ort.InferenceSession(
-            str(self.model_path), sess_options=options, providers=list(providers or default_providers())
-        )
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.onnx_dir))
-
-    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Embed texts.
-
-        Args:
-            texts: the strings to embed; each is truncated to ``max_seq_length`` tokens.
-            batch_size: texts per onnxruntime call.
-
-        Returns:
-            float32 array of shape ``[len(texts), dim]`` (unit norm when the model normalises).
-        """
-        return self.encode_with_usage(texts, batch_size=batch_size)[0]
-
-    def encode_with_usage(self, texts: list[str], batch_size: int = 32) -> tuple[np.ndarray, int]:
-        """Like ``encode`` but also returns the number of tokens fed to the model (after truncation).
-
-        Args:
-            texts: the strings to embed.
-            batch_size: texts per onnxruntime call.
-        """
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings, not a single string")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out, 0
-        # Batch texts of similar length together so that little compute goes to padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        n_tokens = 0
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_length,
-                return_tensors="np",
-            )
-            feeds = {name: enc[name].astype(np.int64) for name in self.input_names}
-            n_tokens += int(enc["attention_mask"].sum())
-            out[idx] = self.session.run([OUTPUT_NAME], feeds)[0]
-        return out, n_tokens
 
 
 def check_parity(

@@ -8,24 +8,46 @@ import polars as pl
 from embed_assets.defs.configs import OnnxModelConfig
 from embed_assets.defs.metadata import stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource
-from embed_assets.export.onnx_export import check_parity, export_onnx
+from embed_assets.export import check_parity, export_onnx, int8_retrieval_drift, withdraw_int8
+
+PARITY_CHECK = dg.AssetCheckKey(dg.AssetKey("onnx_model"), "onnx_parity")
+INT8_CHECK = dg.AssetCheckKey(dg.AssetKey("onnx_model"), "int8_retrieval_drift")
 
 
-@dg.asset(
-    group_name="export",
-    kinds={"onnx"},
-    description="The fine-tuned model as ONNX (pooling and normalisation inside the graph) with its tokenizer "
-    "files, ready for `python -m embed_assets.serving`. Only runs when the no-regression gate passed.",
-    deps=["retrieval_eval"],
-    check_specs=[dg.AssetCheckSpec("onnx_parity", asset="onnx_model")],
+# A multi_asset with one asset only so that it may leave a declared check out (can_subset): an
+# @asset's checks must all be reported on every run, and int8_retrieval_drift has nothing to check
+# when no int8 model was written. The output is named "result", as an @asset's is.
+@dg.multi_asset(
+    outs={
+        "result": dg.AssetOut(
+            key="onnx_model",
+            group_name="export",
+            kinds={"onnx"},
+            description="The fine-tuned model as ONNX (pooling and normalisation inside the graph) with its "
+            "tokenizer files, ready for `python -m embed_assets.serving`. Only runs when the no-regression "
+            "gate passed. With quantize_int8, the int8 model is kept only if it ranks the test split like "
+            "the fp32 one.",
+        )
+    },
+    check_specs=[
+        dg.AssetCheckSpec("onnx_parity", asset="onnx_model"),
+        dg.AssetCheckSpec(
+            "int8_retrieval_drift",
+            asset="onnx_model",
+            description="int8 vs fp32 ONNX nDCG@10 on the test split within max_int8_ndcg_drift; "
+            "evaluated only when quantize_int8 is on (a failing int8 model is removed from the export)",
+        ),
+    ],
+    can_subset=True,
 )
 def onnx_model(
     context: dg.AssetExecutionContext,
     config: OnnxModelConfig,
     finetuned_model: dict,
     document_chunks: pl.DataFrame,
+    retrieval_eval: dict,
     store: ArtifactStoreResource,
-):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
+):
     start = time.perf_counter()
     model_dir = finetuned_model["path"]
     out_dir = store.path("onnx", model_dir.rstrip("/").rsplit("/", 1)[-1])
@@ -35,17 +57,10 @@ def onnx_model(
         "SQLSTATE 40P01",
     ]
     parity = check_parity(model_dir, out_dir, sample, min_cosine=config.min_parity_cosine)
-    return dg.MaterializeResult(
-        value={"path": str(out_dir.resolve()), "finetuned_model": model_dir},
-        metadata={
-            "path": dg.MetadataValue.path(str(out_dir.resolve())),
-            "parity_min_cosine": round(parity.min_cosine, 6),
-            "int8": config.quantize_int8,
-            "serve_with": f"python -m embed_assets.serving --model-dir {out_dir.resolve()}",
-            **stage_metrics(start),
-            "export": dg.MetadataValue.json({k: str(v) for k, v in vars(export).items()}),
-        },
-        check_results=[
+    selected = context.selected_asset_check_keys
+    checks = []
+    if PARITY_CHECK in selected:
+        checks.append(
             dg.AssetCheckResult(
                 check_name="onnx_parity",
                 passed=parity.passed,
@@ -56,5 +71,46 @@ def onnx_model(
                 },
                 description=f"onnxruntime vs PyTorch cosine ≥ {config.min_parity_cosine}",
             )
-        ],
+        )
+    int8_kept = config.quantize_int8
+    if config.quantize_int8 and INT8_CHECK in selected:
+        # The same held-out queries and chunk corpus that retrieval_eval scored the model on.
+        drift = int8_retrieval_drift(
+            out_dir, retrieval_eval["beir_dir"], max_drift=config.max_int8_ndcg_drift
+        )
+        context.log.info(
+            "int8 nDCG@10 %.4f vs fp32 %.4f (drift %.4f, max %.4f)",
+            drift.int8_ndcg10,
+            drift.fp32_ndcg10,
+            drift.drift,
+            drift.max_drift,
+        )
+        if not drift.passed:
+            withdraw_int8(
+                out_dir,
+                f"int8 nDCG@10 {drift.int8_ndcg10:.4f} vs fp32 {drift.fp32_ndcg10:.4f} on the test split: "
+                f"drift {drift.drift:.4f} > {drift.max_drift}",
+            )
+            int8_kept = False
+        checks.append(
+            dg.AssetCheckResult(
+                check_name="int8_retrieval_drift",
+                passed=drift.passed,
+                metadata={**drift.to_dict(), "int8_kept": int8_kept},
+                description=f"|int8 − fp32| nDCG@10 on the test split ≤ {config.max_int8_ndcg_drift}",
+            )
+        )
+    # Without quantize_int8 there is no int8 model to check: the check is not evaluated.
+    yield dg.MaterializeResult(
+        value={"path": str(out_dir.resolve()), "finetuned_model": model_dir, "int8": int8_kept},
+        metadata={
+            "path": dg.MetadataValue.path(str(out_dir.resolve())),
+            "parity_min_cosine": round(parity.min_cosine, 6),
+            "int8": int8_kept,
+            "serve_with": f"python -m embed_assets.serving --model-dir {out_dir.resolve()}"
+            + (" [--int8]" if int8_kept else ""),
+            **stage_metrics(start),
+            "export": dg.MetadataValue.json({k: str(v) for k, v in vars(export).items()}),
+        },
+        check_results=checks,
     )
