@@ -1,5 +1,7 @@
 """``embed-assets run``: materialize the whole pipeline in-process and print base vs fine-tuned.
 ``embed-assets clean-runs``: mark failed the runs that were killed and still show as STARTED.
+``embed-assets audit [RUN_ID]``: the chain behind an evaluation, every file re-hashed.
+``embed-assets gc``: delete the artifacts that no recorded evaluation uses.
 
 Bad input (a config file, a field, a model path, a busy home) is one message on stderr and
 exit code 2; a failed step prints why it failed and exits 1.
@@ -139,6 +141,21 @@ def main(argv: list[str] | None = None) -> int:
         help="mark failed the runs Dagster still lists as STARTED whose process was killed",
     )
     clean.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+    audit = sub.add_parser(
+        "audit",
+        help="print the chain behind an evaluation (report <- model <- ... <- documents) with versions, "
+        "configs and file hashes, re-hash every file, and exit 1 on any missing or changed file",
+    )
+    audit.add_argument("run_id", nargs="?", default="latest", help="a Dagster run id, or 'latest' (default)")
+    audit.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+    gc = sub.add_parser(
+        "gc",
+        help="delete the artifacts of --home that no recorded evaluation's chain and no latest value uses",
+    )
+    gc.add_argument(
+        "--home", default=os.environ.get("EMBED_ASSETS_HOME", ".embed_assets"), help="artifact folder"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -147,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     if args.command == "clean-runs":
         return clean_runs(args.dry_run)
+    if args.command == "audit":
+        return audit_run(args.run_id, args.json)
+    if args.command == "gc":
+        return garbage_collect(args.home, args.dry_run)
     try:
         return run_pipeline(args)
     except UsageError as e:
@@ -166,6 +187,41 @@ def clean_runs(dry_run: bool) -> int:
     if not dry_run:
         mark_failed(instance, runs)
     print(f"{len(runs)} killed run(s) {'found' if dry_run else 'marked failed'}")
+    return 0
+
+
+def audit_run(run_id: str, as_json: bool) -> int:
+    import dagster as dg
+
+    from embed_assets.defs import audit
+
+    try:
+        chain = audit.audit_chain(dg.DagsterInstance.get(), None if run_id == "latest" else run_id)
+    except audit.AuditError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(audit.as_json(chain) if as_json else audit.render_tree(chain))
+    return 0 if chain.ok else 1
+
+
+def garbage_collect(home: str, dry_run: bool) -> int:
+    import dagster as dg
+
+    from embed_assets.defs.garbage import collect_garbage
+    from embed_assets.home_lock import HomeBusyError, HomeLock
+
+    try:
+        with HomeLock(home, "embed-assets gc"):  # never under a running pipeline
+            report = collect_garbage(dg.DagsterInstance.get(), home, dry_run)
+    except HomeBusyError as e:
+        print(e, file=sys.stderr)
+        return 2
+    for path in report.deleted:
+        print(f"{'would delete' if dry_run else 'deleted'} {path}")
+    print(
+        f"{len(report.deleted)} artifacts ({report.bytes_freed / 1e6:.1f} MB) "
+        f"{'to delete' if dry_run else 'deleted'}; kept what {report.kept_evaluations} evaluations use"
+    )
     return 0
 
 

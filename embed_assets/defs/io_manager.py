@@ -18,12 +18,17 @@ import polars as pl
 from pydantic import PrivateAttr
 
 from embed_assets.home_lock import HomeLock
+from embed_assets.lineage import build_info, file_sha256
+
+LATEST = "latest.json"  # per asset folder: which file the last materialization wrote
 
 
 class PolarsJsonIOManager(dg.ConfigurableIOManager):
-    """Writes ``pl.DataFrame`` values to ``<home_dir>/assets/<asset>.parquet`` and anything
-    JSON-serialisable to ``<home_dir>/assets/<asset>.json``. Writes go to a temp file first
-    and are renamed, so a killed run never leaves a half-written asset behind."""
+    """Writes ``pl.DataFrame`` values to ``<home_dir>/assets/<asset>/<sha256[:16]>.parquet`` and
+    anything JSON-serialisable to ``.../<sha256[:16]>.json``, named by the file's own hash, and
+    records which one is the latest in ``<asset>/latest.json``. Writes go to a temp file first
+    and are renamed, so a killed run never leaves a half-written asset behind. Each
+    materialization records the file's path and SHA-256, the package version and git commit."""
 
     home_dir: str = os.environ.get("EMBED_ASSETS_HOME", ".embed_assets")
     lock_timeout_s: float = 0.0
@@ -56,31 +61,56 @@ class PolarsJsonIOManager(dg.ConfigurableIOManager):
             self._lock.release()
             self._lock = None
 
-    def _path(self, context, suffix: str) -> Path:
-        key = context.asset_key.path
-        return self.base_dir.joinpath(*key).with_suffix(suffix)
+    def _folder(self, asset_key: dg.AssetKey) -> Path:
+        return self.base_dir.joinpath(*asset_key.path)
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
             return
-        is_frame = isinstance(obj, pl.DataFrame)
-        path = self._path(context, ".parquet" if is_frame else ".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        if is_frame:
+        folder = self._folder(context.asset_key)
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = ".parquet" if isinstance(obj, pl.DataFrame) else ".json"
+        tmp = folder / f".{context.run_id}{suffix}.tmp"
+        if suffix == ".parquet":
             obj.write_parquet(tmp)
         else:
-            tmp.write_text(json.dumps(obj, indent=2, default=str))
-        tmp.replace(path)
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path.resolve()))})
+            tmp.write_text(json.dumps(obj, indent=2, default=str, sort_keys=True))
+        sha256 = file_sha256(tmp)
+        # Content-addressed and immutable: a file is never rewritten, so every past
+        # materialization's path still holds exactly what that run produced.
+        path = folder / f"{sha256[:16]}{suffix}"
+        if path.exists():
+            tmp.unlink()
+        else:
+            tmp.replace(path)
+        pointer = folder / f".{LATEST}.tmp"
+        pointer.write_text(json.dumps({"file": path.name, "sha256": sha256, "run_id": context.run_id}))
+        pointer.replace(folder / LATEST)
+        context.add_output_metadata(
+            {
+                "value_path": dg.MetadataValue.path(str(path.resolve())),
+                "value_sha256": sha256,
+                "value_bytes": path.stat().st_size,
+                **build_info(),
+            }
+        )
+
+    def latest_path(self, asset_key: dg.AssetKey) -> Path:
+        """The file the last materialization of ``asset_key`` in this home wrote."""
+        folder = self._folder(asset_key)
+        try:
+            return folder / json.loads((folder / LATEST).read_text())["file"]
+        except FileNotFoundError:
+            # A home written before artifacts were content-addressed: <asset>.parquet|json.
+            for suffix in (".parquet", ".json"):
+                if (legacy := folder.with_suffix(suffix)).exists():
+                    return legacy
+        raise FileNotFoundError(
+            f"asset {asset_key.to_user_string()} has not been materialized in {self.home_dir}"
+        )
 
     def load_input(self, context: dg.InputContext):
-        parquet = self._path(context.upstream_output, ".parquet")
-        if parquet.exists():
-            return pl.read_parquet(parquet)
-        js = self._path(context.upstream_output, ".json")
-        if js.exists():
-            return json.loads(js.read_text())
-        raise FileNotFoundError(
-            f"asset {context.upstream_output.asset_key.to_user_string()} has not been materialized ({parquet})"
-        )
+        path = self.latest_path(context.upstream_output.asset_key)
+        if path.suffix == ".parquet":
+            return pl.read_parquet(path)
+        return json.loads(path.read_text())

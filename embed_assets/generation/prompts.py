@@ -135,3 +135,12 @@ def load_prompt(name: str, version: int = 1) -> Prompt:
     except FileNotFoundError as exc:
         raise PromptError(f"no prompt file {_DIR}/{name}_v{version}.txt in {_PACKAGE}") from exc
     return parse_prompt(text, expected_name=name, expected_version=version)
+
+
+def prompts_version(length: int = 8) -> str:
+    """A hash of every packaged prompt file: part of the generation asset's code version."""
+    folder = resources.files(_PACKAGE).joinpath(_DIR)
+    texts = sorted(
+        (p.name, p.read_text(encoding="utf-8")) for p in folder.iterdir() if p.name.endswith(".txt")
+    )
+    return content_hash(repr(texts), length)

@@ -48,6 +48,84 @@ class ChunkIndex:
         return any("text" in (ix.columns or []) for ix in self.open().list_indices())
 
 
+class EmbeddingCache:
+    """Vectors of one model by chunk content hash, in a LanceDB table of their own.
+
+    A chunk id is the hash of its text, so a chunk whose text did not change is never embedded
+    twice by the same model: a corpus that gained a few documents costs only their chunks'
+    embeddings. Appends only; a killed run keeps every batch it finished.
+
+    Args:
+        uri: LanceDB folder.
+        model_key: identifies the model's weights (see :func:`model_key`); one table per model.
+        dim: embedding width.
+    """
+
+    def __init__(self, uri: str | Path, model_key: str, dim: int):
+        self.db = lancedb.connect(str(uri))
+        self.table = f"embeddings_{model_key}"
+        self.dim = dim
+        schema = pa.schema(
+            [pa.field("chunk_id", pa.string()), pa.field("vector", pa.list_(pa.float32(), dim))]
+        )
+        self.tbl = self.db.create_table(self.table, schema=schema, exist_ok=True)
+        self.computed = 0
+        self.reused = 0
+
+    def vectors(self, chunks: pl.DataFrame, model, encode_batch_size: int = 64) -> np.ndarray:
+        """Unit-normalised vectors of ``chunks`` (``chunk_id, text``), in row order: read from the
+        cache when known, else encoded with ``model`` and added to it."""
+        ids = chunks["chunk_id"].to_list()
+        known: dict[str, np.ndarray] = {}
+        if ids and self.tbl.count_rows():
+            quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in set(ids))
+            found = self.tbl.search().where(f"chunk_id IN ({quoted})").select(["chunk_id", "vector"])
+            rows = found.limit(len(ids)).to_arrow()
+            flat = rows["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            known = dict(zip(rows["chunk_id"].to_pylist(), flat.reshape(-1, self.dim), strict=True))
+        missing = [i for i, c in enumerate(ids) if c not in known]
+        new = dict.fromkeys(ids[i] for i in missing)  # a text repeated in the batch is encoded once
+        if new:
+            texts = dict(zip(ids, chunks["text"].to_list(), strict=True))
+            vectors = encode(model, [texts[c] for c in new], batch_size=encode_batch_size)
+            self.tbl.add(
+                pa.table(
+                    {
+                        "chunk_id": pa.array(list(new), pa.string()),
+                        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), self.dim),
+                    }
+                )
+            )
+            known.update(zip(new, vectors, strict=True))
+        self.computed += len(new)
+        self.reused += len(ids) - len(missing)
+        return (
+            np.stack([known[c] for c in ids]).astype(np.float32)
+            if ids
+            else np.zeros((0, self.dim), np.float32)
+        )
+
+
+def model_key(model_path: str | Path) -> str:
+    """A short id of a model's weights: the hash of its files when it is a local folder (two
+    models saved to the same path are told apart), else of its name."""
+    from embed_assets.hashing import stable_hash
+
+    folder = Path(model_path)
+    if folder.is_dir():
+        files = sorted(
+            p for p in folder.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin", ".json"}
+        )
+        return stable_hash([(str(p.relative_to(folder)), p.stat().st_size, _sha256(p)) for p in files], 12)
+    return stable_hash(str(model_path), 12)
+
+
+def _sha256(path: Path) -> str:
+    from embed_assets.lineage import file_sha256
+
+    return file_sha256(path)
+
+
 def build_chunk_index(
     chunks: pl.DataFrame,
     model,
@@ -57,6 +135,7 @@ def build_chunk_index(
     batch_size: int = 256,
     encode_batch_size: int = 64,
     ann_threshold: int = 100_000,
+    cache: EmbeddingCache | None = None,
 ) -> ChunkIndex:
     """Embed ``chunks`` with ``model`` and write them to a LanceDB table.
 
@@ -71,9 +150,16 @@ def build_chunk_index(
         batch_size: chunks embedded and written per step.
         encode_batch_size: the encoder's own batch size.
         ann_threshold: build an IVF-PQ ANN index at or above this many rows.
+        cache: reuse (and fill) these vectors by chunk content hash instead of encoding every chunk.
     """
+
+    def vectors(part: pl.DataFrame) -> np.ndarray:
+        if cache is not None:
+            return cache.vectors(part, model, encode_batch_size)
+        return encode(model, part["text"].to_list(), batch_size=encode_batch_size)
+
     batches = (
-        (part, encode(model, part["text"].to_list(), batch_size=encode_batch_size))
+        (part, vectors(part))
         for part in (chunks.slice(s, batch_size) for s in range(0, chunks.height, batch_size))
     )
     return write_chunk_index(batches, embedding_dim(model), uri, table=table, ann_threshold=ann_threshold)

@@ -28,6 +28,8 @@ from embed_assets.models import best_device, embedding_dim, resolve_model_path
 
 log = logging.getLogger(__name__)
 
+CARD_HEADING = "## embed_assets training record"
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -451,7 +453,7 @@ def _write_card(
     (output_dir / "embed_assets_training.json").write_text(json.dumps(record, indent=2, default=str))
     readme = output_dir / "README.md"
     section = (
-        "\n\n## embed_assets training record\n\n"
+        f"\n\n{CARD_HEADING}\n\n"
         f"- base model: `{base_model}`\n"
         f"- steps: {result.steps} on {result.train_rows} rows, {result.examples_per_second} examples/s on {result.device}\n"
         f"- validation nDCG@10: base {result.base_val_ndcg10}, selected {result.best_val_ndcg10} "
@@ -461,4 +463,22 @@ def _write_card(
         + json.dumps(asdict(config), indent=2, default=str)
         + "\n```\n"
     )
-    readme.write_text((readme.read_text() if readme.exists() else "# Fine-tuned embedding model\n") + section)
+    # Replace an earlier record (a folder trained again) instead of appending a second one.
+    card_text = readme.read_text() if readme.exists() else "# Fine-tuned embedding model\n"
+    card_text = card_text.split(CARD_HEADING, 1)[0].rstrip("\n")
+    readme.write_text(card_text + section)
+
+
+def finished_training(output_dir: str | Path) -> TrainingResult | None:
+    """The result recorded in ``output_dir`` by a training that finished, or None.
+
+    The folder's name is a hash of everything that decides the weights, so a finished folder
+    is the model that training would produce again: callers reuse it instead of training twice.
+    """
+    record = Path(output_dir) / "embed_assets_training.json"
+    if not record.is_file() or not (Path(output_dir) / "modules.json").is_file():
+        return None
+    try:
+        return TrainingResult(**json.loads(record.read_text())["result"])
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable: train again

@@ -6,13 +6,27 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import SyntheticQAConfig
-from embed_assets.defs.metadata import counts_table, frame_version, preview, stage_metrics
+from embed_assets.defs.metadata import counts_table, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, QuestionGeneratorResource
+from embed_assets.generation.prompts import prompts_version
+from embed_assets.lineage import code_version, data_version
 
 
 @dg.asset(
     group_name="generation",
     kinds={"polars"},
+    # The generators' code, prompts included: a changed prompt is a changed asset.
+    code_version=code_version(
+        __name__,
+        "embed_assets.generation.base",
+        "embed_assets.generation.template",
+        "embed_assets.generation.structure",
+        "embed_assets.generation.llm_generator",
+        "embed_assets.generation.embedded_llm",
+        "embed_assets.generation.prompts",
+    )
+    + "-"
+    + prompts_version(),
     description="Questions written for the chunks by the configured generator, single-hop and multi-hop, "
     "each with the chunk id(s) that answer it and a one-line context per hop.",
 )
@@ -47,7 +61,11 @@ def synthetic_qa(
     by_type = qa.group_by("query_type").len().sort("query_type")
     return dg.MaterializeResult(
         value=qa,
-        data_version=frame_version(qa, "qa_id"),
+        data_version=dg.DataVersion(
+            data_version(
+                qa, {"synthetic_qa": config.model_dump(), "generator": question_generator.model_dump()}
+            )
+        ),
         metadata={
             "generator": generator.name,
             "questions": qa.height,

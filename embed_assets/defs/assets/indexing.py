@@ -3,19 +3,24 @@
 import time
 
 import dagster as dg
+import lancedb
 import polars as pl
 
 from embed_assets.defs.metadata import stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
-from embed_assets.mining.index import build_chunk_index
+from embed_assets.lineage import artifact_hashes, code_version, data_version
+from embed_assets.mining.index import ChunkIndex, EmbeddingCache, build_chunk_index, model_key
+from embed_assets.models import embedding_dim
 
 
 @dg.asset(
     group_name="indexing",
     kinds={"lancedb"},
+    code_version=code_version(__name__, "embed_assets.mining.index"),
     description="Base-model embeddings and text of every chunk in a LanceDB table: exact search for small "
     "corpora, an IVF-PQ index above the threshold, and a BM25 full-text index on the text. Used for round-trip "
-    "filtering (dense and lexical) and hard-negative mining.",
+    "filtering (dense and lexical) and hard-negative mining. One table per chunk set and model, never "
+    "rewritten; vectors are cached by chunk content hash, so unchanged chunks are never embedded again.",
 )
 def base_chunk_index(
     context: dg.AssetExecutionContext,
@@ -25,13 +30,45 @@ def base_chunk_index(
 ) -> dg.MaterializeResult[dict]:
     start = time.perf_counter()
     uri = store.path("lancedb")
-    index = build_chunk_index(document_chunks, base_model.load(), uri)
+    model = base_model.load()
+    key = model_key(base_model.path())
+    version = data_version(
+        document_chunks.select("chunk_id", "doc_id", "chunk_index", "text"), {"model": key}
+    )
+    table = f"chunks_{version}"
+    cache = EmbeddingCache(uri, key, embedding_dim(model))
+    index = ChunkIndex(str(uri), table)
+    # The same chunks and model were indexed before: the table is reused as it is. A build
+    # killed half-way left fewer rows (or no text index yet): it is built again.
+    reused_table = (
+        table in lancedb.connect(str(uri)).table_names()
+        and index.count() == document_chunks.height
+        and index.has_text_index()
+    )
+    if not reused_table:
+        index = build_chunk_index(document_chunks, model, uri, table=table, cache=cache)
+    tbl = index.open()
+    manifest = uri / f"{table}.lance" / "_versions" / f"{tbl.version}.manifest"
     seconds = time.perf_counter() - start
     return dg.MaterializeResult(
-        value={"uri": index.uri, "table": index.table, "rows": index.count(), "model": base_model.path()},
+        value={
+            "uri": index.uri,
+            "table": index.table,
+            "table_version": tbl.version,
+            "rows": index.count(),
+            "model": base_model.path(),
+            "model_key": key,
+        },
+        data_version=dg.DataVersion(version),
         metadata={
             "rows": index.count(),
             "uri": dg.MetadataValue.path(str(uri.resolve())),
+            "table": table,
+            "table_version": tbl.version,
+            "artifacts": dg.MetadataValue.json(artifact_hashes(manifest)),
+            "reused_table": reused_table,
+            "embeddings_computed": cache.computed,
+            "embeddings_reused": cache.reused,
             "ann_index": index.has_ann_index(),
             "text_index": index.has_text_index(),
             "chunks_per_second": round(document_chunks.height / max(seconds, 1e-9), 1),

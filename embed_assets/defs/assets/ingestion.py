@@ -6,15 +6,17 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import DocumentChunksConfig, SourceDocumentsConfig
-from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview, stage_metrics
+from embed_assets.defs.metadata import counts_table, histogram, preview, stage_metrics
 from embed_assets.defs.resources import BaseModelResource
 from embed_assets.ingest.chunking import chunk_documents
 from embed_assets.ingest.documents import read_corpus, read_jsonl_documents, read_lancedb_chunks
+from embed_assets.lineage import code_version, data_version
 
 
 @dg.asset(
     group_name="ingestion",
     kinds={"polars"},
+    code_version=code_version(__name__, "embed_assets.ingest.documents"),
     description="Every .txt/.md/.html file under the corpus folder (HTML converted to text), every line of a "
     "JSON Lines corpus, or every row of a production LanceDB chunk table. "
     "Document ids are content hashes; binary, non-UTF-8, empty and duplicate files are skipped and counted.",
@@ -42,7 +44,7 @@ def source_documents(
     context.log.info("read %d documents from %s (%d files/rows)", docs.height, source, result.files_seen)
     return dg.MaterializeResult(
         value=docs,
-        data_version=frame_version(docs, "doc_id"),
+        data_version=dg.DataVersion(data_version(docs, config)),
         metadata={
             "source": source,
             "files_seen": result.files_seen,
@@ -64,6 +66,7 @@ def source_documents(
 @dg.asset(
     group_name="ingestion",
     kinds={"polars"},
+    code_version=code_version(__name__, "embed_assets.ingest.chunking"),
     description="Token-aware chunks with overlap, measured in the base model's tokenizer. Chunk ids are content hashes.",
 )
 def document_chunks(
@@ -77,7 +80,9 @@ def document_chunks(
     per_doc = chunks.group_by("doc_path").len().sort("len", descending=True)
     return dg.MaterializeResult(
         value=chunks,
-        data_version=frame_version(chunks, "chunk_id"),
+        data_version=dg.DataVersion(
+            data_version(chunks, {"chunking": config.model_dump(), "tokenizer": base_model.path()})
+        ),
         metadata={
             "chunks": chunks.height,
             "documents": source_documents.height,
