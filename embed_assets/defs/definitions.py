@@ -27,7 +27,7 @@ from embed_assets.defs.resources import (  # noqa: E402
     BaseModelResource,
     QuestionGeneratorResource,
 )
-from embed_assets.defs.sensors import corpus_change_sensor  # noqa: E402
+from embed_assets.defs.sensors import CorpusSourceResource, corpus_change_sensor  # noqa: E402
 
 ALL_ASSET_MODULES = [
     ingestion,
@@ -54,6 +54,7 @@ def build_resources(
         "store": store,
         "base_model": BaseModelResource(name_or_path=base_model) if base_model else BaseModelResource(),
         "question_generator": generator or QuestionGeneratorResource(),
+        "corpus_source": CorpusSourceResource(),
     }
 
 

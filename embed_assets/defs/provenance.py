@@ -1,8 +1,12 @@
-"""What Dagster recorded about earlier materializations: the versions a run consumed."""
+"""What Dagster recorded about earlier materializations: the versions a run consumed, and the
+values an incremental run starts from."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
+import polars as pl
 
 DATA_VERSION_TAG = "dagster/data_version"
 
@@ -17,3 +21,29 @@ def recorded_versions(context: dg.AssetExecutionContext, *assets: str) -> dict[s
         mat = event.asset_materialization if event is not None else None
         versions[name] = (mat.tags or {}).get(DATA_VERSION_TAG) if mat is not None else None
     return versions
+
+
+def previous_materialization(context: dg.AssetExecutionContext, asset: str):
+    """The latest materialization of ``asset`` by an earlier run (an ``EventLogRecord``), or None."""
+    page = context.instance.fetch_materializations(dg.AssetKey(asset), limit=5)
+    return next((r for r in page.records if r.run_id != context.run_id), None)
+
+
+def input_materialization(context: dg.AssetExecutionContext, record, upstream: str):
+    """The materialization of ``upstream`` that ``record``'s run read, from Dagster's event pointer."""
+    pointer = (record.asset_materialization.tags or {}).get(f"dagster/input_event_pointer/{upstream}", "")
+    if not pointer.isdigit():
+        return None
+    found = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(dg.AssetKey(upstream), storage_ids=[int(pointer)]), limit=1
+    )
+    return found.records[0] if found.records else None
+
+
+def recorded_value(record) -> pl.DataFrame | None:
+    """The frame a materialization wrote (its ``value_path``), when the file is still there."""
+    meta = record.asset_materialization.metadata if record is not None else {}
+    path = Path(str(meta["value_path"].value)) if "value_path" in meta else None
+    if path is None or path.suffix != ".parquet" or not path.is_file():
+        return None
+    return pl.read_parquet(path)

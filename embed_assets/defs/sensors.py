@@ -1,95 +1,193 @@
-"""Retrain when the source corpus changes."""
+"""Retrain when the source changes, with the user's recipe.
 
+The sensor takes the :class:`CorpusSourceResource` as a parameter: the source (a folder, a JSON
+Lines file or a production LanceDB table, with its column names), the user's recipe (a YAML run
+config) and the labelled queries all come from it, and every run it requests carries them.
+
+Fingerprints are content hashes, so touching a file or compacting a LanceDB table
+(``table.optimize()``) triggers nothing. The cursor counts the changes it has seen and the run
+key includes that count: a corpus reverted to an earlier state is a new change and retrains
+(Dagster drops a run request whose key it has seen before).
+"""
+
+from __future__ import annotations
+
+import json
 import os
 from pathlib import Path
 
 import dagster as dg
+import yaml
+from pydantic import Field
 
 from embed_assets.defs.configs import run_config_errors
 from embed_assets.defs.jobs import pipeline_job
 from embed_assets.hashing import stable_hash
 from embed_assets.ingest.documents import SUPPORTED_SUFFIXES
+from embed_assets.lineage import file_sha256
 
 
 def corpus_fingerprint(corpus_dir: str | Path) -> str | None:
-    """A cheap fingerprint of the corpus: every supported file's path, size and mtime.
+    """A content fingerprint of the corpus: every supported file's path and SHA-256.
 
     None when the folder is missing (the sensor then skips instead of failing).
     """
     root = Path(corpus_dir)
     if not root.is_dir():
         return None
-    entries = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
-            st = p.stat()
-            entries.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
+    entries = [
+        (str(p.relative_to(root)), file_sha256(p))
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+    ]
     return stable_hash(entries)
 
 
 def file_fingerprint(path: str | Path) -> str | None:
-    """A JSON Lines corpus' size and mtime; None when the file is missing."""
+    """A JSON Lines corpus' SHA-256; None when the file is missing."""
     p = Path(path)
-    if not p.is_file():
-        return None
-    st = p.stat()
-    return stable_hash({"size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return file_sha256(p)[:16] if p.is_file() else None
 
 
-def lancedb_fingerprint(uri: str, table: str) -> str | None:
-    """The table's version and row count: LanceDB bumps the version on every write."""
+def lancedb_fingerprint(uri: str, table: str, columns: list[str]) -> str | None:
+    """A hash of the table's rows in ``columns`` (text, title, id): content, not the table's version
+    number, which every compaction bumps. None when the table or a column is missing."""
     import lancedb
 
     try:
         tbl = lancedb.connect(uri).open_table(table)
-    except Exception:  # a missing table is a skip, not a sensor failure
+        rows = tbl.to_arrow().select(columns)
+    except Exception:  # a missing table or column is a skip, not a sensor failure
         return None
-    return stable_hash({"version": tbl.version, "rows": tbl.count_rows()})
+    # Row order is not content: a compaction may rewrite fragments in another order.
+    return stable_hash(sorted(json.dumps(r, sort_keys=True, default=str) for r in rows.to_pylist()))
+
+
+class CorpusSourceResource(dg.ConfigurableResource):
+    """What the corpus-change sensor watches, and the recipe of the runs it requests.
+
+    The defaults come from ``$EMBED_ASSETS_*`` environment variables, so a container can be set
+    up without code; set the fields in ``Definitions`` (or the UI) instead where you can.
+    """
+
+    corpus_dir: str = Field(
+        default=os.environ.get("EMBED_ASSETS_CORPUS_DIR", "data/corpus"), description="Folder of documents."
+    )
+    corpus_jsonl: str | None = Field(
+        default=os.environ.get("EMBED_ASSETS_CORPUS_JSONL"), description="A JSON Lines corpus instead."
+    )
+    lancedb_uri: str | None = Field(
+        default=os.environ.get("EMBED_ASSETS_LANCEDB_URI"), description="A production LanceDB instead."
+    )
+    lancedb_table: str = Field(default=os.environ.get("EMBED_ASSETS_LANCEDB_TABLE", "chunks"))
+    text_column: str = Field(default=os.environ.get("EMBED_ASSETS_TEXT_COLUMN", "text"))
+    title_column: str | None = Field(default=os.environ.get("EMBED_ASSETS_TITLE_COLUMN"))
+    id_column: str | None = Field(default=os.environ.get("EMBED_ASSETS_ID_COLUMN"))
+    recipe: str | None = Field(
+        default=os.environ.get("EMBED_ASSETS_RECIPE"),
+        description="A YAML run config ({ops: {<asset>: {config: ...}}}) every requested run uses: your "
+        "generator settings, steps, gate metrics... The source fields above override its source_documents.",
+    )
+    labelled_queries_dir: str | None = Field(default=os.environ.get("EMBED_ASSETS_LABELLED_QUERIES"))
+    labelled_queries_split: str | None = Field(default=os.environ.get("EMBED_ASSETS_LABELLED_SPLIT"))
+
+    def describe(self) -> str:
+        if self.lancedb_uri:
+            return f"lancedb table {self.lancedb_table} at {self.lancedb_uri}"
+        if self.corpus_jsonl:
+            return f"JSON Lines corpus {self.corpus_jsonl}"
+        return f"corpus folder {self.corpus_dir}"
+
+    def fingerprint(self) -> str | None:
+        """A hash of the source's content; None when it is missing."""
+        if self.lancedb_uri:
+            columns = [c for c in (self.text_column, self.title_column, self.id_column) if c]
+            return lancedb_fingerprint(self.lancedb_uri, self.lancedb_table, list(dict.fromkeys(columns)))
+        if self.corpus_jsonl:
+            return file_fingerprint(self.corpus_jsonl)
+        return corpus_fingerprint(self.corpus_dir)
+
+    def source_config(self) -> dict:
+        if self.lancedb_uri:
+            fields = {
+                "lancedb_uri": self.lancedb_uri,
+                "lancedb_table": self.lancedb_table,
+                "text_column": self.text_column,
+                "title_column": self.title_column,
+                "id_column": self.id_column,
+            }
+            return {k: v for k, v in fields.items() if v is not None}
+        if self.corpus_jsonl:
+            return {"corpus_jsonl": self.corpus_jsonl}
+        return {"corpus_dir": self.corpus_dir}
+
+    def run_config(self) -> dict:
+        """The recipe, with this source and the labelled queries set in it.
+
+        Raises ValueError naming the recipe file when it cannot be read as a mapping.
+        """
+        config: dict = {}
+        if self.recipe:
+            try:
+                config = yaml.safe_load(Path(self.recipe).read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+                raise ValueError(f"recipe {self.recipe}: {e}") from None
+            if not isinstance(config, dict) or not isinstance(config.get("ops", {}), dict):
+                raise ValueError(
+                    f"recipe {self.recipe}: must be a mapping like 'ops: {{<asset>: {{config: ...}}}}'"
+                )
+        ops = config.setdefault("ops", {})
+        ops["source_documents"] = {"config": self.source_config()}
+        if self.labelled_queries_dir:
+            evaluation = ops.setdefault("retrieval_eval", {}).setdefault("config", {})
+            evaluation["labelled_queries_dir"] = self.labelled_queries_dir
+            if self.labelled_queries_split:
+                evaluation["labelled_queries_split"] = self.labelled_queries_split
+        return config
+
+
+def _read_cursor(cursor: str | None) -> tuple[str | None, int]:
+    """(last fingerprint, number of changes seen) from the cursor; a bare fingerprint is an old cursor."""
+    if not cursor:
+        return None, 0
+    try:
+        state = json.loads(cursor)
+        return state["fingerprint"], int(state["changes"])
+    except (ValueError, KeyError, TypeError):
+        return cursor, 0
 
 
 @dg.sensor(
     job=pipeline_job,
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Requests a full pipeline run when the source changes: the production LanceDB chunk table "
-    "($EMBED_ASSETS_LANCEDB_URI / $EMBED_ASSETS_LANCEDB_TABLE) when set, else a JSON Lines corpus "
-    "($EMBED_ASSETS_CORPUS_JSONL) when set, else the files under the corpus folder ($EMBED_ASSETS_CORPUS_DIR, "
-    "default data/corpus). With $EMBED_ASSETS_LABELLED_QUERIES (and $EMBED_ASSETS_LABELLED_SPLIT), the run "
-    "is also scored and gated on those labelled queries. The cursor is the last source fingerprint seen.",
+    description="Requests a pipeline run, with the recipe of the corpus_source resource, when the content of "
+    "its source changes (a folder, a JSON Lines file or a production LanceDB table). Touching a file or "
+    "compacting the table is no change; reverting to an earlier state is one.",
 )
-def corpus_change_sensor(context: dg.SensorEvaluationContext):
-    lancedb_uri = os.environ.get("EMBED_ASSETS_LANCEDB_URI")
-    if lancedb_uri:
-        table = os.environ.get("EMBED_ASSETS_LANCEDB_TABLE", "chunks")
-        fingerprint = lancedb_fingerprint(lancedb_uri, table)
-        source = f"lancedb table {table} at {lancedb_uri}"
-        source_config = {"lancedb_uri": lancedb_uri, "lancedb_table": table}
-    elif corpus_jsonl := os.environ.get("EMBED_ASSETS_CORPUS_JSONL"):
-        fingerprint = file_fingerprint(corpus_jsonl)
-        source = f"JSON Lines corpus {corpus_jsonl}"
-        source_config = {"corpus_jsonl": corpus_jsonl}
-    else:
-        corpus_dir = os.environ.get("EMBED_ASSETS_CORPUS_DIR", "data/corpus")
-        fingerprint = corpus_fingerprint(corpus_dir)
-        source = f"corpus folder {corpus_dir}"
-        source_config = {"corpus_dir": corpus_dir}
+def corpus_change_sensor(context: dg.SensorEvaluationContext, corpus_source: CorpusSourceResource):
+    source = corpus_source.describe()
+    fingerprint = corpus_source.fingerprint()
     if fingerprint is None:
         return dg.SkipReason(f"{source} does not exist")
-    if fingerprint == context.cursor:
+    last, changes = _read_cursor(context.cursor)
+    if fingerprint == last:
         return dg.SkipReason(f"{source} unchanged")
-    ops: dict = {"source_documents": {"config": source_config}}
-    if labelled := os.environ.get("EMBED_ASSETS_LABELLED_QUERIES"):
-        eval_config = {"labelled_queries_dir": labelled}
-        if split := os.environ.get("EMBED_ASSETS_LABELLED_SPLIT"):
-            eval_config["labelled_queries_split"] = split
-        ops["retrieval_eval"] = {"config": eval_config}
-    run_config = {"ops": ops}
+    try:
+        run_config = corpus_source.run_config()
+    except ValueError as e:
+        return dg.SkipReason(f"{source} changed, but {e}")
     if errors := run_config_errors(run_config):
         # Left unrequested (and the cursor unmoved): the next tick after the fix requests it.
         return dg.SkipReason(f"{source} changed, but its run config is invalid: " + "; ".join(errors))
-    context.update_cursor(fingerprint)
+    changes += 1
+    context.update_cursor(json.dumps({"fingerprint": fingerprint, "changes": changes}))
     return dg.RunRequest(
-        run_key=f"corpus-{fingerprint}",
+        run_key=f"corpus-{changes}-{fingerprint}",
         run_config=run_config,
-        tags={"embed_assets/trigger": "corpus_change", "embed_assets/corpus_fingerprint": fingerprint},
+        tags={
+            "embed_assets/trigger": "corpus_change",
+            "embed_assets/corpus_fingerprint": fingerprint,
+            "embed_assets/change": str(changes),
+        },
     )

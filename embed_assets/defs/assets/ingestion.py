@@ -7,6 +7,7 @@ import polars as pl
 
 from embed_assets.defs.configs import DocumentChunksConfig, SourceDocumentsConfig
 from embed_assets.defs.metadata import counts_table, histogram, preview, stage_metrics
+from embed_assets.defs.provenance import previous_materialization, recorded_value
 from embed_assets.defs.resources import BaseModelResource
 from embed_assets.ingest.chunking import chunk_documents
 from embed_assets.ingest.documents import read_corpus, read_jsonl_documents, read_lancedb_chunks
@@ -78,6 +79,16 @@ def document_chunks(
     start = time.perf_counter()
     chunks = chunk_documents(source_documents, base_model.load().tokenizer, config.to_core())
     per_doc = chunks.group_by("doc_path").len().sort("len", descending=True)
+    # What changed since the previous materialization: what a sensor-triggered run has to pay for.
+    previous = recorded_value(previous_materialization(context, "document_chunks"))
+    changes = {}
+    if previous is not None:
+        before, now = set(previous["chunk_id"]), set(chunks["chunk_id"])
+        changes = {
+            "chunks_added": len(now - before),
+            "chunks_deleted": len(before - now),
+            "chunks_unchanged": len(now & before),
+        }
     return dg.MaterializeResult(
         value=chunks,
         data_version=dg.DataVersion(
@@ -85,6 +96,7 @@ def document_chunks(
         ),
         metadata={
             "chunks": chunks.height,
+            **changes,
             "documents": source_documents.height,
             "tokens_total": int(chunks["n_tokens"].sum()),
             "tokens_per_chunk": histogram(chunks["n_tokens"].to_list(), label="tokens"),
