@@ -89,15 +89,81 @@ def test_every_asset_materializes_with_metadata(pipeline):
     assert "NDCG@10" in mats["retrieval_eval"].metadata["metrics"].value
 
 
+def _shown_png(meta, key: str) -> bytes:
+    """The PNG a Markdown metadata entry shows inline, checked equal to the file it names."""
+    import base64
+
+    md = meta[key].value
+    assert md.startswith(f"![{key}](data:image/png;base64,") and md.endswith(")")
+    png = base64.b64decode(md.split("base64,", 1)[1][:-1])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(meta[f"{key}_path"].value).read_bytes() == png
+    return png
+
+
+def test_evaluation_report_metrics_and_per_query_results(pipeline):
+    """retrieval_eval: every metric of both models as a number keyed by its test set's version,
+    the report image, the per-query Parquet file and the top movers; the other stages' charts."""
+    result, _, instance, _ = pipeline
+    mats = materialized(result)
+    meta = mats["retrieval_eval"].metadata
+    evaluation = result.output_for_node("retrieval_eval")
+    version = evaluation["test_set_version"]
+    assert meta["synthetic_set_version"].value == version
+    for metric in ("NDCG@1", "NDCG@5", "NDCG@10", "Recall@10", "Recall@100", "MAP@10", "MRR@10"):
+        slug = metric.lower().replace("@", "")
+        base = meta[f"{slug}_base@synthetic-{version}"]
+        tuned = meta[f"{slug}_fine_tuned@synthetic-{version}"]
+        assert isinstance(base, dg.FloatMetadataValue) and isinstance(tuned, dg.FloatMetadataValue)
+        assert base.value == pytest.approx(evaluation["base"][metric], abs=1e-4)
+        assert tuned.value == pytest.approx(evaluation["fine_tuned"][metric], abs=1e-4)
+        delta = meta[f"{slug}_delta_points@synthetic-{version}"].value
+        assert delta == pytest.approx((tuned.value - base.value) * 100, abs=0.02)
+    sig = evaluation["ndcg10_significance"]
+    assert meta["ndcg10_delta_p_value"].value == sig["p_text"]
+    assert (
+        sig["p_text"] == "< 1e-4" if sig["p_two_sided"] == 0 else float(sig["p_text"]) == sig["p_two_sided"]
+    )
+    _shown_png(meta, "report")
+    frame = pl.read_parquet(meta["per_query_path"].value)
+    assert frame.height == evaluation["test_queries"] and set(frame["query_set"]) == {"synthetic"}
+    assert frame["ndcg10_delta"].mean() * 100 == pytest.approx(sig["delta"], abs=0.01)
+    assert {"query", "base_rank", "fine_tuned_rank", "ndcg10_delta"} <= set(frame.columns)
+    gains = frame.filter(pl.col("ndcg10_delta") > 0).height
+    assert meta["top_gains"].value.count("\n") - 1 == min(10, gains) or gains == 0
+    # The general-domain set: both models scored, forgetting in points.
+    general = evaluation["general_domain"]
+    assert general["queries"] == 100 and 0.5 < general["base"] <= 1.0
+    assert general["forgetting_points"] == pytest.approx(
+        (general["base"] - general["fine_tuned"]) * 100, abs=0.01
+    )
+    assert meta[f"forgetting_points@general-{general['version']}"].value == general["forgetting_points"]
+    # The run is tagged with the test set it was scored on.
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert tags["embed_assets/synthetic_set_version"] == version
+    # The other stages' charts: loss curves, score distributions, whole-number rank bins.
+    _shown_png(mats["finetuned_model"].metadata, "training_curves")
+    _shown_png(mats["qa_quality_scores"].metadata, "score_distributions")
+    _shown_png(mats["mined_negatives"].metadata, "score_distributions")
+    rank_rows = mats["qa_quality_scores"].metadata["roundtrip_rank_histogram"].value.splitlines()[2:]
+    assert [row.split("|")[1].strip() for row in rank_rows][0] == "1"
+    assert all(row.split("|")[1].strip().isdigit() for row in rank_rows)
+
+
 def test_checks_pass(pipeline):
     result, _, _, _ = pipeline
-    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {
+    checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    assert {name: e.passed for name, e in checks.items() if name != "general_domain_forgetting"} == {
         "no_document_leakage": True,
         "enough_examples_for_batch": True,
         "no_regression_vs_base": True,
         "onnx_parity": True,
     }
+    # Non-blocking: it warns, and what it says matches the evaluation's numbers.
+    forgetting = checks["general_domain_forgetting"]
+    general = result.output_for_node("retrieval_eval")["general_domain"]
+    assert forgetting.metadata["forgetting_points"].value == general["forgetting_points"]
+    assert forgetting.passed == (general["forgetting_points"] <= 2.0)
 
 
 def test_outputs_are_consistent(pipeline):
@@ -185,7 +251,14 @@ def test_labelled_queries_are_scored_by_best_chunk_and_gated(pipeline, base_mode
     assert "NDCG@10" in meta["labelled_metrics"].value
     assert "not-in-the-corpus.md" in meta["labelled_unknown_documents"].value
     # The synthetic evaluation is unchanged by adding the labelled set.
-    assert meta["ndcg10_base"].value == materialized(result)["retrieval_eval"].metadata["ndcg10_base"].value
+    version = rerun.output_for_node("retrieval_eval")["test_set_version"]
+    key = f"ndcg10_base@synthetic-{version}"
+    assert meta[key].value == materialized(result)["retrieval_eval"].metadata[key].value
+    # The labelled set has its own version, numbers and per-query rows.
+    labelled_key = f"ndcg10_base@labelled-{labelled['set_version']}"
+    assert meta[labelled_key].value == pytest.approx(labelled["base"]["NDCG@10"], abs=1e-4)
+    per_query = pl.read_parquet(meta["per_query_path"].value)
+    assert per_query.filter(pl.col("query_set") == "labelled").height == 7
 
     # Independently: the base model over the same chunks, documents scored by their best chunk.
     chunks = result.output_for_node("document_chunks")
@@ -282,5 +355,6 @@ def test_definitions_load_with_all_assets_checks_and_sensor():
         "no_document_leakage",
         "enough_examples_for_batch",
         "no_regression_vs_base",
+        "general_domain_forgetting",
         "onnx_parity",
     } <= checks

@@ -69,11 +69,6 @@ class SyntheticQAConfig(dg.Config):
     max_chunks: int | None = Field(
         default=None, ge=1, description="Generate for at most this many chunks (sampled)."
     )
-    incremental: bool = Field(
-        default=True,
-        description="After an earlier run with the same settings, keep its questions for unchanged chunks "
-        "and write questions only for new chunks (questions of deleted chunks leave); false regenerates all.",
-    )
     seed: int = DEFAULT_SEED
 
 
@@ -235,6 +230,7 @@ class RetrievalEvalConfig(dg.Config):
     labelled_queries_split: str = Field(
         default="test", min_length=1, description="Which qrels/<split>.tsv of labelled_queries_dir to read."
     )
+
     max_forgetting_points: float = Field(
         default=2.0,
         ge=0.0,

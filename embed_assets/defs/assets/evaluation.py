@@ -7,33 +7,101 @@ import polars as pl
 
 from embed_assets.defs.assets.splitting import beir_dir
 from embed_assets.defs.configs import RetrievalEvalConfig
-from embed_assets.defs.metadata import counts_table, stage_metrics
+from embed_assets.defs.metadata import counts_table, image, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.evaluation.general import general_retrieval_set
 from embed_assets.evaluation.labelled import document_run, load_labelled_queries
-from embed_assets.evaluation.metrics import compare_runs, delta_points
+from embed_assets.evaluation.metrics import (
+    DEFAULT_METRICS,
+    compare_runs,
+    delta_points,
+    ir_metrics,
+    markdown_table,
+)
+from embed_assets.evaluation.report import (
+    evaluation_report_png,
+    metric_slug,
+    per_query_frame,
+    query_set_version,
+    top_movers,
+)
 from embed_assets.evaluation.retrieval import load_beir, retrieve
+from embed_assets.lineage import code_version
 from embed_assets.mining.index import ChunkIndex, read_vectors
 from embed_assets.models import encode, load_model
 
 
 def _summary_metadata(prefix: str, comparison: dict) -> dict:
+    """The nDCG@10 gain's interval and p-value, as text: they are read, not plotted."""
     sig = comparison["ndcg10_significance"]
     return {
-        f"{prefix}ndcg10_base": round(comparison["base"]["NDCG@10"], 4),
-        f"{prefix}ndcg10_fine_tuned": round(comparison["fine_tuned"]["NDCG@10"], 4),
-        f"{prefix}ndcg10_delta_points": round(delta_points(comparison), 2),
         f"{prefix}ndcg10_delta_ci95_points": f"[{sig['ci95_low']:+.2f}, {sig['ci95_high']:+.2f}]",
-        f"{prefix}ndcg10_delta_p_value": sig["p_two_sided"],
+        f"{prefix}ndcg10_delta_p_value": sig["p_text"],
     }
+
+
+def _metric_metadata(query_set: str, version: str, comparison: dict) -> dict:
+    """Every metric of both models, and the gain in points, as numbers Dagster plots across runs.
+
+    Dagster plots one chart per numeric metadata key and joins every materialization that has
+    the key. Scores on different test sets are not comparable (a new corpus or split means other
+    questions), and Dagster cannot attach a tag to one metadata entry, so the query set and its
+    content version are part of the key: ``ndcg10_fine_tuned@synthetic-1a2b3c4d``. Runs on the
+    same test set share a chart; a new test set starts a new one instead of joining the old
+    line. The version is also in ``<set>_set_version`` and in the run's tags, to filter runs.
+    """
+    out: dict = {}
+    for metric in DEFAULT_METRICS:
+        slug, at = metric_slug(metric), f"@{query_set}-{version}"
+        out[f"{slug}_base{at}"] = dg.MetadataValue.float(round(comparison["base"][metric], 4))
+        out[f"{slug}_fine_tuned{at}"] = dg.MetadataValue.float(round(comparison["fine_tuned"][metric], 4))
+        out[f"{slug}_delta_points{at}"] = dg.MetadataValue.float(round(delta_points(comparison, metric), 2))
+    return out
+
+
+def _movers_metadata(prefix: str, frame: pl.DataFrame) -> dict:
+    gained, lost = top_movers(frame, 10)
+    shown = [
+        pl.col("query").str.slice(0, 100).str.replace_all(r"[\n|]", " "),
+        (pl.col("ndcg10_delta") * 100).round(2).alias("ndcg10_delta_points"),
+    ]
+    return {
+        f"{prefix}top_gains": dg.MetadataValue.md(
+            markdown_table(gained.with_columns(shown).drop("ndcg10_delta")) if gained.height else "_none_"
+        ),
+        f"{prefix}top_losses": dg.MetadataValue.md(
+            markdown_table(lost.with_columns(shown).drop("ndcg10_delta")) if lost.height else "_none_"
+        ),
+    }
+
+
+def _without_per_query(comparison: dict) -> dict:
+    """A comparison for the asset's JSON value: the per-query scores go to the Parquet file."""
+    return {k: v for k, v in comparison.items() if k != "per_query"}
 
 
 @dg.asset(
     group_name="evaluation",
+    code_version=code_version(
+        __name__,
+        "embed_assets.evaluation.metrics",
+        "embed_assets.evaluation.retrieval",
+        "embed_assets.evaluation.labelled",
+    ),
     kinds={"beir"},
     description="nDCG@1/5/10, Recall@10/100, MAP@10 and MRR@10 of the base and the fine-tuned model on the "
     "held-out test split (whole chunk corpus), with absolute and relative deltas; and on queries written by "
     "people when labelled_queries_dir is set (documents scored by their best chunk).",
-    check_specs=[dg.AssetCheckSpec("no_regression_vs_base", asset="retrieval_eval", blocking=True)],
+    check_specs=[
+        dg.AssetCheckSpec("no_regression_vs_base", asset="retrieval_eval", blocking=True),
+        dg.AssetCheckSpec(
+            "general_domain_forgetting",
+            asset="retrieval_eval",
+            blocking=False,
+            description="nDCG@10 of base and fine-tuned on a general-domain set (Python standard-library "
+            "docstrings): warns when fine-tuning cost more than max_forgetting_points",
+        ),
+    ],
 )
 def retrieval_eval(
     context: dg.AssetExecutionContext,
@@ -76,12 +144,18 @@ def retrieval_eval(
     def run(model, vectors, qs, top_k):
         return retrieve(model, corpus, qs, top_k=top_k, corpus_vectors=vectors)
 
-    synthetic = compare_runs(
-        qrels,
+    synthetic_runs = (
         run(base, base_vectors, queries, config.top_k),
         run(tuned, tuned_vectors, queries, config.top_k),
     )
+    synthetic = compare_runs(qrels, *synthetic_runs)
     evaluations = {"synthetic test split": synthetic}
+    versions = {"synthetic": query_set_version(queries, qrels, list(corpus))}
+    frames = {
+        "synthetic test split": per_query_frame(
+            "synthetic", queries, qrels, *synthetic_runs, synthetic["per_query"]
+        )
+    }
     context.log.info(
         "test nDCG@10: base %.4f, fine-tuned %.4f (%+.2f points)",
         synthetic["base"]["NDCG@10"],
@@ -89,8 +163,9 @@ def retrieval_eval(
         delta_points(synthetic),
     )
     value = {
-        **synthetic,
+        **_without_per_query(synthetic),
         "test_queries": len(queries),
+        "test_set_version": versions["synthetic"],
         "beir_dir": str(folder.resolve()),
         "base_model": finetuned_model["base_model"],
         "finetuned_model": finetuned_model["path"],
@@ -98,17 +173,24 @@ def retrieval_eval(
     metadata = {
         "metrics": dg.MetadataValue.md(synthetic["markdown"]),
         "test_queries": len(queries),
+        "synthetic_set_version": versions["synthetic"],
         **_summary_metadata("", synthetic),
+        **_metric_metadata("synthetic", versions["synthetic"], synthetic),
+        **_movers_metadata("", frames["synthetic test split"]),
     }
     if labelled is not None:
         chunk_document = dict(zip(document_chunks["chunk_id"], document_chunks["doc_path"], strict=True))
         # Several chunks of one document collapse into one hit: rank chunks 10x deeper than
         # the documents kept, so that top_k distinct documents are still there.
         depth = min(len(corpus), 10 * config.top_k)
-        real = compare_runs(
-            labelled.qrels,
+        labelled_runs = (
             document_run(run(base, base_vectors, labelled.queries, depth), chunk_document, config.top_k),
             document_run(run(tuned, tuned_vectors, labelled.queries, depth), chunk_document, config.top_k),
+        )
+        real = compare_runs(labelled.qrels, *labelled_runs)
+        versions["labelled"] = query_set_version(labelled.queries, labelled.qrels, list(corpus))
+        frames["labelled queries"] = per_query_frame(
+            "labelled", labelled.queries, labelled.qrels, *labelled_runs, real["per_query"]
         )
         evaluations["labelled queries"] = real
         context.log.info(
@@ -119,7 +201,8 @@ def retrieval_eval(
             delta_points(real),
         )
         value["labelled"] = {
-            **real,
+            **_without_per_query(real),
+            "set_version": versions["labelled"],
             "queries": len(labelled.queries),
             "source": labelled.source,
             "fingerprint": labelled.fingerprint,
@@ -133,9 +216,51 @@ def retrieval_eval(
                 "labelled_fingerprint": labelled.fingerprint,
                 "labelled_skipped": counts_table(labelled.skipped),
                 "labelled_unknown_documents": ", ".join(labelled.unknown_documents) or "none",
+                "labelled_set_version": versions["labelled"],
                 **_summary_metadata("labelled_", real),
+                **_metric_metadata("labelled", versions["labelled"], real),
+                **_movers_metadata("labelled_", frames["labelled queries"]),
             }
         )
+    # Forgetting: both models on a small general-domain set that ships with Python.
+    general_set = general_retrieval_set()
+    general_scores = {
+        side: ir_metrics(
+            general_set.qrels, retrieve(model, general_set.corpus, general_set.queries, top_k=config.top_k)
+        )["NDCG@10"]
+        for side, model in (("base", base), ("fine_tuned", tuned))
+    }
+    forgetting = (general_scores["base"] - general_scores["fine_tuned"]) * 100
+    general = {**general_scores, "queries": len(general_set.queries), "documents": len(general_set.corpus)}
+    general.update(version=general_set.version, forgetting_points=round(forgetting, 2))
+    value["general_domain"] = general
+    at = f"@general-{general_set.version}"
+    metadata.update(
+        {
+            f"ndcg10_base{at}": dg.MetadataValue.float(round(general_scores["base"], 4)),
+            f"ndcg10_fine_tuned{at}": dg.MetadataValue.float(round(general_scores["fine_tuned"], 4)),
+            f"forgetting_points{at}": dg.MetadataValue.float(round(forgetting, 2)),
+        }
+    )
+    # Per-query results and the report, kept per run beside the other artifacts.
+    out_dir = store.path("reports", context.run_id, "retrieval_eval")
+    per_query_path = out_dir / "per_query.parquet"
+    per_query_path.parent.mkdir(parents=True, exist_ok=True)
+    pl.concat(list(frames.values())).write_parquet(per_query_path)
+    png = evaluation_report_png(evaluations, frames, general=general)
+    value.update(
+        per_query_path=str(per_query_path.resolve()), report_path=str((out_dir / "report.png").resolve())
+    )
+    metadata.update(
+        {
+            **image(png, out_dir / "report.png", "report"),
+            "per_query_path": dg.MetadataValue.path(str(per_query_path.resolve())),
+        }
+    )
+    # Runs can be filtered by the test sets they were scored on (Runs page, tag filter).
+    context.instance.add_run_tags(
+        context.run_id, {f"embed_assets/{name}_set_version": v for name, v in versions.items()}
+    )
     # The gate: every gate metric of every evaluation within tolerance of the base model.
     deltas = {
         (name, metric): delta_points(ev, metric)
@@ -175,6 +300,24 @@ def retrieval_eval(
                 },
                 description="fine-tuned must not fall below base on the gate metrics (default nDCG@10), on the "
                 "synthetic test split nor on the labelled queries when given; a regressed model is never exported",
-            )
+            ),
+            dg.AssetCheckResult(
+                check_name="general_domain_forgetting",
+                passed=forgetting <= config.max_forgetting_points,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "ndcg10_base": round(general_scores["base"], 4),
+                    "ndcg10_fine_tuned": round(general_scores["fine_tuned"], 4),
+                    "forgetting_points": round(forgetting, 2),
+                    "max_forgetting_points": config.max_forgetting_points,
+                    "queries": len(general_set.queries),
+                    "documents": len(general_set.corpus),
+                    "set_version": general_set.version,
+                },
+                description=f"general-domain nDCG@10 {general_scores['base']:.4f} -> "
+                f"{general_scores['fine_tuned']:.4f}: "
+                + (f"forgot {forgetting:.2f} points" if forgetting > 0 else "no forgetting")
+                + f" (warns above {config.max_forgetting_points})",
+            ),
         ],
     )

@@ -7,8 +7,9 @@ import numpy as np
 import polars as pl
 
 from embed_assets.defs.configs import MinedNegativesConfig
-from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview, stage_metrics
-from embed_assets.defs.resources import BaseModelResource
+from embed_assets.defs.metadata import counts_table, frame_version, histogram, image, preview, stage_metrics
+from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.evaluation.report import overlaid_distributions_png
 from embed_assets.mining.index import ChunkIndex
 from embed_assets.mining.negatives import mine_hard_negatives
 
@@ -25,6 +26,7 @@ def mined_negatives(
     qa_splits: pl.DataFrame,
     base_chunk_index: dict,
     base_model: BaseModelResource,
+    store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[pl.DataFrame]:
     start = time.perf_counter()
     train = qa_splits.filter(pl.col("split") == "train")
@@ -47,6 +49,15 @@ def mined_negatives(
             "negative_score_mean": round(float(neg.mean()), 4) if neg.size else 0.0,
             "positive_scores": histogram(pos, label="positive score"),
             "negative_scores": histogram(neg, label="negative score"),
+            **image(
+                overlaid_distributions_png(
+                    {"positives": pos, "mined negatives": neg},
+                    xlabel="base-model cosine to the query",
+                    title="positive vs hard-negative scores",
+                ),
+                store.path("reports", context.run_id, "mined_negatives", "scores.png"),
+                "score_distributions",
+            ),
             "preview": preview(mined.select("question", "positive_score", "negative_scores")),
             "queries_per_second": round(train.height / max(seconds, 1e-9), 1),
             **stage_metrics(start),

@@ -6,8 +6,9 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import QAQualityConfig
-from embed_assets.defs.metadata import counts_table, frame_version, histogram, preview, stage_metrics
+from embed_assets.defs.metadata import counts_table, frame_version, histogram, image, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, QuestionGeneratorResource
+from embed_assets.evaluation.report import distributions_png
 from embed_assets.mining.index import ChunkIndex
 from embed_assets.quality.filters import filter_summary, score_pairs
 
@@ -69,7 +70,23 @@ def qa_quality_scores(
             "kept_by_lexical_only": summary["kept_by_lexical_only"],
             "dropped_by_reason": counts_table(summary["dropped"]),
             "roundtrip_rank_histogram": histogram(
-                scored["roundtrip_rank"].to_list(), bins=config.roundtrip_top_k, label="rank"
+                scored["roundtrip_rank"].to_list(), label="rank", whole_numbers=True
+            ),
+            **image(
+                distributions_png(
+                    [
+                        ("round-trip rank", scored["roundtrip_rank"].to_list(), True),
+                        ("score", scored["score"].to_list(), False),
+                        *(
+                            [("judge overall (1-10)", scored["judge_overall"].to_list(), True)]
+                            if "judge_overall" in scored.columns
+                            else []
+                        ),
+                    ],
+                    title=f"{scored.height} pairs, {summary['kept']} kept",
+                ),
+                store.path("reports", context.run_id, "qa_quality_scores", "distributions.png"),
+                "score_distributions",
             ),
             "score_histogram": histogram(scored["score"].to_list(), label="score"),
             "judge": "on" if judge is not None else "off (no LLM endpoint)",
@@ -77,7 +94,7 @@ def qa_quality_scores(
             **(
                 {
                     "judge_overall_histogram": histogram(
-                        scored["judge_overall"].to_list(), label="overall (1-10)"
+                        scored["judge_overall"].to_list(), label="overall (1-10)", whole_numbers=True
                     )
                 }
                 if "judge_overall" in scored.columns

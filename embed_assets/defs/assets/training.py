@@ -6,8 +6,9 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import FinetunedModelConfig, TrainingExamplesConfig
-from embed_assets.defs.metadata import frame_version, preview, stage_metrics
+from embed_assets.defs.metadata import frame_version, image, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.evaluation.report import training_curves_png
 from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
 from embed_assets.hashing import stable_hash
 from embed_assets.training.examples import unroll_examples
@@ -141,6 +142,10 @@ def finetuned_model(
         result.best_val_ndcg10,
         result.merge_weight,
     )
+    # The trainer's log history (also in embed_assets_training.json beside the model) as curves.
+    curves = training_curves_png(result.history)
+    png_path = store.path("reports", context.run_id, "finetuned_model", "training_curves.png")
+    report = image(curves, png_path, "training_curves") if curves else {}
     return dg.MaterializeResult(
         value={
             "path": str(out_dir.resolve()),
@@ -161,6 +166,7 @@ def finetuned_model(
             "merge_weight": result.merge_weight,
             "merge_candidates": dg.MetadataValue.json(result.merge_candidates),
             "training_config": dg.MetadataValue.json(config.model_dump()),
+            **report,
             **lineage,
             **stage_metrics(start),
         },
