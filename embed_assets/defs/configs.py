@@ -69,6 +69,11 @@ class SyntheticQAConfig(dg.Config):
     max_chunks: int | None = Field(
         default=None, ge=1, description="Generate for at most this many chunks (sampled)."
     )
+    incremental: bool = Field(
+        default=True,
+        description="After an earlier run with the same settings, keep its questions for unchanged chunks "
+        "and write questions only for new chunks (questions of deleted chunks leave); false regenerates all.",
+    )
     seed: int = DEFAULT_SEED
 
 
@@ -184,6 +189,12 @@ class FinetunedModelConfig(dg.Config):
     guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
     guide_margin: float = Field(default=0.0, ge=0)
     val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
+    warm_start: bool = Field(
+        default=False,
+        description="Start from the last exported (gate-passing) fine-tuned model instead of the base, and "
+        "train on all current examples (earlier data replayed with the new); the gate still compares with "
+        "the base. Off by default: see the README for its measured cost and gain.",
+    )
     seed: int = DEFAULT_SEED
 
     @field_validator("matryoshka_dims")
@@ -198,6 +209,7 @@ class FinetunedModelConfig(dg.Config):
     def to_core(self) -> TrainingConfig:
         d = self.model_dump()
         d.pop("val_distractors")
+        d.pop("warm_start")
         d["matryoshka_dims"] = tuple(d["matryoshka_dims"])
         d["merge_weights"] = tuple(d["merge_weights"])
         return TrainingConfig(**d)
@@ -230,7 +242,6 @@ class RetrievalEvalConfig(dg.Config):
     labelled_queries_split: str = Field(
         default="test", min_length=1, description="Which qrels/<split>.tsv of labelled_queries_dir to read."
     )
-
     max_forgetting_points: float = Field(
         default=2.0,
         ge=0.0,

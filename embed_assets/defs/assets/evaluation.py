@@ -115,7 +115,7 @@ def retrieval_eval(
     store: ArtifactStoreResource,
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
     start = time.perf_counter()
-    folder = beir_dir(store, qa_splits)
+    folder = beir_dir(store, qa_splits, document_chunks)
     corpus, queries, qrels = load_beir(folder, "test")
     # Read the labelled set first: a naming mistake should fail before minutes of encoding.
     labelled = None
