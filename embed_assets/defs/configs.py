@@ -189,6 +189,12 @@ class FinetunedModelConfig(dg.Config):
     guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
     guide_margin: float = Field(default=0.0, ge=0)
     val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
+    warm_start: bool = Field(
+        default=False,
+        description="Start from the last exported (gate-passing) fine-tuned model instead of the base, and "
+        "train on all current examples (earlier data replayed with the new); the gate still compares with "
+        "the base. Off by default: see the README for its measured cost and gain.",
+    )
     seed: int = DEFAULT_SEED
 
     @field_validator("matryoshka_dims")
@@ -203,6 +209,7 @@ class FinetunedModelConfig(dg.Config):
     def to_core(self) -> TrainingConfig:
         d = self.model_dump()
         d.pop("val_distractors")
+        d.pop("warm_start")
         d["matryoshka_dims"] = tuple(d["matryoshka_dims"])
         d["merge_weights"] = tuple(d["merge_weights"])
         return TrainingConfig(**d)

@@ -3,6 +3,7 @@ values an incremental run starts from."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -40,10 +41,11 @@ def input_materialization(context: dg.AssetExecutionContext, record, upstream: s
     return found.records[0] if found.records else None
 
 
-def recorded_value(record) -> pl.DataFrame | None:
-    """The frame a materialization wrote (its ``value_path``), when the file is still there."""
+def recorded_value(record):
+    """The value a materialization wrote (its ``value_path``: a frame, or a JSON value), when the
+    file is still there; else None."""
     meta = record.asset_materialization.metadata if record is not None else {}
     path = Path(str(meta["value_path"].value)) if "value_path" in meta else None
-    if path is None or path.suffix != ".parquet" or not path.is_file():
+    if path is None or not path.is_file():
         return None
-    return pl.read_parquet(path)
+    return pl.read_parquet(path) if path.suffix == ".parquet" else json.loads(path.read_text())
