@@ -9,6 +9,7 @@ from embed_assets.defs.configs import OnnxModelConfig
 from embed_assets.defs.metadata import stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource
 from embed_assets.export import check_parity, export_onnx, int8_retrieval_drift, withdraw_int8
+from embed_assets.lineage import code_version
 
 PARITY_CHECK = dg.AssetCheckKey(dg.AssetKey("onnx_model"), "onnx_parity")
 INT8_CHECK = dg.AssetCheckKey(dg.AssetKey("onnx_model"), "int8_retrieval_drift")
@@ -22,6 +23,7 @@ INT8_CHECK = dg.AssetCheckKey(dg.AssetKey("onnx_model"), "int8_retrieval_drift")
         "result": dg.AssetOut(
             key="onnx_model",
             group_name="export",
+            code_version=code_version(__name__, "embed_assets.export.onnx_export", "embed_assets.export.int8_drift"),
             kinds={"onnx"},
             description="The fine-tuned model as ONNX (pooling and normalisation inside the graph) with its "
             "tokenizer files, ready for `python -m embed_assets.serving`. Only runs when the no-regression "

@@ -7,9 +7,10 @@ import numpy as np
 import polars as pl
 
 from embed_assets.defs.configs import MinedNegativesConfig
-from embed_assets.defs.metadata import counts_table, frame_version, histogram, image, preview, stage_metrics
+from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.evaluation.report import overlaid_distributions_png
+from embed_assets.lineage import code_version, data_version
 from embed_assets.mining.index import ChunkIndex
 from embed_assets.mining.negatives import mine_hard_negatives
 
@@ -17,6 +18,7 @@ from embed_assets.mining.negatives import mine_hard_negatives
 @dg.asset(
     group_name="mining",
     kinds={"lancedb", "polars"},
+    code_version=code_version(__name__, "embed_assets.mining.negatives"),
     description="Hard negatives for every train query from the base model's LanceDB index. Positive-aware: "
     "candidates above 0.95 × the positive's score, the query's positives and their neighbouring chunks are excluded.",
 )
@@ -36,9 +38,7 @@ def mined_negatives(
     pos, neg = np.array(dist["positive"]), np.array(dist["negative"])
     return dg.MaterializeResult(
         value=mined,
-        data_version=frame_version(
-            mined.with_columns(pl.col("negative_chunk_ids").list.join(",").alias("k")), "k"
-        ),
+        data_version=dg.DataVersion(data_version(mined, config)),
         metadata={
             "train_queries": train.height,
             "queries_mined": mined.height,

@@ -6,9 +6,10 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import QAQualityConfig
-from embed_assets.defs.metadata import counts_table, frame_version, histogram, image, preview, stage_metrics
+from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, QuestionGeneratorResource
 from embed_assets.evaluation.report import distributions_png
+from embed_assets.lineage import code_version, data_version
 from embed_assets.mining.index import ChunkIndex
 from embed_assets.quality.filters import filter_summary, score_pairs
 
@@ -29,6 +30,13 @@ SAMPLE_COLUMNS = (
 @dg.asset(
     group_name="quality",
     kinds={"polars"},
+    code_version=code_version(
+        __name__,
+        "embed_assets.quality.filters",
+        "embed_assets.quality.judge",
+        "embed_assets.quality.faithfulness",
+        "embed_assets.mining.lexical",
+    ),
     description="A score per pair (round-trip rank of the base model, BM25 rank of the pairs it misses, "
     "answer support, LLM judge when one ran, "
     "ragas faithfulness when asked for), near-duplicate questions (cosine ≥ 0.9) marked, and a kept flag "
@@ -62,7 +70,9 @@ def qa_quality_scores(
     samples = scored.sample(min(10, scored.height), seed=0)
     return dg.MaterializeResult(
         value=scored,
-        data_version=frame_version(scored.with_columns(pl.col("kept").cast(pl.String)), "qa_id"),
+        data_version=dg.DataVersion(
+            data_version(scored, {"quality": config.model_dump(), "judge": question_generator.model_dump()})
+        ),
         metadata={
             "pairs": scored.height,
             "kept": summary["kept"],

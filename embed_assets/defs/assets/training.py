@@ -1,18 +1,22 @@
 """Stage 6: training rows and the fine-tuned bi-encoder."""
 
 import time
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from embed_assets.defs.configs import FinetunedModelConfig, TrainingExamplesConfig
-from embed_assets.defs.metadata import frame_version, image, preview, stage_metrics
+from embed_assets.defs.metadata import image, preview, stage_metrics
+from embed_assets.defs.provenance import previous_materialization, recorded_value, recorded_versions
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.evaluation.report import training_curves_png
 from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
 from embed_assets.hashing import stable_hash
+from embed_assets.lineage import artifact_hashes, code_version, data_version
+from embed_assets.mining.index import model_key
 from embed_assets.training.examples import unroll_examples
-from embed_assets.training.trainer import ValidationSet, full_batches, train_bi_encoder
+from embed_assets.training.trainer import ValidationSet, finished_training, full_batches, train_bi_encoder
 
 
 def _op_config(context: dg.AssetExecutionContext, asset: str) -> dict:
@@ -24,6 +28,7 @@ def _op_config(context: dg.AssetExecutionContext, asset: str) -> dict:
 @dg.asset(
     group_name="training",
     kinds={"polars"},
+    code_version=code_version(__name__, "embed_assets.training.examples"),
     description="One (anchor, positive, hard negatives) row per positive: multi-positive queries are unrolled.",
     check_specs=[dg.AssetCheckSpec("enough_examples_for_batch", asset="training_examples", blocking=True)],
 )
@@ -56,7 +61,7 @@ def training_examples(
     batches = full_batches(rows, trainer_config.batch_size, trainer_config.seed)
     return dg.MaterializeResult(
         value=rows,
-        data_version=frame_version(rows.with_columns(pl.col("qa_id") + pl.col("positive_id")), "qa_id"),
+        data_version=dg.DataVersion(data_version(rows, config)),
         metadata={
             "rows": rows.height,
             "queries": rows["qa_id"].n_unique(),
@@ -84,6 +89,18 @@ def training_examples(
     )
 
 
+def _warm_start_model(context: dg.AssetExecutionContext) -> str | None:
+    """The fine-tuned model the last ONNX export was made from (it passed the no-regression gate),
+    when its folder still exists; None sends training back to the base."""
+    exported = recorded_value(previous_materialization(context, "onnx_model"))
+    path = exported.get("finetuned_model") if isinstance(exported, dict) else None
+    if path and Path(path, "modules.json").is_file():
+        context.log.info("warm start from %s", path)
+        return path
+    context.log.warning("warm_start: no earlier exported model on disk; training starts from the base")
+    return None
+
+
 def _validation_set(
     qa_splits: pl.DataFrame, chunks: pl.DataFrame, distractors: int, seed: int
 ) -> ValidationSet | None:
@@ -106,6 +123,7 @@ def _validation_set(
 @dg.asset(
     group_name="training",
     kinds={"pytorch"},
+    code_version=code_version(__name__, "embed_assets.training.trainer"),
     description="The base model fine-tuned contrastively (in-batch + hard negatives, temperature 0.02, "
     "warmup then cosine), best checkpoint on validation, optional merge with the base; saved with a model card.",
 )
@@ -120,20 +138,33 @@ def finetuned_model(
 ) -> dg.MaterializeResult[dict]:
     start = time.perf_counter()
     core = config.to_core()
-    data_version = frame_version(
-        training_examples.with_columns(pl.col("qa_id") + pl.col("positive_id")), "qa_id"
-    ).value
+    start_from = _warm_start_model(context) if config.warm_start else None
+    init_model = start_from or base_model.path()
+    # Everything that decides the weights: the rows, the validation split that picks the
+    # checkpoint and merge, the config and the weights training starts from.
     run_key = stable_hash(
-        {"data": data_version, "config": config.model_dump(), "base": base_model.name_or_path}
+        {
+            "data": data_version(training_examples),
+            "validation": data_version(qa_splits.filter(pl.col("split") == "val")),
+            "config": config.model_dump(),
+            "base": model_key(init_model),
+        }
     )
     out_dir = store.path("models", f"finetuned-{run_key}")
     val = _validation_set(qa_splits, document_chunks, config.val_distractors, config.seed)
+    recorded = recorded_versions(context, "training_examples", "qa_splits")
     lineage = {
-        "training_examples_version": data_version,
-        "qa_splits_version": frame_version(qa_splits, "qa_id").value,
+        "training_examples_version": recorded["training_examples"],
+        "qa_splits_version": recorded["qa_splits"],
         "dagster_run_id": context.run_id,
+        "started_from": init_model,
     }
-    result = train_bi_encoder(base_model.path(), training_examples, out_dir, core, val=val, card=lineage)
+    result = finished_training(out_dir)
+    reused = result is not None
+    if result is None:
+        result = train_bi_encoder(init_model, training_examples, out_dir, core, val=val, card=lineage)
+    else:
+        context.log.info("reusing %s: trained before on the same data, config and base model", out_dir)
     context.log.info(
         "trained %d steps at %.2f examples/s; val nDCG@10 base %s -> %s (merge %.2f)",
         result.steps,
@@ -156,6 +187,8 @@ def finetuned_model(
         data_version=dg.DataVersion(run_key),
         metadata={
             "path": dg.MetadataValue.path(str(out_dir.resolve())),
+            "reused_trained_model": reused,
+            "artifacts": dg.MetadataValue.json(artifact_hashes(out_dir)),
             "steps": result.steps,
             "train_rows": result.train_rows,
             "examples_per_second": result.examples_per_second,
