@@ -46,7 +46,9 @@ CHECKS = {
     "no_document_leakage": "qa_splits",
     "enough_examples_for_batch": "training_examples",
     "no_regression_vs_base": "retrieval_eval",
+    "general_domain_forgetting": "retrieval_eval",
     "onnx_parity": "onnx_model",
+    "int8_retrieval_drift": "onnx_model",
 }
 QUERY = """
 {
@@ -151,6 +153,7 @@ def test_ui_lists_every_asset_with_lineage_and_checks_and_the_daemon_runs(entryp
     }
     assert {k: v[0] for k, v in checks.items()} == CHECKS
     assert checks["no_regression_vs_base"][1] is True  # a regressed model is never exported
+    assert checks["general_domain_forgetting"][1] is False  # forgetting warns, it does not block export
     repos = data["repositoriesOrError"]["nodes"]
     assert "corpus_change_sensor" in {s["name"] for r in repos for s in r["sensors"]}
     assert "embed_assets_pipeline" in {j["name"] for r in repos for j in r["jobs"]}
