@@ -102,52 +102,42 @@ def test_a_busy_home_fails_at_once_naming_the_holder(tmp_path, dagster_home, cap
     assert busy_holder(home) is None and read_holder(home) is None  # released cleanly
 
 
+def _launch(home: Path, run_config: dict, selection: str | None = None):
+    """A run as the UI or the sensor launches it: Dagster, the IO manager, no CLI."""
+    return dg.materialize(
+        all_assets,
+        selection=selection,
+        run_config=run_config,
+        resources=build_resources(str(home)),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def _failed_with(result, text: str) -> bool:
+    """The run failed before any asset materialized, with ``text`` in its error."""
+    errors = [str(e.event_specific_data.error) for e in result.all_events if e.is_failure]
+    return (
+        not result.success
+        and not result.get_asset_materialization_events()
+        and any(text in e for e in errors)
+    )
+
+
 def test_runs_launched_by_dagster_obey_the_lock_and_validate_before_any_work(tmp_path, mini_corpus_dir):
     """What the UI and the sensor launch goes through the same IO manager setup as the CLI."""
     home = tmp_path / "h"
     ops = {"source_documents": {"config": {"corpus_dir": str(mini_corpus_dir)}}}
     with HomeLock(home, "cli-run"):
-        result = dg.materialize(
-            all_assets,
-            selection="source_documents",
-            run_config={"ops": ops},
-            resources=build_resources(str(home)),
-            instance=dg.DagsterInstance.ephemeral(),
-            raise_on_error=False,
-        )
-        assert not result.success and not result.get_asset_materialization_events()
-        assert any(
-            "is in use by run cli-run" in str(e.event_specific_data.error)
-            for e in result.all_events
-            if e.is_failure
-        )
+        assert _failed_with(_launch(home, {"ops": ops}, "source_documents"), "is in use by run cli-run")
         with pytest.raises(HomeBusyError):
             HomeLock(home, "another").acquire()
-    # Ranges are enforced by pydantic only when an asset builds its config; the run's start checks every asset's.
-    # ("Materialize all": the whole graph, whose last assets would meet the bad field minutes later.)
+    # Ranges are enforced by pydantic only when an asset builds its config; the run's start checks every
+    # asset's. ("Materialize all": the whole graph, whose last assets would meet the bad field minutes later.)
     bad = {"ops": {**ops, "qa_quality_scores": {"config": {"dedup_cosine": 1.5}}}}
-    result = dg.materialize(
-        all_assets,
-        run_config=bad,
-        resources=build_resources(str(home)),
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
-    assert not result.success and not result.get_asset_materialization_events()
-    assert any(
-        "ops.qa_quality_scores.config.dedup_cosine" in str(e.event_specific_data.error)
-        for e in result.all_events
-        if e.is_failure
-    )
+    assert _failed_with(_launch(home, bad), "ops.qa_quality_scores.config.dedup_cosine")
     # And a good run takes and releases the lock.
-    ok = dg.materialize(
-        all_assets,
-        selection="source_documents",
-        run_config={"ops": ops},
-        resources=build_resources(str(home)),
-        instance=dg.DagsterInstance.ephemeral(),
-    )
-    assert ok.success and busy_holder(home) is None
+    assert _launch(home, {"ops": ops}, "source_documents").success and busy_holder(home) is None
 
 
 def test_a_killed_run_is_reported_and_cleaned(tmp_path, dagster_home, mini_corpus_dir, capsys):

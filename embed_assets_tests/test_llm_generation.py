@@ -461,20 +461,7 @@ def test_embedded_gemma_end_to_end(tmp_path, caplog):
         "SQLSTATE 40001 serialization_failure: retry the whole transaction when this error is raised.",
         "statement_timeout aborts any statement that runs longer than the given number of milliseconds.",
     ]
-    chunks = pl.DataFrame(
-        [
-            {
-                "chunk_id": content_hash(t),
-                "doc_id": f"d{i}",
-                "doc_path": f"d{i}.md",
-                "chunk_index": 0,
-                "title": f"doc {i}",
-                "text": t,
-                "n_tokens": 24,
-            }
-            for i, t in enumerate(texts)
-        ]
-    )
+    chunks = _embedded_chunks(texts)
     cache_path = str(tmp_path / "llm_cache.sqlite")
     gen = EmbeddedLLMQuestionGenerator(cache_path=cache_path)
     assert isinstance(gen, QuestionGenerator)
@@ -538,7 +525,9 @@ def test_embedded_model_crash_is_a_clear_error_not_a_dead_process(tmp_path):
         gen.generate(more, questions_per_chunk=1, multi_hop_questions=0, seed=42)
     # This process is alive, the finished sample is still cached, and a rerun starts a new child.
     replay = EmbeddedLLMQuestionGenerator(cache_path=cache_path, backend="llama_cpp")
-    assert replay.generate(first, questions_per_chunk=1, multi_hop_questions=0, seed=42).stats["llm_calls"] == 0
+    assert (
+        replay.generate(first, questions_per_chunk=1, multi_hop_questions=0, seed=42).stats["llm_calls"] == 0
+    )
     again = gen.generate(more, questions_per_chunk=1, multi_hop_questions=0, seed=42)
     assert again.stats["llm_calls"] == 1 and gen.worker_pid not in (None, pid)
     gen.close()

@@ -52,22 +52,30 @@ def read_queries(path: str | Path, wanted: Container[str] | None = None) -> dict
         FileNotFoundError: the file is missing.
         ValueError: a line is not a JSON object with ``_id`` and ``text`` (file and line named).
     """
+    return {
+        qid: d["text"] for qid, d, _ in _id_text_records(path, "queries") if wanted is None or qid in wanted
+    }
+
+
+def _id_text_records(path: str | Path, what: str):
+    """``(str(_id), object, line number)`` for each non-blank line of a BEIR JSON Lines file.
+
+    Raises FileNotFoundError naming ``what`` when the file is missing, ValueError naming the
+    file and line when a line is not a JSON object with ``_id`` and ``text``.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no queries file: {path}")
-    queries: dict[str, str] = {}
+        raise FileNotFoundError(f"no {what} file: {path}")
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 d = json.loads(line)
-                qid, text = str(d["_id"]), d["text"]
+                doc_id, _ = str(d["_id"]), d["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise ValueError(f"{path}:{n}: expected a JSON object with _id and text") from None
-            if wanted is None or qid in wanted:
-                queries[qid] = text
-    return queries
+            yield doc_id, d, n
 
 
 def read_beir_corpus(path: str | Path) -> dict[str, tuple[str, str]]:
@@ -82,24 +90,14 @@ def read_beir_corpus(path: str | Path) -> dict[str, tuple[str, str]]:
         ValueError: a line is not a JSON object with an ``_id`` and a string ``text``
             (file and line named).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no corpus file: {path}")
     corpus: dict[str, tuple[str, str]] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                doc_id, text = str(d["_id"]), d["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{n}: expected a JSON object with _id and text") from None
-            if not isinstance(text, str):
-                raise ValueError(f"{path}:{n}: text of {doc_id!r} is not a string")
-            title = d.get("title") if isinstance(d.get("title"), str) else ""
-            if title.strip() or text.strip():
-                corpus[doc_id] = (title.strip(), text.strip())
+    for doc_id, d, n in _id_text_records(path, "corpus"):
+        text = d["text"]
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{n}: text of {doc_id!r} is not a string")
+        title = d.get("title") if isinstance(d.get("title"), str) else ""
+        if title.strip() or text.strip():
+            corpus[doc_id] = (title.strip(), text.strip())
     return corpus
 
 
