@@ -15,7 +15,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) --upgrade "pip>=24"
+	$(PIP_INSTALL) "pip==26.3"  # the pip the lock was made and tested with
 
 # What the default run needs, at the versions in the lock: no LLM, no compiler.
 setup: $(BIN)/python

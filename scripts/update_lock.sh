@@ -10,7 +10,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 pip="$work/venv/bin/pip install -q --disable-pip-version-check"
-$pip --upgrade "pip>=24"
+$pip "pip==26.3"
 $pip torch==2.13.0
 # Exact pins the resolver must keep (native code tested here).
 $pip ".[llm,dev]"
