@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from embed_assets.export import check_parity, export_onnx, int8_retrieval_drift, withdraw_int8
-from embed_assets.export.onnx_export import _pooling_mode, quantize_onnx_int8
+from embed_assets.export.onnx_export import _pooling_mode
 from embed_assets.serving.runtime import DESCRIPTOR_FILE, InputTooLongError, OnnxEmbedder, read_descriptor
 
 LONG_TEXT = " ".join(
@@ -93,6 +93,11 @@ def test_files_and_descriptor(base_model_dir, export):
     assert descriptor["normalize"] is True
     assert descriptor["int8_model_file"] == "model_int8.onnx"
     assert os.path.samefile(descriptor["source_model_dir"], base_model_dir)
+    # The fp32 graph is fused (one Attention kernel per layer), and says so.
+    assert descriptor["fused_operators"]["Attention"] == 6
+    ops = {node.op_type for node in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
+    assert {"Attention", "EmbedLayerNormalization", "SkipLayerNormalization"} <= ops
+    assert not (out / "model.unfused.onnx").exists()
     # sentence-transformers gives MiniLM empty query/document prompts: nothing to apply.
     assert descriptor["prompts"] == {} and descriptor["default_prompt_name"] is None
     assert export.output_names == ["sentence_embedding"]
@@ -189,21 +194,28 @@ def test_int8_retrieval_drift_is_small_for_the_real_int8_model(export, mini_beir
 
 
 def test_a_damaged_int8_model_fails_the_drift_check_and_is_withdrawn(export, mini_beir, tmp_path):
-    """An int8 model quantised from noisy weights ranks differently: the check fails, and once
-    withdrawn the int8 model cannot be loaded (the fp32 one still can)."""
+    """An int8 model whose per-channel weight scales are scrambled ranks differently: the check fails,
+    and once withdrawn the int8 model cannot be loaded (the fp32 one still can)."""
     from onnx import numpy_helper
 
     damaged = tmp_path / "damaged"
     shutil.copytree(export.out_dir, damaged)
-    graph = onnx.load(str(damaged / "model.onnx"))
+    graph = onnx.load(str(damaged / "model_int8.onnx"))
     rng = np.random.default_rng(0)
+    scrambled = 0
     for init in graph.graph.initializer:
-        weights = numpy_helper.to_array(init)
-        if weights.ndim == 2 and weights.dtype == np.float32 and weights.shape[0] == 384:
-            noisy = weights + rng.normal(0, 2 * weights.std(), weights.shape).astype(np.float32)
+        values = numpy_helper.to_array(init)
+        if (
+            init.name.endswith("_scale")
+            and values.dtype == np.float32
+            and values.ndim == 1
+            and values.size > 1
+        ):
+            noisy = values * rng.lognormal(0.0, 1.0, values.shape).astype(np.float32)
             init.CopyFrom(numpy_helper.from_array(noisy, init.name))
-    onnx.save(graph, str(tmp_path / "noisy.onnx"))
-    quantize_onnx_int8(tmp_path / "noisy.onnx", damaged / "model_int8.onnx")
+            scrambled += 1
+    assert scrambled >= 36  # 6 layers × 6 MatMuls, per-channel
+    onnx.save(graph, str(damaged / "model_int8.onnx"))
 
     drift = int8_retrieval_drift(damaged, mini_beir, max_drift=0.01)
     assert not drift.passed and drift.drift > 0.01
