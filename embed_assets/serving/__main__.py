@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         help="inputs allowed to wait for the model; beyond it requests get 503 (default 4096)",
     )
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: its own)")
+    parser.add_argument(
+        "--no-spin",
+        action="store_true",
+        help="onnxruntime threads sleep between calls instead of busy-waiting",
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     args = parser.parse_args(argv)
 
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         max_wait_ms=args.max_wait_ms,
         max_queued_inputs=args.max_queued_inputs,
         intra_op_num_threads=args.threads,
+        spin=args.spin,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 

@@ -127,6 +127,8 @@ class OnnxEmbedder:
         int8: load ``model_int8.onnx`` instead of ``model.onnx`` (must have been exported).
         providers: onnxruntime execution providers; default CUDA (when available) then CPU.
         intra_op_num_threads: threads per inference call; None lets onnxruntime decide.
+        spin: let onnxruntime's threads busy-wait between calls (its default). Off, they sleep, which
+            leaves the CPU to the HTTP server's event loop on a small machine.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class OnnxEmbedder:
         int8: bool = False,
         providers: Sequence[str] | None = None,
         intra_op_num_threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -167,6 +170,8 @@ class OnnxEmbedder:
         options = ort.SessionOptions()
         if intra_op_num_threads is not None:
             options.intra_op_num_threads = intra_op_num_threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.model_path), sess_options=options, providers=list(providers or default_providers())
         )

@@ -336,6 +336,7 @@ def create_app(
     max_wait_ms: float = 0.0,
     max_queued_inputs: int = 4096,
     intra_op_num_threads: int | None = None,
+    spin: bool = False,
     embedder: Any = None,
 ) -> Starlette:
     """Build the Starlette app; the ONNX model is loaded now, so a bad folder fails at start-up.
@@ -351,6 +352,9 @@ def create_app(
         max_wait_ms: how long the batcher waits for a batch to fill (0: run what is queued at once).
         max_queued_inputs: inputs allowed to wait for the model; beyond it new requests get 503.
         intra_op_num_threads: onnxruntime threads per call; None lets onnxruntime decide.
+        spin: let onnxruntime's threads busy-wait between calls (onnxruntime's default). Off by
+            default: busy threads take the CPU the event loop needs to read requests and write
+            answers, which on a small machine costs more than the wake-up they save.
         embedder: an already-built backend instead of loading ``onnx_dir`` (the serving benchmark
             passes a PyTorch one): it needs ``dim``, ``max_seq_length``, ``tokenizer`` (a
             ``TextTokenizer``), ``prompts``, ``default_prompt_name`` and ``embed_ids(ids) -> array``.
@@ -358,7 +362,7 @@ def create_app(
     if embedder is None:
         if onnx_dir is None:
             raise ValueError("give onnx_dir or embedder")
-        embedder = OnnxEmbedder(onnx_dir, int8=int8, intra_op_num_threads=intra_op_num_threads)
+        embedder = OnnxEmbedder(onnx_dir, int8=int8, intra_op_num_threads=intra_op_num_threads, spin=spin)
     name = model_name or (Path(onnx_dir).resolve().name if onnx_dir is not None else "embeddings")
     created = int(time.time())
     batcher = MicroBatcher(
