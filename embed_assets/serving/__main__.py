@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: its own)")
     parser.add_argument(
-        "--no-spin",
+        "--spin",
         action="store_true",
-        help="onnxruntime threads sleep between calls instead of busy-waiting",
+        help="let onnxruntime threads busy-wait between calls (default: they sleep, leaving the CPU to HTTP)",
     )
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     args = parser.parse_args(argv)
