@@ -215,7 +215,7 @@ def _click(driver, element) -> None:
         element.click()
 
 
-def _launch_from_launchpad(driver, base: str, run_config: dict) -> str:
+def _launch_from_launchpad(driver, base: str, run_config: dict, name: str) -> str:
     """Open the job's launchpad, put ``run_config`` in its YAML editor, press Launch Run;
     returns the run id of the run page the UI opens."""
     from selenium.webdriver.common.by import By
@@ -239,7 +239,7 @@ def _launch_from_launchpad(driver, base: str, run_config: dict) -> str:
         60,
         "Launch Run never became enabled (the launchpad rejected the config?)",
     )
-    _shot(driver, f"launchpad_{len(list(ARTIFACTS.glob('launchpad_*')))}")
+    _shot(driver, f"launchpad_{name}")
     _click(driver, launch)
     _wait(driver, lambda d: "/runs/" in d.current_url, 60, "the UI did not open the launched run")
     return driver.current_url.rstrip("/").split("/runs/")[1].split("?")[0]
@@ -281,7 +281,7 @@ def test_a_range_error_fails_the_run_before_any_asset(dagster_dev, browser):
 
     config = tiny_run_config()
     config["ops"]["qa_quality_scores"] = {"config": {"dedup_cosine": 1.5}}
-    run_id = _launch_from_launchpad(browser, dagster_dev, config)
+    run_id = _launch_from_launchpad(browser, dagster_dev, config, "dedup_cosine_1.5")
     run = _wait_for_run(dagster_dev, run_id, timeout=240)
     assert run["status"] == "FAILURE"
     assert all(step["status"] != "SUCCESS" for step in run["stepStats"]), run["stepStats"]
@@ -301,7 +301,7 @@ def test_a_range_error_fails_the_run_before_any_asset(dagster_dev, browser):
 def test_tiny_run_from_the_launchpad_shows_the_evaluation_report(dagster_dev, browser):
     from selenium.webdriver.common.by import By
 
-    run_id = _launch_from_launchpad(browser, dagster_dev, tiny_run_config())
+    run_id = _launch_from_launchpad(browser, dagster_dev, tiny_run_config(), "tiny_run")
     run = _wait_for_run(dagster_dev, run_id, timeout=1200)
     _shot(browser, "run_finished")
     assert run["status"] == "SUCCESS", [e.get("message") for e in run["eventConnection"]["events"]][-20:]
