@@ -69,7 +69,7 @@ def test_every_invalid_field_in_one_message(tmp_path, dagster_home, capsys):
     config.write_text(
         "ops:\n"
         "  qa_quality_scores: {config: {dedup_cosine: 1.5}}\n"
-        "  finetuned_model: {config: {matryoshka_dims: [512, 128], batch_size: 16}}\n"
+        "  finetuned_model: {config: {matryoshka_dims: [512, 128], learning_rate: 2}}\n"
         "  document_chunks: {config: {chunk_tokenz: 64}}\n"
     )
     code, err = _run(["run", "--config", str(config), "--home", str(tmp_path / "h")], capsys)
@@ -77,7 +77,7 @@ def test_every_invalid_field_in_one_message(tmp_path, dagster_home, capsys):
     for expected in (
         "ops.qa_quality_scores.config.dedup_cosine",
         "ops.finetuned_model.config.matryoshka_dims: [512] exceed the base model's embedding size 384",
-        "ops.training_examples.config.batch_size (32) must equal ops.finetuned_model.config.batch_size (16)",
+        "ops.finetuned_model.config.learning_rate: Input should be less than 1",
         "ops.document_chunks.config.chunk_tokenz: unknown field; did you mean 'chunk_tokens'?",
     ):
         assert expected in err, err

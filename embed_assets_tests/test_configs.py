@@ -23,7 +23,7 @@ def test_valid_configs_pass():
                 "document_chunks": {"config": {"chunk_tokens": 256, "overlap_tokens": 32}},
                 "qa_quality_scores": {"config": {"dedup_cosine": 0.95, "min_score": 0.1, "lexical_top_k": 0}},
                 "mined_negatives": {"config": {"num_negatives": 10, "absolute_margin": 0.05}},
-                "training_examples": {"config": {"batch_size": 16}},
+                "training_examples": {"config": {"min_batches": 1}},
                 "finetuned_model": {
                     "config": {
                         "batch_size": 16,
@@ -74,8 +74,9 @@ def test_valid_configs_pass():
             "ops.finetuned_model.config.guide_margin_strategy",
         ),
         (
-            {"training_examples": {"config": {"batch_size": 16}}},
-            "ops.training_examples.config.batch_size (16) must equal ops.finetuned_model.config.batch_size (32)",
+            # The check's batch size defaults to the trainer's; given both, they must agree.
+            {"training_examples": {"config": {"batch_size": 16}}, "finetuned_model": {"config": {}}},
+            "ops.training_examples.config.batch_size (16) differs from ops.finetuned_model.config.batch_size (32)",
         ),
     ],
 )
@@ -103,8 +104,8 @@ def test_every_error_reported_at_once():
             "qa_quality_scores": {"config": {"dedup_cosine": 1.5, "min_score": 1.5}},
             "mined_negatives": {"config": {"num_negatives": -1}},
             "document_chunks": {"config": {"chunk_tokens": 128, "overlap_tokens": 64}},
-            "training_examples": {"config": {"batch_size": 8}},
-            "finetuned_model": {"config": {"batch_size": 64}},
+            "training_examples": {"config": {"min_batches": 0}},
+            "finetuned_model": {"config": {"batch_size": 1}},
             "mystery": {"config": {}},
         }
     }
@@ -117,12 +118,12 @@ def test_every_error_reported_at_once():
         "ops.mined_negatives.config.num_negatives",
         "ops.document_chunks.config",
         "overlap_tokens",
-        "ops.training_examples.config.batch_size (8)",
-        "ops.finetuned_model.config.batch_size (64)",
+        "ops.training_examples.config.min_batches",
+        "ops.finetuned_model.config.batch_size",
         "ops.mystery: unknown asset",
     ):
         assert field in msg, field
-    assert len(_lines(exc.value)) == 6
+    assert len(_lines(exc.value)) == 7
 
 
 def test_every_asset_config_builds_with_defaults():
@@ -168,8 +169,7 @@ def test_field_and_cross_field_errors_of_one_asset_come_together():
     lines = _lines(exc.value)
     assert any(line.startswith("ops.finetuned_model.config.scale:") for line in lines), lines
     assert any("merge_weights must each be in [0, 1)" in line for line in lines), lines
-    assert any(line.startswith("ops.training_examples.config.batch_size (32) must equal") for line in lines)
-    assert len(lines) == 3, lines
+    assert len(lines) == 2, lines
 
 
 def test_matryoshka_dims_out_of_range():

@@ -41,7 +41,7 @@ def tiny_run_config(**finetune) -> dict:
             "document_chunks": {"config": {"chunk_tokens": 96, "overlap_tokens": 16}},
             "qa_splits": {"config": {"val_fraction": 0.15, "test_fraction": 0.3}},
             "mined_negatives": {"config": {"num_negatives": 3}},
-            "training_examples": {"config": {"batch_size": 8, "min_batches": 1}},
+            "training_examples": {"config": {"min_batches": 1}},
             "finetuned_model": {
                 "config": {
                     "batch_size": 8,
@@ -182,7 +182,8 @@ def test_outputs_are_consistent(pipeline):
         assert not set(pos) & set(negs)
     assert rows.height >= mined.height  # unrolled: one row per positive
     # Data assets are files a person can open.
-    assert (home / "assets" / "qa_splits.parquet").exists()
+    latest = json.loads((home / "assets" / "qa_splits" / "latest.json").read_text())
+    assert (home / "assets" / "qa_splits" / latest["file"]).exists()
 
 
 def test_evaluation_and_model_card_record_lineage(pipeline):

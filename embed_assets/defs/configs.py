@@ -144,12 +144,18 @@ class TrainingExamplesConfig(dg.Config):
     negatives_per_example: int = Field(
         default=1, ge=0, le=100, description="Hard negatives per training row."
     )
-    batch_size: int = Field(
-        default=32,
+    batch_size: int | None = Field(
+        default=None,
         ge=2,
-        description="The training batch size the examples must fill; keep equal to finetuned_model's.",
+        description="The batch size the enough_examples_for_batch check applies. Leave it unset: it is then "
+        "finetuned_model's batch_size in this run; set it only for a run that does not train.",
     )
-    min_batches: int = Field(default=2, ge=1, description="The check wants at least this many full batches.")
+    min_batches: int = Field(
+        default=2,
+        ge=1,
+        description="The enough_examples_for_batch check wants at least this many full batches of "
+        "finetuned_model's batch_size in which no text repeats (the trainer's own sampling rule).",
+    )
     strip_title_headers: Literal["auto", "always", "never"] = Field(
         default="auto",
         description="Train on chunk text without its title header: 'auto' does so for questions written "
@@ -378,12 +384,12 @@ def run_config_errors(run_config: Any, *, embedding_dim: int | None = None) -> l
             configs[name] = entry.get("config") or {}
     for name, cls in CONFIG_BY_ASSET.items():
         errors += config_errors(cls, configs.get(name, {}), f"ops.{name}.config")
-    examples_bs = configs.get("training_examples", {}).get("batch_size", 32)
+    examples_bs = configs.get("training_examples", {}).get("batch_size")
     model_bs = configs.get("finetuned_model", {}).get("batch_size", 32)
-    if examples_bs != model_bs:
+    if examples_bs is not None and examples_bs != model_bs and "finetuned_model" in configs:
         errors.append(
-            f"ops.training_examples.config.batch_size ({examples_bs}) must equal "
-            f"ops.finetuned_model.config.batch_size ({model_bs})"
+            f"ops.training_examples.config.batch_size ({examples_bs}) differs from "
+            f"ops.finetuned_model.config.batch_size ({model_bs}); leave the first unset"
         )
     dims = configs.get("finetuned_model", {}).get("matryoshka_dims") or []
     too_big = [d for d in dims if isinstance(d, int) and d > embedding_dim] if embedding_dim else []

@@ -58,7 +58,8 @@ def training_examples(
     )
     # The trainer's own rule: full batches in which no text repeats, at the trainer's seed.
     trainer_config = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
-    batches = full_batches(rows, trainer_config.batch_size, trainer_config.seed)
+    batch_size = config.batch_size or trainer_config.batch_size
+    batches = full_batches(rows, batch_size, trainer_config.seed)
     return dg.MaterializeResult(
         value=rows,
         data_version=dg.DataVersion(data_version(rows, config)),
@@ -80,9 +81,9 @@ def training_examples(
                     "rows": rows.height,
                     "full_batches": batches,
                     "needed_batches": config.min_batches,
-                    "batch_size": trainer_config.batch_size,
+                    "batch_size": batch_size,
                 },
-                description=f"{rows.height} rows fill {batches} batches of {trainer_config.batch_size} in which "
+                description=f"{rows.height} rows fill {batches} batches of {batch_size} in which "
                 f"no text repeats (the trainer's sampler); training needs ≥ {config.min_batches}",
             )
         ],
