@@ -56,6 +56,24 @@ def test_long_text_is_truncated(export):
     assert len(embedder.tokenizer.encode([LONG_TEXT], truncate="END")[0]) == 256
 
 
+def test_very_long_texts_are_judged_from_their_start(export):
+    """A text of tens of thousands of characters: the tokens kept by END are those of the whole text,
+    and NONE reports it over-long, though only its start is tokenised."""
+    tokenizer = OnnxEmbedder(export.out_dir).tokenizer
+    huge = " ".join(f"Segment {i}: autovacuum_vacuum_scale_factor, pg_stat_user_tables." for i in range(800))
+    assert len(huge) > 64 * 256
+    reference = tokenizer._full.encode(huge).ids  # the whole text, tokenised
+    assert len(reference) > 5000
+    cut = tokenizer.encode(["short", huge], truncate="END")[1]
+    assert cut == reference[:255] + reference[-1:]  # 255 tokens from the start, then [SEP]
+    with pytest.raises(InputTooLongError) as info:
+        tokenizer.encode(["short", huge], truncate="NONE")
+    assert info.value.index == 1 and info.value.at_least and 356 <= info.value.n_tokens < len(reference)
+    # A long text without a space to cut at is tokenised whole, and still judged right.
+    spaceless = "x" * (64 * 256 + 10)
+    assert len(tokenizer.encode([spaceless], truncate="END")[0]) <= 256
+
+
 def test_torch_free_tokenizer_matches_transformers(export):
     """The server's tokenizer (tokenizers, no transformers) gives AutoTokenizer's ids, truncation included."""
     from transformers import AutoTokenizer

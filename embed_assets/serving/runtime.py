@@ -36,13 +36,17 @@ class InputTooLongError(ValueError):
         index: position of the first such text in the batch.
         n_tokens: its token count, special tokens included.
         max_tokens: the model's ``max_seq_length``.
+        at_least: ``n_tokens`` counts only the start of the text (a very long one is not tokenised whole).
     """
 
-    def __init__(self, index: int, n_tokens: int, max_tokens: int) -> None:
-        super().__init__(f"text {index} has {n_tokens} tokens; at most {max_tokens} fit")
+    def __init__(self, index: int, n_tokens: int, max_tokens: int, at_least: bool = False) -> None:
+        super().__init__(
+            f"text {index} has {'more than ' if at_least else ''}{n_tokens} tokens; at most {max_tokens} fit"
+        )
         self.index = index
         self.n_tokens = n_tokens
         self.max_tokens = max_tokens
+        self.at_least = at_least
 
 
 def read_descriptor(onnx_dir: Path | str) -> dict[str, Any]:
@@ -100,6 +104,13 @@ class TextTokenizer:
     def encode(self, texts: Sequence[str], truncate: str = "END") -> list[list[int]]:
         """Token ids of each text, special tokens included.
 
+        A text of more than ``64 × max_seq_length`` characters is first tokenised only up to a space
+        near that length: when that start alone has ``max_seq_length + 100`` tokens or more, the text is
+        over-long whatever follows, and the tokens kept by ``"END"`` all come from whole words of that
+        start (words are tokenised independently), so the rest is never tokenised. This bounds the work
+        a multi-megabyte input costs; otherwise (no space to cut at, or a start with few tokens) the
+        whole text is tokenised.
+
         Args:
             texts: the strings (valid Unicode: no lone surrogates).
             truncate: ``"END"`` cuts a text to ``max_seq_length`` tokens (its end is dropped);
@@ -109,11 +120,25 @@ class TextTokenizer:
             raise ValueError(f"truncate must be one of {TRUNCATE_MODES}, got {truncate!r}")
         if not texts:
             return []
+        work = list(texts)
+        known_long: dict[int, int] = {}  # index -> tokens in its start
+        limit = 64 * self.max_seq_length
+        for i, text in enumerate(work):
+            if len(text) <= limit:
+                continue
+            cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
+            if cut < limit // 2:
+                continue
+            n_start = len(self._full.encode(text[:cut]).ids)
+            if n_start >= self.max_seq_length + 100:
+                work[i] = text[:cut]
+                known_long[i] = n_start
         tokenizer = self._cut if truncate == "END" else self._full
-        encodings = tokenizer.encode_batch(list(texts))
-        ids = [e.ids for e in encodings]
+        ids = [e.ids for e in tokenizer.encode_batch(work)]
         if truncate == "NONE":
             for i, row in enumerate(ids):
+                if i in known_long:
+                    raise InputTooLongError(i, known_long[i], self.max_seq_length, at_least=True)
                 if len(row) > self.max_seq_length:
                     raise InputTooLongError(i, len(row), self.max_seq_length)
         return ids

@@ -410,7 +410,8 @@ def create_app(
             raise RequestError(str(exc), "input") from None
         except InputTooLongError as exc:
             raise RequestError(
-                f"input[{exc.index}] has {exc.n_tokens} tokens (special tokens and prompt included); this "
+                f"input[{exc.index}] has {'more than ' if exc.at_least else ''}{exc.n_tokens} tokens (special "
+                "tokens and prompt included); this "
                 f'model reads at most {exc.max_tokens}. Shorten it, or send "truncate": "END" to have '
                 "its end cut",
                 "input",
