@@ -14,6 +14,10 @@ Backends, all behind the same HTTP server and micro-batcher (``embed_assets.serv
 - with ``--baseline-src DIR``, also the server found in DIR (a checkout of an earlier commit, run with
   ``PYTHONPATH=DIR``), to compare against the code before micro-batching.
 
+Before the load cells, the ONNX fp32 server gets three large bodies (a 50 MB string, a 4 MB text with
+and without ``"truncate": "END"``): status, time, the server's RSS change, and the latency of a one-text
+request sent meanwhile.
+
 Requests ask for ``encoding_format: base64`` (what the ``openai`` client sends by default). The client
 runs in this process, so it shares the machine's cores with the server, as a co-located caller would.
 
@@ -195,6 +199,69 @@ async def load(
     }
 
 
+def probe_limits(port: int, pid: int) -> list[dict]:
+    """Large bodies against one server: status, seconds, the server's RSS change, and the latency of a
+    one-text request sent while the large one is being handled."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    import psutil
+
+    server = psutil.Process(pid)
+
+    def post(raw: bytes) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        if len(raw) > 8_000_000:
+            # Announce the whole body, send its first 64 KB, read the answer: a server that waited for
+            # the body would time out here; ours answers from the Content-Length alone.
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                head = f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\ncontent-length: {len(raw)}\r\n\r\n"
+                sock.sendall(head.encode() + raw[:65536])
+                status_line = sock.recv(65536).split(b"\r\n", 1)[0].decode()
+            return int(status_line.split()[1]), time.perf_counter() - t0
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/embeddings", data=raw, headers={"content-type": "application/json"}
+        )
+        try:
+            status = urllib.request.urlopen(req, timeout=120).status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        return status, time.perf_counter() - t0
+
+    words = "PostgreSQL writes dirty buffers to disk at each checkpoint. "
+    probes = [
+        ("50 MB string", json.dumps({"input": "x" * 50_000_000}).encode()),
+        ("4 MB text, no truncation asked", json.dumps({"input": (words * 70_000)[:4_000_000]}).encode()),
+        (
+            "4 MB text, truncate END",
+            json.dumps({"input": (words * 70_000)[:4_000_000], "truncate": "END"}).encode(),
+        ),
+    ]
+    small = json.dumps({"input": "work_mem"}).encode()
+    rows = []
+    for name, raw in probes:
+        rss_before = server.memory_info().rss
+        big: dict = {}
+        thread = threading.Thread(target=lambda raw=raw, big=big: big.update(result=post(raw)))
+        thread.start()
+        time.sleep(0.02)
+        small_status, small_s = post(small)
+        thread.join()
+        status, seconds = big["result"]
+        rows.append(
+            {
+                "probe": name,
+                "status": status,
+                "seconds": round(seconds, 3),
+                "server_rss_change_mb": round((server.memory_info().rss - rss_before) / 1e6, 1),
+                "one_text_request_meanwhile": f"{small_status} in {small_s * 1000:.0f} ms",
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def check_vectors(port: int, texts: list[str], reference: np.ndarray) -> float:
     """Mean cosine between the server's vectors and the reference (fp32 ONNX in-process)."""
     import base64
@@ -321,6 +388,10 @@ def main(argv: list[str] | None = None) -> None:
                 cosine = check_vectors(port, texts[:64], reference)
                 running.append((name, proc, port, cosine))
                 print(f"{name}: mean cosine to fp32 ONNX {cosine:.4f}", flush=True)
+            probes = []
+            for name, proc, port, _ in running:
+                if name == "ONNX fp32":
+                    probes = probe_limits(port, proc.pid)
             best: dict[tuple[str, int, int], dict] = {}
             for _ in range(args.rounds):
                 for batch in args.batches:
@@ -383,6 +454,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['p50_ms']} | {r['p99_ms']} | {r['requests']} | {r['errors']} | {r['unfinished']} | "
             f"{r['cosine_to_fp32_onnx']} |"
         )
+    if probes:
+        lines += ["", "Limits, on the ONNX fp32 server (default 4 MiB body limit, 256 tokens):", ""]
+        lines += ["| probe | status | seconds | server RSS change (MB) | a one-text request meanwhile |"]
+        lines += ["| --- | --- | ---: | ---: | --- |"]
+        for p in probes:
+            lines.append(
+                f"| {p['probe']} | {p['status']} | {p['seconds']} | {p['server_rss_change_mb']} | "
+                f"{p['one_text_request_meanwhile']} |"
+            )
     table = "\n".join(lines)
     print()
     print(table)
@@ -390,7 +470,8 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(table + "\n")
         args.out.with_suffix(".json").write_text(
-            json.dumps({"command": command, "setup": setup, "results": results}, indent=2) + "\n"
+            json.dumps({"command": command, "setup": setup, "results": results, "probes": probes}, indent=2)
+            + "\n"
         )
 
 
