@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -56,8 +55,6 @@ from starlette.routing import Route
 from embed_assets.serving.batcher import MicroBatcher, Overloaded
 from embed_assets.serving.runtime import TRUNCATE_MODES, InputTooLongError, OnnxEmbedder
 from embed_assets.serving.token_ids import TokenIdDecoder, TokenIdError
-
-log = logging.getLogger(__name__)
 
 ENCODING_FORMATS = ("float", "base64")
 INPUT_TYPES = ("query", "passage")
