@@ -14,7 +14,9 @@ Backends, all behind the same HTTP server and micro-batcher (``embed_assets.serv
 - with ``--baseline-src DIR``, also the server found in DIR (a checkout of an earlier commit, run with
   ``PYTHONPATH=DIR``), to compare against the code before micro-batching.
 
-Before the load cells, the ONNX fp32 server gets three large bodies (a 50 MB string, a 4 MB text with
+First the ONNX models are timed alone (no HTTP) on the same texts, one text per call and in batches of
+32, for the ceiling the servers work under. Before the load cells, the ONNX fp32 server gets three large
+bodies (a 50 MB string, a 4 MB text with
 and without ``"truncate": "END"``): status, time, the server's RSS change, and the latency of a one-text
 request sent meanwhile.
 
@@ -262,6 +264,39 @@ def probe_limits(port: int, pid: int) -> list[dict]:
     return rows
 
 
+def model_alone(onnx_dir: Path, texts: list[str], seconds: float = 3.0) -> list[dict]:
+    """Texts/s of the ONNX models without HTTP, on the same texts, one text per call and in the server's
+    batches of 32 (grouped by length as its batcher does): the ceiling the servers work under."""
+    from embed_assets.serving.batcher import length_groups
+    from embed_assets.serving.runtime import OnnxEmbedder
+
+    rows = []
+    for label, int8 in (("ONNX fp32", False), ("ONNX int8", True)):
+        embedder = OnnxEmbedder(onnx_dir, int8=int8, spin=False)  # as the server runs it
+        ids = embedder.tokenizer.encode(texts)
+        embedder.embed_ids(ids[:32])  # warm-up
+
+        def one_by_one(chunk, embedder=embedder):
+            for row in chunk:
+                embedder.embed_ids([row])
+
+        def batched(chunk, embedder=embedder):
+            for group in length_groups([len(row) for row in chunk], 32):
+                embedder.embed_ids([chunk[i] for i in group])
+
+        row = {"backend": label}
+        for name, run in (("texts_per_s_one_per_call", one_by_one), ("texts_per_s_batches_of_32", batched)):
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                chunk = [ids[(done + j) % len(ids)] for j in range(32)]
+                run(chunk)
+                done += 32
+            row[name] = round(done / (time.perf_counter() - start), 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def check_vectors(port: int, texts: list[str], reference: np.ndarray) -> float:
     """Mean cosine between the server's vectors and the reference (fp32 ONNX in-process)."""
     import base64
@@ -340,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         unfused_dir = Path(tmp) / "onnx-unfused"
         if args.baseline_src:
             export_onnx(model_path, unfused_dir, optimize=False)
+        alone = model_alone(onnx_dir, texts)
         reference_embedder = OnnxEmbedder(onnx_dir)
         n_tokens = [len(ids) for ids in reference_embedder.tokenizer.encode(texts)]
         reference = reference_embedder.encode(texts[:64])
@@ -454,6 +490,19 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['p50_ms']} | {r['p99_ms']} | {r['requests']} | {r['errors']} | {r['unfinished']} | "
             f"{r['cosine_to_fp32_onnx']} |"
         )
+    lines += [
+        "",
+        "The models alone (no HTTP, same texts, onnxruntime threads not spinning, as the server runs them):",
+        "",
+    ]
+    lines += [
+        "| model | texts/s, one text per call | texts/s, batches of 32 (grouped by length) |",
+        "| --- | ---: | ---: |",
+    ]
+    for a in alone:
+        lines.append(
+            f"| {a['backend']} | {a['texts_per_s_one_per_call']} | {a['texts_per_s_batches_of_32']} |"
+        )
     if probes:
         lines += ["", "Limits, on the ONNX fp32 server (default 4 MiB body limit, 256 tokens):", ""]
         lines += ["| probe | status | seconds | server RSS change (MB) | a one-text request meanwhile |"]
@@ -470,7 +519,16 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(table + "\n")
         args.out.with_suffix(".json").write_text(
-            json.dumps({"command": command, "setup": setup, "results": results, "probes": probes}, indent=2)
+            json.dumps(
+                {
+                    "command": command,
+                    "setup": setup,
+                    "results": results,
+                    "model_alone": alone,
+                    "probes": probes,
+                },
+                indent=2,
+            )
             + "\n"
         )
 
