@@ -199,7 +199,8 @@ class FinetunedModelConfig(dg.Config):
         default=False,
         description="Start from the last exported (gate-passing) fine-tuned model instead of the base, and "
         "train on all current examples (earlier data replayed with the new); the gate still compares with "
-        "the base. Off by default: see the README for its measured cost and gain.",
+        "the base. Off by default: its gain over training from the base is not measured yet "
+        "(benchmarks/bench_incremental.py compares the two).",
     )
     seed: int = DEFAULT_SEED
 
