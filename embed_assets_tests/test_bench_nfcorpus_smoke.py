@@ -232,7 +232,7 @@ def test_probe_trains_on_one_split_of_real_queries_and_scores_on_another(tmp_pat
     assert out["train_queries"] == 5
     assert out["train_steps"] == 2
     judged = [x.split("\t") for x in lines[1:] if x.split("\t")[0] in train_q]
-    assert ["EMPTY-1"] == [c for _, c, _ in judged if c.startswith("EMPTY")]
+    assert [c for _, c, _ in judged if c.startswith("EMPTY")] == ["EMPTY-1"]
     assert out["train_rows"] == len(judged) - 1
     assert out["significance_ndcg10"]["probe vs base"]["queries"] == len(qids) - 5
     for name in ("base", "probe"):

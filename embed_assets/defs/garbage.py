@@ -21,7 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from embed_assets.defs.audit import ROOT_ASSET, chain_links, audit_chain
+from embed_assets.defs.audit import ROOT_ASSET, audit_chain, chain_links
 
 FOLDER_KINDS = ("models", "beir", "onnx")
 

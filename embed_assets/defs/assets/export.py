@@ -23,7 +23,9 @@ INT8_CHECK = dg.AssetCheckKey(dg.AssetKey("onnx_model"), "int8_retrieval_drift")
         "result": dg.AssetOut(
             key="onnx_model",
             group_name="export",
-            code_version=code_version(__name__, "embed_assets.export.onnx_export", "embed_assets.export.int8_drift"),
+            code_version=code_version(
+                __name__, "embed_assets.export.onnx_export", "embed_assets.export.int8_drift"
+            ),
             kinds={"onnx"},
             description="The fine-tuned model as ONNX (pooling and normalisation inside the graph) with its "
             "tokenizer files, ready for `python -m embed_assets.serving`. Only runs when the no-regression "
