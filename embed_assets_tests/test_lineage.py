@@ -117,6 +117,9 @@ def test_artifacts_are_immutable_and_each_run_keeps_its_own(two_runs):
     index_b = _mats(second)["base_chunk_index"].metadata
     assert index_b["reused_table"].value is True and index_b["embeddings_computed"].value == 0
     assert _mats(first)["base_chunk_index"].metadata["embeddings_computed"].value > 0
+    # The chunk table's version is pinned by its manifest, recorded and re-hashed by the audit.
+    [manifest] = _mats(first)["base_chunk_index"].metadata["artifacts"].value
+    assert manifest.endswith(".manifest") and "/_versions/" in manifest
 
 
 def test_model_card_names_the_versions_dagster_recorded(two_runs):

@@ -48,7 +48,17 @@ def base_chunk_index(
     if not reused_table:
         index = build_chunk_index(document_chunks, model, uri, table=table, cache=cache)
     tbl = index.open()
-    manifest = uri / f"{table}.lance" / "_versions" / f"{tbl.version}.manifest"
+    # The manifest pins the table version's content. LanceDB names it by the version, or (its V2
+    # naming scheme) by 2**64 - 1 - version so that the newest sorts first.
+    versions = uri / f"{table}.lance" / "_versions"
+    manifest = next(
+        (
+            m
+            for m in (versions / f"{tbl.version}.manifest", versions / f"{2**64 - 1 - tbl.version}.manifest")
+            if m.is_file()
+        ),
+        versions,
+    )
     seconds = time.perf_counter() - start
     return dg.MaterializeResult(
         value={
