@@ -5,7 +5,7 @@ from" answerable, and checkable after the fact.
   so two frames that differ anywhere (a flipped ``kept`` flag, another negative) differ.
 - :func:`data_version` combines that with the config that made it: the version Dagster
   records, and the name of the files and folders written for it.
-- :func:`file_sha256` / :func:`tree_digest` hash what is on disk, so an audit can re-hash it.
+- :func:`file_sha256` / :func:`artifact_hashes` hash what is on disk, so an audit can re-hash it.
 - :func:`code_version` hashes the source of the modules that compute an asset, so Dagster
   marks an asset stale when its code changes; :func:`build_info` names the package version
   and git commit recorded in every materialization.
@@ -66,11 +66,6 @@ def tree_hashes(folder: str | Path) -> dict[str, str]:
     """``{relative path: sha256}`` of every file under ``folder``, sorted."""
     root = Path(folder)
     return {str(p.relative_to(root)): file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def tree_digest(folder: str | Path) -> str:
-    """One SHA-256 over a folder's file names and contents."""
-    return hashlib.sha256(repr(sorted(tree_hashes(folder).items())).encode()).hexdigest()
 
 
 def code_version(*modules: str, length: int = 12) -> str:

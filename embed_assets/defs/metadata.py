@@ -12,7 +12,6 @@ import polars as pl
 
 from embed_assets.evaluation.metrics import markdown_table
 from embed_assets.evaluation.report import integer_bins, markdown_image
-from embed_assets.hashing import content_hash
 
 
 def preview(frame: pl.DataFrame, n: int = 10, max_chars: int = 120) -> dg.MetadataValue:
@@ -60,11 +59,6 @@ def image(png: bytes, path: Path, alt: str) -> dict[str, dg.MetadataValue]:
         alt: dg.MetadataValue.md(markdown_image(png, alt)),
         f"{alt}_path": dg.MetadataValue.path(str(path.resolve())),
     }
-
-
-def frame_version(frame: pl.DataFrame, key_column: str) -> dg.DataVersion:
-    """A data version from a frame's id column: same ids in the same order → same version."""
-    return dg.DataVersion(content_hash("\n".join(frame[key_column].cast(pl.String).to_list())))
 
 
 def counts_table(counts: dict, key: str = "reason") -> dg.MetadataValue:

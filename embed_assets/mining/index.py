@@ -110,20 +110,17 @@ def model_key(model_path: str | Path) -> str:
     """A short id of a model's weights: the hash of its files when it is a local folder (two
     models saved to the same path are told apart), else of its name."""
     from embed_assets.hashing import stable_hash
+    from embed_assets.lineage import file_sha256
 
     folder = Path(model_path)
     if folder.is_dir():
         files = sorted(
             p for p in folder.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin", ".json"}
         )
-        return stable_hash([(str(p.relative_to(folder)), p.stat().st_size, _sha256(p)) for p in files], 12)
+        return stable_hash(
+            [(str(p.relative_to(folder)), p.stat().st_size, file_sha256(p)) for p in files], 12
+        )
     return stable_hash(str(model_path), 12)
-
-
-def _sha256(path: Path) -> str:
-    from embed_assets.lineage import file_sha256
-
-    return file_sha256(path)
 
 
 def build_chunk_index(
