@@ -27,6 +27,7 @@ ASSETS = {
     "qa_quality_scores",
     "qa_splits",
     "mined_negatives",
+    "training_recipe",
     "training_examples",
     "finetuned_model",
     "retrieval_eval",
@@ -177,13 +178,50 @@ def test_outputs_are_consistent(pipeline):
     assert all(set(p) <= chunk_ids for p in qa["positive_chunk_ids"])
     assert (qa["hops"] > 1).any(), "the generator writes multi-hop questions"
     assert set(splits["split"]) == {"train", "val", "test"}
-    assert splits.filter(pl.col("split") == "train").height == mined.height
+    # Train and validation questions are mined (the latter train only in a refit).
+    assert splits.filter(pl.col("split").is_in(["train", "val"])).height == mined.height
     for pos, negs in zip(mined["positive_chunk_ids"], mined["negative_chunk_ids"], strict=True):
         assert not set(pos) & set(negs)
     assert rows.height >= mined.height  # unrolled: one row per positive
     # Data assets are files a person can open.
     latest = json.loads((home / "assets" / "qa_splits" / "latest.json").read_text())
     assert (home / "assets" / "qa_splits" / latest["file"]).exists()
+
+
+def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
+    """The default recipe (auto) writes questions with every preset's generators, trains each preset
+    briefly, scores them on the same held-out generated questions and trains the winner; the
+    candidates, their scores and the choice are in the metadata, and training uses only the chosen
+    preset's questions and settings."""
+    from embed_assets.recipe.presets import PRESETS
+
+    result, _, _, _ = pipeline
+    mats = materialized(result)
+    qa = result.output_for_node("synthetic_qa")
+    assert set(qa["generator"]) == {"template-v1", "structure-v1"}
+    recipe = result.output_for_node("training_recipe")
+    meta = mats["training_recipe"].metadata
+    assert recipe["requested"] == meta["requested"].value == "auto"
+    assert [c["preset"] for c in recipe["candidates"]] == list(PRESETS)
+    scores = {c["preset"]: c["val_ndcg10"] for c in recipe["candidates"]}
+    assert all(0.0 < s <= 1.0 for s in scores.values())
+    assert recipe["chosen"] == meta["chosen"].value == max(scores, key=scores.get)
+    assert meta[f"val_ndcg10_{recipe['chosen']}"].value == scores[recipe["chosen"]]
+    assert meta["labelled_queries_used_for_selection"].value is False
+    # Each candidate trained at most selection_steps (and at most the run's max_steps: 6).
+    assert all(0 < c["steps"] <= 6 for c in recipe["candidates"])
+    chosen = PRESETS[recipe["chosen"]]
+    rows = result.output_for_node("training_examples")
+    splits = result.output_for_node("qa_splits")
+    generator_of = dict(zip(splits["qa_id"], splits["generator"], strict=True))
+    assert {generator_of[q] for q in rows["qa_id"]} == chosen.generator_names()
+    negatives = chosen.value("training_examples", "negatives_per_example")
+    assert sum(c.startswith("negative_") for c in rows.columns) == negatives
+    model_meta = mats["finetuned_model"].metadata
+    assert model_meta["recipe"].value == chosen.name
+    trained_with = model_meta["training_config"].value
+    assert trained_with["scale"] == chosen.value("finetuned_model", "scale")
+    assert trained_with["max_steps"] == 6  # set by the run config: a set field wins over the preset
 
 
 def test_evaluation_and_model_card_record_lineage(pipeline):

@@ -26,6 +26,7 @@ from embed_assets.defs.resources import (  # noqa: E402
     ArtifactStoreResource,
     BaseModelResource,
     QuestionGeneratorResource,
+    RecipeResource,
 )
 from embed_assets.defs.sensors import CorpusSourceResource, corpus_change_sensor  # noqa: E402
 
@@ -46,6 +47,7 @@ def build_resources(
     root_dir: str | None = None,
     base_model: str | None = None,
     generator: QuestionGeneratorResource | None = None,
+    recipe: str | None = None,
 ) -> dict:
     """Resources for the Definitions object, the CLI and the tests."""
     store = ArtifactStoreResource(root_dir=root_dir) if root_dir else ArtifactStoreResource()
@@ -54,6 +56,7 @@ def build_resources(
         "store": store,
         "base_model": BaseModelResource(name_or_path=base_model) if base_model else BaseModelResource(),
         "question_generator": generator or QuestionGeneratorResource(),
+        "recipe": RecipeResource(preset=recipe) if recipe else RecipeResource(),
         "corpus_source": CorpusSourceResource(),
     }
 

@@ -11,6 +11,8 @@ from pydantic import Field
 
 from embed_assets.generation.base import QuestionGenerator
 from embed_assets.models import DEFAULT_BASE_MODEL, load_model, resolve_model_path
+from embed_assets.recipe.presets import Preset, candidates, generators_for
+from embed_assets.recipe.settings import RecipeSettings
 
 
 class BaseModelResource(dg.ConfigurableResource):
@@ -44,8 +46,21 @@ class ArtifactStoreResource(dg.ConfigurableResource):
         return p
 
 
+class RecipeResource(RecipeSettings, dg.ConfigurableResource):
+    """The training recipe: ``auto`` (chosen per corpus by validation) or a named preset.
+
+    Fields are defined once in :class:`embed_assets.recipe.settings.RecipeSettings`.
+    """
+
+    def candidates(self) -> list[Preset]:
+        return candidates(self.preset)
+
+    def generators(self) -> tuple[str, ...]:
+        return generators_for(self.preset)
+
+
 class QuestionGeneratorResource(dg.ConfigurableResource):
-    """Which backend writes the questions.
+    """Which backend writes the questions (default ``recipe``: the recipe's generators).
 
     - ``template``: deterministic, model-free questions from identifiers (no LLM); made
       for technical manuals (config names, error codes, versions).
@@ -58,7 +73,11 @@ class QuestionGeneratorResource(dg.ConfigurableResource):
     - ``embedded``: Gemma 3 270M (GGUF, shipped on PyPI) run locally, no endpoint.
     """
 
-    backend: Literal["template", "structure", "litellm", "embedded"] = "template"
+    backend: Literal["recipe", "template", "structure", "litellm", "embedded"] = Field(
+        default="recipe",
+        description="'recipe': the recipe's generators (auto: template and structure; identifier-manual: "
+        "template; titled-documents: structure). Set it to write every question with one backend.",
+    )
     model: str = "openai/gpt-4o-mini"
     api_base: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
@@ -101,16 +120,18 @@ class QuestionGeneratorResource(dg.ConfigurableResource):
             cache_path=self.cache_path or str(default_cache),
         )
 
-    def build(self, default_cache: Path) -> QuestionGenerator:
-        if self.backend == "template":
+    def build(self, default_cache: Path, backend: str | None = None) -> QuestionGenerator:
+        """The generator for ``backend`` (default: this resource's)."""
+        backend = backend or (self.backend if self.backend != "recipe" else "template")
+        if backend == "template":
             from embed_assets.generation.template import TemplateQuestionGenerator
 
             return TemplateQuestionGenerator()
-        if self.backend == "structure":
+        if backend == "structure":
             from embed_assets.generation.structure import StructureQuestionGenerator
 
             return StructureQuestionGenerator(max_phrase_positives=self.phrase_positives)
-        if self.backend == "embedded":
+        if backend == "embedded":
             from embed_assets.generation.embedded_llm import EmbeddedLLMQuestionGenerator
 
             return EmbeddedLLMQuestionGenerator(

@@ -61,3 +61,50 @@ def unroll_examples(
     schema = {"qa_id": pl.String, "anchor": pl.String, "positive": pl.String, "positive_id": pl.String}
     schema.update({f"negative_{i + 1}": pl.String for i in range(negatives_per_example)})
     return pl.DataFrame(rows, schema=schema)
+
+
+def training_rows(
+    mined: pl.DataFrame,
+    qa_splits: pl.DataFrame,
+    chunks: pl.DataFrame,
+    *,
+    negatives_per_example: int,
+    strip_title_headers: str = "auto",
+    generators: set[str] | None = None,
+) -> pl.DataFrame:
+    """The training rows of a recipe: :func:`unroll_examples` plus each question's ``split``
+    (``train``, or ``val`` for a refit) and ``generator``.
+
+    Args:
+        mined: mined negatives (``qa_id, question, positive_chunk_ids, negative_chunk_ids``).
+        qa_splits: the split QA set; gives each question its split and generator.
+        chunks: the chunk frame (``chunk_id, text, title``).
+        negatives_per_example: hard negatives per row (0 = in-batch negatives only).
+        strip_title_headers: ``auto`` trains questions of generators that write from the title
+            (``recipe.presets.questions_from_title``) on chunk text without its title header,
+            ``always`` every question, ``never`` none.
+        generators: keep only questions of these generator names; None, or a set that matches
+            no question (e.g. an LLM backend the recipe does not name), keeps all.
+    """
+    from embed_assets.generation.structure import strip_title
+    from embed_assets.recipe.presets import questions_from_title
+
+    info = qa_splits.select("qa_id", "split", "generator")
+    mined = mined.drop([c for c in ("split", "generator") if c in mined.columns]).join(info, on="qa_id")
+    if generators and mined["generator"].is_in(list(generators)).any():
+        mined = mined.filter(pl.col("generator").is_in(list(generators)))
+    ids, texts, titles = (chunks[c].to_list() for c in ("chunk_id", "text", "title"))
+    text = dict(zip(ids, texts, strict=True))
+    untitled = {c: strip_title(t, ti or "") for c, t, ti in zip(ids, texts, titles, strict=True)}
+    if strip_title_headers == "always":
+        untitled_qa = set(mined["qa_id"])
+    elif strip_title_headers == "auto":
+        from_title = {g for g in mined["generator"].unique().to_list() if questions_from_title(g)}
+        untitled_qa = set(mined.filter(pl.col("generator").is_in(list(from_title)))["qa_id"])
+    else:
+        untitled_qa = set()
+    rows = unroll_examples(
+        mined, text, negatives_per_example, untitled_text=untitled, untitled_qa_ids=untitled_qa
+    )
+    rows = rows.join(info, on="qa_id", how="left", maintain_order="left")
+    return rows.with_columns(untitled=pl.col("qa_id").is_in(list(untitled_qa)))

@@ -8,11 +8,12 @@ import polars as pl
 from embed_assets.defs.configs import SyntheticQAConfig
 from embed_assets.defs.metadata import counts_table, preview, stage_metrics
 from embed_assets.defs.provenance import input_materialization, previous_materialization, recorded_value
-from embed_assets.defs.resources import ArtifactStoreResource, QuestionGeneratorResource
+from embed_assets.defs.resources import ArtifactStoreResource, QuestionGeneratorResource, RecipeResource
 from embed_assets.generation.incremental import IncrementalPlan, plan_incremental
 from embed_assets.generation.prompts import prompts_version
 from embed_assets.hashing import stable_hash
 from embed_assets.lineage import code_version, data_version
+from embed_assets.recipe.presets import fill, preset_for_generator
 
 
 def _incremental_plan(
@@ -56,64 +57,81 @@ def _incremental_plan(
     )
     + "-"
     + prompts_version(),
-    description="Questions written for the chunks by the configured generator, single-hop and multi-hop, "
-    "each with the chunk id(s) that answer it and a one-line context per hop.",
+    description="Questions written for the chunks by the recipe's generator(s) (or the configured one), "
+    "single-hop and multi-hop, each with the chunk id(s) that answer it and a one-line context per hop.",
 )
 def synthetic_qa(
     context: dg.AssetExecutionContext,
     config: SyntheticQAConfig,
     document_chunks: pl.DataFrame,
     question_generator: QuestionGeneratorResource,
+    recipe: RecipeResource,
     store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[pl.DataFrame]:
     start = time.perf_counter()
     chunks = document_chunks
     if config.max_chunks and chunks.height > config.max_chunks:
         chunks = chunks.sample(config.max_chunks, seed=config.seed).sort(["doc_path", "chunk_index"])
-    recipe = stable_hash({"synthetic_qa": config.model_dump(), "generator": question_generator.model_dump()})
-    plan = _incremental_plan(context, config, recipe, chunks)
-    generator = question_generator.build(store.path("llm_cache.sqlite"))
+    # The backend the user set, else every generator the recipe may train on (auto: all presets').
+    backends = (
+        recipe.generators() if question_generator.backend == "recipe" else (question_generator.backend,)
+    )
+    settings = {
+        "synthetic_qa": config.model_dump(),
+        "generator": question_generator.model_dump(),
+        "backends": backends,
+    }
+    recipe_hash = stable_hash(settings)
+    plan = _incremental_plan(context, config, recipe_hash, chunks)
     todo = plan.to_generate if plan is not None else chunks
-    try:
-        result = generator.generate(
-            todo,
-            questions_per_chunk=config.questions_per_chunk,
-            multi_hop_questions=config.multi_hop_questions,
-            seed=config.seed,
-        )
-    finally:
-        if hasattr(generator, "close"):  # the embedded model's child process
-            generator.close()
-    qa = result.qa
+    frames, stats, names = [], {}, []
+    for backend in backends:
+        generator = question_generator.build(store.path("llm_cache.sqlite"), backend)
+        per_chunk = fill("synthetic_qa", config.model_dump(), preset_for_generator(backend))
+        try:
+            result = generator.generate(
+                todo,
+                questions_per_chunk=per_chunk["questions_per_chunk"],
+                multi_hop_questions=config.multi_hop_questions,
+                seed=config.seed,
+            )
+        finally:
+            if hasattr(generator, "close"):  # the embedded model's child process
+                generator.close()
+        frames.append(result.qa)
+        names.append(generator.name)
+        for k, v in result.stats.items():
+            stats[k] = stats.get(k, 0) + v if isinstance(v, int | float) else v
+    qa = pl.concat(frames) if frames else pl.DataFrame()
     if plan is not None:
-        qa = pl.concat([plan.reused, qa]).unique("qa_id", keep="first", maintain_order=True)
+        qa = pl.concat([plan.reused, qa])
+    qa = qa.unique("qa_id", keep="first", maintain_order=True)
     if qa.height == 0:
         raise ValueError(
-            f"generator {generator.name} wrote no question for {chunks.height} chunks: {result.stats}"
+            f"generator {', '.join(names)} wrote no question for {chunks.height} chunks: {stats}"
         )
     seconds = time.perf_counter() - start
     by_type = qa.group_by("query_type").len().sort("query_type")
     return dg.MaterializeResult(
         value=qa,
-        data_version=dg.DataVersion(
-            data_version(
-                qa, {"synthetic_qa": config.model_dump(), "generator": question_generator.model_dump()}
-            )
-        ),
+        data_version=dg.DataVersion(data_version(qa, settings)),
         metadata={
-            "generator": generator.name,
+            "generator": ", ".join(names),
+            "questions_by_generator": counts_table(
+                dict(qa.group_by("generator").len().iter_rows()), key="generator"
+            ),
             "questions": qa.height,
             "chunks_used": chunks.height,
             "multi_hop": int((qa["hops"] > 1).sum()),
             "by_query_type": counts_table(dict(by_type.iter_rows()), key="query_type"),
-            "generator_stats": counts_table(result.stats, key="counter"),
-            "llm_calls": int(result.stats.get("llm_calls", 0)),
+            "generator_stats": counts_table(stats, key="counter"),
+            "llm_calls": int(stats.get("llm_calls", 0)),
             "incremental": plan is not None,
             "chunks_generated_for": todo.height,
             "questions_reused": plan.reused.height if plan is not None else 0,
             "questions_dropped_with_their_chunks": plan.dropped if plan is not None else 0,
-            "recipe_hash": recipe,
-            "cache_hits": int(result.stats.get("cache_hits", 0)),
+            "recipe_hash": recipe_hash,
+            "cache_hits": int(stats.get("cache_hits", 0)),
             "preview": preview(qa.select("question", "query_type", "hops", "positive_chunk_ids")),
             "records_per_second": round(qa.height / max(seconds, 1e-9), 1),
             **stage_metrics(start),

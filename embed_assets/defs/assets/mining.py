@@ -1,4 +1,5 @@
-"""Stage 5: positive-aware hard negatives for the train queries."""
+"""Stage 5: positive-aware hard negatives for the train and validation queries (the latter train
+only in a refit, after validation has chosen)."""
 
 import time
 
@@ -19,7 +20,7 @@ from embed_assets.mining.negatives import mine_hard_negatives
     group_name="mining",
     kinds={"lancedb", "polars"},
     code_version=code_version(__name__, "embed_assets.mining.negatives"),
-    description="Hard negatives for every train query from the base model's LanceDB index. Positive-aware: "
+    description="Hard negatives for every train and validation query from the base model's LanceDB index. Positive-aware: "
     "candidates above 0.95 × the positive's score, the query's positives and their neighbouring chunks are excluded.",
 )
 def mined_negatives(
@@ -31,7 +32,7 @@ def mined_negatives(
     store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[pl.DataFrame]:
     start = time.perf_counter()
-    train = qa_splits.filter(pl.col("split") == "train")
+    train = qa_splits.filter(pl.col("split").is_in(["train", "val"]))
     index = ChunkIndex(base_chunk_index["uri"], base_chunk_index["table"])
     mined, counts, dist = mine_hard_negatives(train, base_model.load(), index, config.to_core())
     seconds = time.perf_counter() - start
@@ -40,7 +41,8 @@ def mined_negatives(
         value=mined,
         data_version=dg.DataVersion(data_version(mined, config)),
         metadata={
-            "train_queries": train.height,
+            "train_queries": int((train["split"] == "train").sum()),
+            "val_queries": int((train["split"] == "val").sum()),
             "queries_mined": mined.height,
             "negatives_per_query_mean": round(float(mined["negative_chunk_ids"].list.len().mean() or 0), 2),
             "candidate_counts": counts_table(counts, key="counter"),

@@ -1,5 +1,6 @@
-"""Stage 6: training rows and the fine-tuned bi-encoder."""
+"""Stage 6: the recipe chosen for the corpus, its training rows and the fine-tuned bi-encoder."""
 
+import shutil
 import time
 from pathlib import Path
 
@@ -9,14 +10,21 @@ import polars as pl
 from embed_assets.defs.configs import FinetunedModelConfig, TrainingExamplesConfig
 from embed_assets.defs.metadata import image, preview, stage_metrics
 from embed_assets.defs.provenance import previous_materialization, recorded_value, recorded_versions
-from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, RecipeResource
 from embed_assets.evaluation.report import training_curves_png
-from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
 from embed_assets.hashing import stable_hash
 from embed_assets.lineage import artifact_hashes, code_version, data_version
 from embed_assets.mining.index import model_key
-from embed_assets.training.examples import unroll_examples
-from embed_assets.training.trainer import ValidationSet, finished_training, full_batches, train_bi_encoder
+from embed_assets.recipe.presets import PRESETS, Preset, fill
+from embed_assets.recipe.selection import choose_recipe
+from embed_assets.training.examples import training_rows
+from embed_assets.training.trainer import (
+    finished_training,
+    full_batches,
+    refit_bi_encoder,
+    train_bi_encoder,
+)
+from embed_assets.training.validation import validation_set
 
 
 def _op_config(context: dg.AssetExecutionContext, asset: str) -> dict:
@@ -25,52 +33,136 @@ def _op_config(context: dg.AssetExecutionContext, asset: str) -> dict:
     return (ops.get(asset) or {}).get("config") or {}
 
 
+def _rows(
+    preset: Preset,
+    examples: TrainingExamplesConfig,
+    mined: pl.DataFrame,
+    qa_splits: pl.DataFrame,
+    chunks: pl.DataFrame,
+) -> pl.DataFrame:
+    """A preset's training rows (train and val questions; ``split`` tells them apart)."""
+    settings = fill("training_examples", examples.model_dump(), preset)
+    return training_rows(
+        mined,
+        qa_splits,
+        chunks,
+        negatives_per_example=settings["negatives_per_example"],
+        strip_title_headers=examples.strip_title_headers,
+        generators=preset.generator_names(),
+    )
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch"},
+    code_version=code_version(__name__, "embed_assets.recipe.presets", "embed_assets.recipe.selection"),
+    description="The recipe for this corpus: a named preset, or with 'auto' the preset whose short training "
+    "best retrieves held-out generated questions of held-out documents (candidates and scores in metadata).",
+)
+def training_recipe(
+    context: dg.AssetExecutionContext,
+    mined_negatives: pl.DataFrame,
+    qa_splits: pl.DataFrame,
+    document_chunks: pl.DataFrame,
+    recipe: RecipeResource,
+    base_model: BaseModelResource,
+    store: ArtifactStoreResource,
+) -> dg.MaterializeResult[dict]:
+    start = time.perf_counter()
+    examples = TrainingExamplesConfig(**_op_config(context, "training_examples"))
+    model = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
+    choice = choose_recipe(
+        recipe.preset,
+        recipe.candidates(),
+        rows_for=lambda p: _rows(p, examples, mined_negatives, qa_splits, document_chunks).filter(
+            pl.col("split") == "train"
+        ),
+        config_for=model.to_core,
+        base_model=base_model.path(),
+        val=validation_set(qa_splits, document_chunks, model.val_distractors, model.seed),
+        selection_steps=recipe.selection_steps,
+        cache_dir=store.path("recipe_selection"),
+    )
+    chosen = PRESETS[choice.chosen]
+    value = {
+        **choice.to_dict(),
+        "generators": list(chosen.generators),
+        "settings": {asset: dict(values) for asset, values in chosen.settings.items()},
+    }
+    scores = {c.preset: c.val_ndcg10 for c in choice.candidates}
+    context.log.info("recipe %s: chose %s (%s) %s", recipe.preset, choice.chosen, choice.selected_on, scores)
+    return dg.MaterializeResult(
+        value=value,
+        data_version=dg.DataVersion(data_version(value)),
+        metadata={
+            "requested": recipe.preset,
+            "chosen": choice.chosen,
+            "selected_on": choice.selected_on,
+            "labelled_queries_used_for_selection": False,
+            **{f"val_ndcg10_{c.preset}": c.val_ndcg10 for c in choice.candidates if c.val_ndcg10 is not None},
+            "candidates": dg.MetadataValue.md(_candidates_table(choice)),
+            "chosen_settings": dg.MetadataValue.json(value["settings"]),
+            "evidence": chosen.evidence,
+            **stage_metrics(start),
+        },
+    )
+
+
+def _candidates_table(choice) -> str:
+    if not choice.candidates:
+        return f"{choice.chosen}: {choice.selected_on}"
+    lines = [
+        "| preset | val nDCG@10 | base val nDCG@10 | steps | train rows | seconds | note |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in choice.candidates:
+        mark = " (chosen)" if c.preset == choice.chosen else ""
+        lines.append(
+            f"| {c.preset}{mark} | {c.val_ndcg10} | {c.base_val_ndcg10} | {c.steps} | {c.train_rows} | "
+            f"{c.seconds}{' (reused)' if c.reused else ''} | {c.note} |"
+        )
+    return "\n".join(lines)
+
+
 @dg.asset(
     group_name="training",
     kinds={"polars"},
     code_version=code_version(__name__, "embed_assets.training.examples"),
-    description="One (anchor, positive, hard negatives) row per positive: multi-positive queries are unrolled.",
+    description="One (anchor, positive, hard negatives) row per positive of the chosen recipe's questions "
+    "(train split, and validation for a refit): multi-positive queries are unrolled.",
     check_specs=[dg.AssetCheckSpec("enough_examples_for_batch", asset="training_examples", blocking=True)],
 )
 def training_examples(
     context: dg.AssetExecutionContext,
     config: TrainingExamplesConfig,
+    training_recipe: dict,
     mined_negatives: pl.DataFrame,
     document_chunks: pl.DataFrame,
     qa_splits: pl.DataFrame,
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
     start = time.perf_counter()
-    ids, texts, titles = (document_chunks[c].to_list() for c in ("chunk_id", "text", "title"))
-    text = dict(zip(ids, texts, strict=True))
-    untitled = {c: strip_title(t, ti or "") for c, t, ti in zip(ids, texts, titles, strict=True)}
-    if config.strip_title_headers == "always":
-        untitled_qa = set(mined_negatives["qa_id"])
-    elif config.strip_title_headers == "auto":
-        untitled_qa = set(qa_splits.filter(pl.col("generator") == StructureQuestionGenerator.name)["qa_id"])
-    else:
-        untitled_qa = set()
-    rows = unroll_examples(
-        mined_negatives,
-        text,
-        config.negatives_per_example,
-        untitled_text=untitled,
-        untitled_qa_ids=untitled_qa,
-    )
+    preset = PRESETS[training_recipe["chosen"]]
+    rows = _rows(preset, config, mined_negatives, qa_splits, document_chunks)
+    train = rows.filter(pl.col("split") == "train")
     # The trainer's own rule: full batches in which no text repeats, at the trainer's seed.
     trainer_config = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
     batch_size = config.batch_size or trainer_config.batch_size
-    batches = full_batches(rows, batch_size, trainer_config.seed)
+    batches = full_batches(train, batch_size, trainer_config.seed)
+    settings = fill("training_examples", config.model_dump(), preset)
     return dg.MaterializeResult(
         value=rows,
-        data_version=dg.DataVersion(data_version(rows, config)),
+        data_version=dg.DataVersion(data_version(rows, settings)),
         metadata={
-            "rows": rows.height,
-            "queries": rows["qa_id"].n_unique(),
-            "unrolled_extra_rows": rows.height - rows["qa_id"].n_unique(),
+            "recipe": preset.name,
+            "negatives_per_example": settings["negatives_per_example"],
+            "rows": train.height,
+            "val_rows": rows.height - train.height,
+            "queries": train["qa_id"].n_unique(),
+            "unrolled_extra_rows": train.height - train["qa_id"].n_unique(),
             "dropped_queries_short_of_negatives": mined_negatives.height - rows["qa_id"].n_unique(),
-            "rows_without_title_header": int(rows["qa_id"].is_in(list(untitled_qa)).sum()),
+            "rows_without_title_header": int(rows["untitled"].sum()),
             "full_batches_without_repeats": batches,
-            "preview": preview(rows.drop("qa_id", "positive_id")),
+            "preview": preview(train.drop("qa_id", "positive_id", "split", "untitled")),
             **stage_metrics(start),
         },
         check_results=[
@@ -78,12 +170,12 @@ def training_examples(
                 check_name="enough_examples_for_batch",
                 passed=batches >= config.min_batches,
                 metadata={
-                    "rows": rows.height,
+                    "rows": train.height,
                     "full_batches": batches,
                     "needed_batches": config.min_batches,
                     "batch_size": batch_size,
                 },
-                description=f"{rows.height} rows fill {batches} batches of {batch_size} in which "
+                description=f"{train.height} rows fill {batches} batches of {batch_size} in which "
                 f"no text repeats (the trainer's sampler); training needs ≥ {config.min_batches}",
             )
         ],
@@ -102,35 +194,18 @@ def _warm_start_model(context: dg.AssetExecutionContext) -> str | None:
     return None
 
 
-def _validation_set(
-    qa_splits: pl.DataFrame, chunks: pl.DataFrame, distractors: int, seed: int
-) -> ValidationSet | None:
-    val = qa_splits.filter(pl.col("split") == "val")
-    if val.height == 0:
-        return None
-    positives = {c for ids in val["positive_chunk_ids"] for c in ids}
-    others = chunks.filter(~pl.col("chunk_id").is_in(list(positives)))
-    sample = others.sample(min(distractors, others.height), seed=seed)
-    corpus_rows = chunks.filter(pl.col("chunk_id").is_in(list(positives)))
-    corpus = dict(zip(corpus_rows["chunk_id"], corpus_rows["text"], strict=True))
-    corpus.update(zip(sample["chunk_id"], sample["text"], strict=True))
-    return ValidationSet(
-        queries=dict(zip(val["qa_id"], val["question"], strict=True)),
-        corpus=corpus,
-        relevant={q: set(p) for q, p in zip(val["qa_id"], val["positive_chunk_ids"], strict=True)},
-    )
-
-
 @dg.asset(
     group_name="training",
     kinds={"pytorch"},
-    code_version=code_version(__name__, "embed_assets.training.trainer"),
-    description="The base model fine-tuned contrastively (in-batch + hard negatives, temperature 0.02, "
-    "warmup then cosine), best checkpoint on validation, optional merge with the base; saved with a model card.",
+    code_version=code_version(__name__, "embed_assets.training.trainer", "embed_assets.training.validation"),
+    description="The base model fine-tuned contrastively with the chosen recipe (in-batch + hard negatives, "
+    "warmup then cosine), best checkpoint and merge with the base chosen on validation, then (refit) "
+    "retrained on train + validation questions with those choices; saved with a model card.",
 )
 def finetuned_model(
     context: dg.AssetExecutionContext,
     config: FinetunedModelConfig,
+    training_recipe: dict,
     training_examples: pl.DataFrame,
     qa_splits: pl.DataFrame,
     document_chunks: pl.DataFrame,
@@ -138,41 +213,57 @@ def finetuned_model(
     store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[dict]:
     start = time.perf_counter()
-    core = config.to_core()
+    preset = PRESETS[training_recipe["chosen"]]
+    settings = config.resolved(preset)  # what this run trains with: set fields, the rest the recipe's
+    core = config.to_core(preset)
     start_from = _warm_start_model(context) if config.warm_start else None
     init_model = start_from or base_model.path()
+    train = training_examples.filter(pl.col("split") == "train")
+    val = validation_set(qa_splits, document_chunks, config.val_distractors, config.seed)
+    refit = bool(settings["refit"]) and val is not None and train.height < training_examples.height
     # Everything that decides the weights: the rows, the validation split that picks the
     # checkpoint and merge, the config and the weights training starts from.
     run_key = stable_hash(
         {
             "data": data_version(training_examples),
             "validation": data_version(qa_splits.filter(pl.col("split") == "val")),
-            "config": config.model_dump(),
+            "config": settings,
+            "refit": refit,
             "base": model_key(init_model),
         }
     )
     out_dir = store.path("models", f"finetuned-{run_key}")
-    val = _validation_set(qa_splits, document_chunks, config.val_distractors, config.seed)
-    recorded = recorded_versions(context, "training_examples", "qa_splits")
+    recorded = recorded_versions(context, "training_examples", "qa_splits", "training_recipe")
     lineage = {
         "training_examples_version": recorded["training_examples"],
         "qa_splits_version": recorded["qa_splits"],
+        "training_recipe_version": recorded["training_recipe"],
+        "recipe": preset.name,
         "dagster_run_id": context.run_id,
         "started_from": init_model,
     }
     result = finished_training(out_dir)
     reused = result is not None
-    if result is None:
-        result = train_bi_encoder(init_model, training_examples, out_dir, core, val=val, card=lineage)
+    if result is None and not refit:
+        result = train_bi_encoder(init_model, train, out_dir, core, val=val, card=lineage)
+    elif result is None:
+        # Validation chooses the step count and merge weight on a first training; the refit then
+        # trains every question with them. The first model is only a means to those choices.
+        selection_dir = store.path("models", f"selection-{run_key}")
+        selected = train_bi_encoder(init_model, train, selection_dir, core, val=val)
+        shutil.rmtree(selection_dir, ignore_errors=True)
+        result = refit_bi_encoder(init_model, training_examples, out_dir, core, selected, card=lineage)
     else:
         context.log.info("reusing %s: trained before on the same data, config and base model", out_dir)
     context.log.info(
-        "trained %d steps at %.2f examples/s; val nDCG@10 base %s -> %s (merge %.2f)",
+        "recipe %s: trained %d steps at %.2f examples/s; val nDCG@10 base %s -> %s (merge %.2f)%s",
+        preset.name,
         result.steps,
         result.examples_per_second,
         result.base_val_ndcg10,
         result.best_val_ndcg10,
         result.merge_weight,
+        f"; refit on {result.refit['rows']} rows" if result.refit else "",
     )
     # The trainer's log history (also in embed_assets_training.json beside the model) as curves.
     curves = training_curves_png(result.history)
@@ -188,10 +279,14 @@ def finetuned_model(
         data_version=dg.DataVersion(run_key),
         metadata={
             "path": dg.MetadataValue.path(str(out_dir.resolve())),
+            "recipe": preset.name,
             "reused_trained_model": reused,
             "artifacts": dg.MetadataValue.json(artifact_hashes(out_dir)),
             "steps": result.steps,
+            "selected_step": result.best_step or result.steps,
             "train_rows": result.train_rows,
+            "refit": bool(result.refit),
+            "refit_rows": (result.refit or {}).get("rows", 0),
             "examples_per_second": result.examples_per_second,
             "train_seconds": result.train_seconds,
             "device": result.device,
@@ -199,7 +294,7 @@ def finetuned_model(
             "val_ndcg10_selected": result.best_val_ndcg10,
             "merge_weight": result.merge_weight,
             "merge_candidates": dg.MetadataValue.json(result.merge_candidates),
-            "training_config": dg.MetadataValue.json(config.model_dump()),
+            "training_config": dg.MetadataValue.json(settings),
             **report,
             **lineage,
             **stage_metrics(start),

@@ -1,0 +1,474 @@
+"""Every setting of the pipeline, once: one pydantic model per stage, Dagster-free.
+
+The Dagster ``Config`` classes (``embed_assets.defs.configs``) are these models with Dagster's
+base added, so each field's default, range and description is written here only; the
+descriptions show in the launchpad. Fields that differ between kinds of corpus default to
+``None``, "the recipe's value", and are filled from the chosen preset
+(:mod:`embed_assets.recipe.presets`); a value the user sets wins.
+
+Ranges are enforced by pydantic, so a bad value (a threshold of 1.5, negatives < 0)
+is rejected with the field's name. :func:`validate_run_config` checks a whole run
+config up front; the CLI, the sensor and every run's start call it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from embed_assets.ingest.chunking import ChunkingConfig
+from embed_assets.mining.negatives import MiningConfig
+from embed_assets.quality.filters import QualityConfig
+from embed_assets.recipe.presets import AUTO, PRESETS, RECIPE_NAMES, Preset, fill
+from embed_assets.splitting.splits import SplitConfig
+from embed_assets.training.trainer import TrainingConfig
+
+DEFAULT_SEED = 42
+GATE_METRIC = re.compile(r"(NDCG|MAP|Recall|Precision|MRR)@(1|5|10|100)")  # the names ir_metrics reports
+
+
+class SourceDocumentsSettings(BaseModel):
+    corpus_dir: str = Field(
+        default="data/corpus", description="Folder read recursively for .txt/.md/.html files."
+    )
+    corpus_jsonl: str | None = Field(
+        default=None,
+        description="Read a JSON Lines file of documents ({_id, title, text} per line, BEIR's corpus.jsonl) "
+        "instead of a folder; the _id is the name labelled queries use.",
+    )
+    lancedb_uri: str | None = Field(
+        default=None, description="Read the chunks of a production LanceDB table instead of a folder."
+    )
+    lancedb_table: str = Field(default="chunks", description="Table name, with lancedb_uri.")
+    text_column: str = Field(default="text", description="Chunk text column, with lancedb_uri.")
+    title_column: str | None = Field(default=None, description="Optional title column, with lancedb_uri.")
+    id_column: str | None = Field(default=None, description="Optional id column, with lancedb_uri.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.corpus_jsonl and self.lancedb_uri:
+            raise ValueError("set corpus_jsonl or lancedb_uri, not both")
+        return self
+
+
+class DocumentChunksSettings(BaseModel):
+    chunk_tokens: int = Field(default=128, ge=16, le=8192, description="Chunk length in base-model tokens.")
+    overlap_tokens: int = Field(default=24, ge=0, description="Tokens shared by consecutive chunks.")
+    add_title: bool = Field(default=True, description="Prefix each chunk with its document title.")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self):
+        ChunkingConfig(**self.model_dump())  # raises with the field name
+        return self
+
+    def to_core(self) -> ChunkingConfig:
+        return ChunkingConfig(**self.model_dump())
+
+
+class RecipeSettings(BaseModel):
+    preset: Literal[RECIPE_NAMES] = Field(  # type: ignore[valid-type]  # auto and every preset's name
+        default=AUTO,
+        description="The training recipe. 'auto' writes questions with every preset's generators, trains each "
+        "preset briefly and keeps the one that best retrieves held-out generated questions of held-out "
+        "documents (recorded on the training_recipe asset). 'identifier-manual': manuals full of config "
+        "names, error codes and versions; 'titled-documents': articles, abstracts, wiki pages.",
+    )
+    selection_steps: int = Field(
+        default=20,
+        ge=1,
+        le=10000,
+        description="auto: optimiser steps each candidate trains before validation compares them "
+        "(at most its own max_steps). A cheap proxy: the chosen recipe then trains in full.",
+    )
+
+
+class SyntheticQASettings(BaseModel):
+    questions_per_chunk: int | None = Field(
+        default=None,
+        ge=1,
+        le=20,
+        description="Single-hop questions per chunk. Unset: the recipe's value for each generator "
+        "(template 2, structure 3).",
+    )
+    multi_hop_questions: int = Field(default=200, ge=0, description="Upper bound on multi-hop questions.")
+    max_chunks: int | None = Field(
+        default=None, ge=1, description="Generate for at most this many chunks (sampled)."
+    )
+    incremental: bool = Field(
+        default=True,
+        description="After an earlier run with the same settings, keep its questions for unchanged chunks "
+        "and write questions only for new chunks (questions of deleted chunks leave); false regenerates all.",
+    )
+    seed: int = DEFAULT_SEED
+
+
+class QAQualitySettings(BaseModel):
+    roundtrip_top_k: int = Field(default=10, ge=1, le=1000)
+    lexical_top_k: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Also keep a pair the base model misses when BM25 ranks its positive within this "
+        "top-k (rare identifiers, domain terms); 0 = the base model's round trip alone",
+    )
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
+    dedup_cosine: float = Field(default=0.9, ge=0.0, le=1.0)
+    min_answer_support: float = Field(default=0.5, ge=0.0, le=1.0)
+    min_judge_overall: float = Field(default=7.0, ge=1.0, le=10.0)
+    ragas_faithfulness: bool = Field(
+        default=False,
+        description="Also score answer faithfulness with ragas through the generator's LLM endpoint "
+        "(2+ calls per pair); needs an LLM backend",
+    )
+    min_faithfulness: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Drop pairs whose ragas faithfulness (share of supported claims) is below this; "
+        "0 keeps all. Only with ragas_faithfulness.",
+    )
+
+    def to_core(self) -> QualityConfig:
+        return QualityConfig(**self.model_dump(exclude={"ragas_faithfulness"}))
+
+
+class QASplitsSettings(BaseModel):
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    seed: int = DEFAULT_SEED
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        SplitConfig(**self.model_dump())
+        return self
+
+    def to_core(self) -> SplitConfig:
+        return SplitConfig(**self.model_dump())
+
+
+class MinedNegativesSettings(BaseModel):
+    num_negatives: int = Field(default=5, ge=0, le=100)
+    max_score_ratio: float = Field(default=0.95, gt=0.0, le=1.0)
+    absolute_margin: float | None = Field(default=None, ge=0.0)
+    range_min: int = Field(default=0, ge=0)
+    range_max: int = Field(default=50, ge=1)
+    sampling: Literal["top", "random"] = "top"
+    exclude_neighbours: bool = True
+    seed: int = DEFAULT_SEED
+
+    @model_validator(mode="after")
+    def _range(self):
+        MiningConfig(**self.model_dump())
+        return self
+
+    def to_core(self) -> MiningConfig:
+        return MiningConfig(**self.model_dump())
+
+
+class TrainingExamplesSettings(BaseModel):
+    negatives_per_example: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Mined hard negatives per training row (0: in-batch negatives only). Unset: the recipe's "
+        "(identifier-manual 1, titled-documents 0).",
+    )
+    batch_size: int | None = Field(
+        default=None,
+        ge=2,
+        description="The batch size the enough_examples_for_batch check applies. Leave it unset: it is then "
+        "finetuned_model's batch_size in this run; set it only for a run that does not train.",
+    )
+    min_batches: int = Field(
+        default=2,
+        ge=1,
+        description="The enough_examples_for_batch check wants at least this many full batches of "
+        "finetuned_model's batch_size in which no text repeats (the trainer's own sampling rule).",
+    )
+    strip_title_headers: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="Train on chunk text without its title header: 'auto' does so for questions written "
+        "from the title (the structure generator), which would otherwise repeat the positive's first line.",
+    )
+
+
+class FinetunedModelSettings(BaseModel):
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(
+        default=None,
+        ge=-1,
+        description="Optimiser-step cap; -1 trains full epochs (use it on a GPU). Unset: the recipe's "
+        "(identifier-manual 40, which keeps the embedded default within 15 min on 2 CPU cores; "
+        "titled-documents 100).",
+    )
+    batch_size: int = Field(default=32, ge=2)
+    mini_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="GradCache chunk: bounds activation memory, not the effective batch (equal to batch_size: "
+        "plain in-batch loss, one forward pass). Unset: the recipe's (16, titled-documents 32).",
+    )
+    cached_loss: bool = True
+    learning_rate: float = Field(default=2e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    scale: float | None = Field(
+        default=None,
+        gt=0,
+        description="Inverse temperature of the contrastive softmax. Unset: the recipe's (identifier-manual 50, "
+        "titled-documents 10).",
+    )
+    max_seq_length: int = Field(default=128, ge=8)
+    early_stopping_patience: int = Field(default=2, ge=1)
+    matryoshka_dims: list[int] = Field(
+        default_factory=list,
+        description="Also train truncated embeddings of these sizes (MatryoshkaLoss), e.g. [256, 128, 64]; "
+        "each in [8, the base model's embedding size].",
+    )
+    lora_rank: int = Field(default=0, ge=0)
+    merge_weights: list[float] | None = Field(
+        default=None,
+        description="Base-model weights tried for an LM-Cocktail merge, chosen on validation. Unset: the "
+        "recipe's (identifier-manual [0, 0.5], titled-documents [0, 0.3]).",
+    )
+    refit: bool | None = Field(
+        default=None,
+        description="After validation has chosen the step count and merge weight, train again from the start "
+        "on the train *and* validation questions with those choices (model selection, then every document "
+        "trains). Unset: the recipe's (identifier-manual off, titled-documents on).",
+    )
+    guided_in_batch: bool = Field(
+        default=False,
+        description="Mask in-batch negatives that the frozen base scores above the row's positive (GISTEmbed).",
+    )
+    guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
+    guide_margin: float = Field(default=0.0, ge=0)
+    val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
+    warm_start: bool = Field(
+        default=False,
+        description="Start from the last exported (gate-passing) fine-tuned model instead of the base, and "
+        "train on all current examples (earlier data replayed with the new); the gate still compares with "
+        "the base. Off by default: its gain over training from the base is not measured yet "
+        "(benchmarks/bench_incremental.py compares the two).",
+    )
+    seed: int = DEFAULT_SEED
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _dims(cls, dims: list[int]) -> list[int]:
+        if bad := [d for d in dims if not 8 <= d <= 8192]:
+            raise ValueError(f"each size must be in [8, 8192], got {bad}")
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"sizes must be distinct, got {dims}")
+        return dims
+
+    def resolved(self, preset: Preset) -> dict[str, Any]:
+        """Every field, the recipe-controlled ones left unset taken from ``preset``."""
+        return fill("finetuned_model", self.model_dump(), preset)
+
+    def to_core(self, preset: Preset) -> TrainingConfig:
+        d = self.resolved(preset)
+        for name in ("val_distractors", "warm_start", "refit"):
+            d.pop(name)
+        d["matryoshka_dims"] = tuple(d["matryoshka_dims"])
+        d["merge_weights"] = tuple(d["merge_weights"])
+        return TrainingConfig(**d)
+
+    @model_validator(mode="after")
+    def _core(self):
+        for preset in PRESETS.values():  # valid whichever preset fills the unset fields
+            self.to_core(preset)
+        return self
+
+
+class RetrievalEvalSettings(BaseModel):
+    top_k: int = Field(default=100, ge=10)
+    tolerance_points: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Allowed drop (points) of any gate metric before the no-regression gate fails.",
+    )
+    gate_metrics: list[str] = Field(
+        default_factory=lambda: ["NDCG@10"],
+        min_length=1,
+        description="Metrics the no-regression gate holds each evaluation to (NDCG, MAP, Recall, Precision or "
+        "MRR at 1, 5, 10 or 100), e.g. [NDCG@10, Recall@10] to also refuse a model that finds fewer positives.",
+    )
+    labelled_queries_dir: str | None = Field(
+        default=None,
+        description="A folder of queries written by people (queries.jsonl + qrels/<split>.tsv) whose judgments "
+        "name documents as source_documents reads them (relative path, JSONL _id or table id). When set, both "
+        "models are also scored on them and the no-regression gate must hold there too.",
+    )
+    labelled_queries_split: str = Field(
+        default="test", min_length=1, description="Which qrels/<split>.tsv of labelled_queries_dir to read."
+    )
+    max_forgetting_points: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=100.0,
+        description="Largest nDCG@10 drop (points) on the general-domain set (Python standard-library "
+        "docstrings) before the non-blocking general_domain_forgetting check warns.",
+    )
+
+    @model_validator(mode="after")
+    def _known_metrics(self):
+        unknown = [m for m in self.gate_metrics if not GATE_METRIC.fullmatch(m)]
+        if unknown:
+            raise ValueError(
+                f"gate_metrics: unknown {unknown}; use NDCG, MAP, Recall, Precision or MRR @1/5/10/100"
+            )
+        return self
+
+
+class OnnxModelSettings(BaseModel):
+    quantize_int8: bool = Field(default=False, description="Also write a MatMul-only int8 model.")
+    min_parity_cosine: float = Field(default=0.999, gt=0.0, le=1.0)
+    max_int8_ndcg_drift: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Largest |int8 - fp32| nDCG@10 on the test split for the int8 model to be kept "
+        "(check int8_retrieval_drift; a model over it is removed from the export).",
+    )
+
+
+SETTINGS_BY_ASSET: dict[str, type[BaseModel]] = {
+    "source_documents": SourceDocumentsSettings,
+    "document_chunks": DocumentChunksSettings,
+    "synthetic_qa": SyntheticQASettings,
+    "qa_quality_scores": QAQualitySettings,
+    "qa_splits": QASplitsSettings,
+    "mined_negatives": MinedNegativesSettings,
+    "training_examples": TrainingExamplesSettings,
+    "finetuned_model": FinetunedModelSettings,
+    "retrieval_eval": RetrievalEvalSettings,
+    "onnx_model": OnnxModelSettings,
+}
+
+
+class RunConfigError(ValueError):
+    """A run config with one or more bad fields; the message lists every one of them."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("invalid run config:\n  " + "\n  ".join(errors))
+        self.errors = errors
+
+
+RUN_CONFIG_SECTIONS = ("ops", "resources", "execution", "loggers")  # what Dagster's run config may hold
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string"}.get(
+        type(value), f"{value!r} ({type(value).__name__})"
+    )
+
+
+def _unknown_field(where: str, name: str, known: Iterable[str]) -> str:
+    near = difflib.get_close_matches(str(name), list(known), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(sorted(known))}"
+    return f"{where}.{name}: unknown field{hint}"
+
+
+def config_errors(cls: type[BaseModel], values: Mapping[str, Any], where: str) -> list[str]:
+    """Every problem with ``values`` as ``cls``'s fields, each prefixed with ``where``.
+
+    Field errors (type, range), unknown fields and the class's cross-field rules are all
+    reported together: pydantic skips a model's own validators once a field fails, so the
+    cross-field rules are checked again on the fields that passed.
+    """
+    errors = [_unknown_field(where, k, cls.model_fields) for k in values if k not in cls.model_fields]
+    known = {k: v for k, v in values.items() if k in cls.model_fields}
+    try:
+        cls(**known)
+        return errors
+    except ValidationError as e:
+        details = e.errors()
+    except ValueError as e:  # a core config's own check (e.g. TrainingConfig.__post_init__)
+        details = [{"loc": (), "msg": str(e)}]
+    bad_fields = {str(d["loc"][0]) for d in details if d["loc"]}
+    for d in details:
+        loc = ".".join(str(x) for x in d["loc"])
+        message = d["msg"].removeprefix("Value error, ")
+        errors.append(f"{where}{'.' + loc if loc else ''}: {message}")
+    if bad_fields:
+        errors += [
+            e for e in config_errors(cls, {k: v for k, v in known.items() if k not in bad_fields}, where)
+        ]
+    return errors
+
+
+def run_config_errors(run_config: Any, *, embedding_dim: int | None = None) -> list[str]:
+    """Every problem with a run config, as ``path: message`` lines (empty when it is valid).
+
+    Args:
+        run_config: a Dagster run config (``{ops: {<asset>: {config: {...}}}, resources: ...}``).
+        embedding_dim: the base model's embedding width, when known: ``matryoshka_dims`` must
+            not exceed it.
+    """
+    if run_config is None:
+        return []
+    if not isinstance(run_config, Mapping):
+        return [
+            f"run config: must be a mapping like {{ops: {{<asset>: {{config: ...}}}}}}, got {_type_name(run_config)}"
+        ]
+    errors = [
+        _unknown_field("run config", k, RUN_CONFIG_SECTIONS)
+        for k in run_config
+        if k not in RUN_CONFIG_SECTIONS
+    ]
+    ops = run_config.get("ops") or {}
+    if not isinstance(ops, Mapping):
+        return [
+            *errors,
+            f"ops: must be a mapping of asset name to {{config: {{...}}}}, got {_type_name(ops)}",
+        ]
+    configs: dict[str, Mapping] = {}
+    for name, entry in ops.items():
+        if name not in SETTINGS_BY_ASSET:
+            errors.append(
+                _unknown_field("ops", name, SETTINGS_BY_ASSET).replace("unknown field", "unknown asset")
+            )
+        elif not isinstance(entry, Mapping) or set(entry) - {"config"}:
+            errors.append(f"ops.{name}: must be {{config: {{...}}}}, got {entry!r:.80}")
+        elif not isinstance(entry.get("config") or {}, Mapping):
+            errors.append(
+                f"ops.{name}.config: must be a mapping of field to value, got {_type_name(entry['config'])}"
+            )
+        else:
+            configs[name] = entry.get("config") or {}
+    for name, cls in SETTINGS_BY_ASSET.items():
+        errors += config_errors(cls, configs.get(name, {}), f"ops.{name}.config")
+    recipe = (
+        ((run_config.get("resources") or {}).get("recipe") or {})
+        if isinstance(run_config.get("resources") or {}, Mapping)
+        else {}
+    )
+    if isinstance(recipe, Mapping) and isinstance(recipe.get("config") or {}, Mapping):
+        errors += config_errors(RecipeSettings, recipe.get("config") or {}, "resources.recipe.config")
+    examples_bs = configs.get("training_examples", {}).get("batch_size")
+    model_bs = configs.get("finetuned_model", {}).get("batch_size", 32)
+    if examples_bs is not None and examples_bs != model_bs and "finetuned_model" in configs:
+        errors.append(
+            f"ops.training_examples.config.batch_size ({examples_bs}) differs from "
+            f"ops.finetuned_model.config.batch_size ({model_bs}); leave the first unset"
+        )
+    dims = configs.get("finetuned_model", {}).get("matryoshka_dims") or []
+    too_big = [d for d in dims if isinstance(d, int) and d > embedding_dim] if embedding_dim else []
+    if too_big and isinstance(dims, list):
+        errors.append(
+            f"ops.finetuned_model.config.matryoshka_dims: {too_big} exceed the base model's "
+            f"embedding size {embedding_dim}"
+        )
+    return errors
+
+
+def validate_run_config(run_config: Any, *, embedding_dim: int | None = None) -> None:
+    """Raise one :class:`RunConfigError` listing every bad field of ``run_config``
+    (``ops.<asset>.config.<field>: message``); the CLI, the sensor and every run's start
+    (the IO manager's setup) call it, so all three reject the same configs."""
+    if errors := run_config_errors(run_config, embedding_dim=embedding_dim):
+        raise RunConfigError(errors)

@@ -1,0 +1,164 @@
+"""The recipe: presets fill what the user leaves unset, the choice among them by validation,
+the training rows of a preset, and the refit after model selection (real model, real training)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import polars as pl
+import pytest
+from test_training_options import rows as setting_rows
+from test_training_options import val as setting_val
+
+from embed_assets.recipe.presets import AUTO, PRESETS, RECIPE_FIELDS, candidates, fill, generators_for
+from embed_assets.recipe.selection import SELECTED_ON, choose_recipe
+from embed_assets.recipe.settings import FinetunedModelSettings, run_config_errors
+from embed_assets.training.examples import training_rows
+from embed_assets.training.trainer import (
+    TrainingConfig,
+    finished_training,
+    refit_bi_encoder,
+    train_bi_encoder,
+)
+
+
+def test_every_recipe_field_defaults_to_the_recipe_and_each_preset_sets_it():
+    from embed_assets.recipe.settings import SETTINGS_BY_ASSET
+
+    for asset, names in RECIPE_FIELDS.items():
+        for name in names:
+            assert SETTINGS_BY_ASSET[asset].model_fields[name].default is None, (asset, name)
+            for preset in PRESETS.values():
+                assert preset.value(asset, name) is not None, (preset.name, asset, name)
+
+
+def test_a_set_field_wins_over_the_preset_and_unset_ones_take_it():
+    titled = PRESETS["titled-documents"]
+    resolved = FinetunedModelSettings(scale=30.0).resolved(titled)
+    assert resolved["scale"] == 30.0  # set by the user
+    assert resolved["max_steps"] == 100 and resolved["refit"] is True  # the preset's
+    core = FinetunedModelSettings().to_core(PRESETS["identifier-manual"])
+    assert (core.scale, core.max_steps, core.merge_weights) == (50.0, 40, (0.0, 0.5))
+    assert fill("training_examples", {"negatives_per_example": None}, titled)["negatives_per_example"] == 0
+
+
+def test_auto_stands_for_every_preset_and_their_generators():
+    assert [p.name for p in candidates(AUTO)] == list(PRESETS)
+    assert generators_for(AUTO) == ("template", "structure")
+    assert generators_for("titled-documents") == ("structure",)
+    with pytest.raises(ValueError, match="unknown; use one of auto"):
+        candidates("wiki")
+
+
+def test_a_bad_recipe_in_run_config_is_named():
+    errors = run_config_errors({"resources": {"recipe": {"config": {"preset": "wiki", "selection_step": 3}}}})
+    assert any(e.startswith("resources.recipe.config.preset:") for e in errors), errors
+    assert any("selection_step: unknown field; did you mean 'selection_steps'" in e for e in errors), errors
+
+
+def _qa_and_mined():
+    chunks = pl.DataFrame(
+        {
+            "chunk_id": ["c1", "c2", "c3"],
+            "title": ["Locks", "Locks", "WAL"],
+            "text": ["Locks\n\nlock_timeout aborts waits", "Locks\n\ndeadlocks 40P01", "WAL\n\nwal_level"],
+        }
+    )
+    qa = pl.DataFrame(
+        {
+            "qa_id": ["t1", "s1", "s2", "v1"],
+            "question": ["what is lock_timeout", "Locks", "deadlocks", "WAL"],
+            "positive_chunk_ids": [["c1"], ["c1"], ["c2"], ["c3"]],
+            "generator": ["template-v1", "structure-v1", "structure-v1", "structure-v1"],
+            "split": ["train", "train", "train", "val"],
+        }
+    )
+    mined = qa.select("qa_id", "question", "positive_chunk_ids").with_columns(
+        negative_chunk_ids=pl.Series([["c3"], ["c3"], ["c3"], ["c1"]])
+    )
+    return chunks, qa, mined
+
+
+def test_training_rows_keep_the_presets_generators_and_strip_titles_for_title_questions():
+    chunks, qa, mined = _qa_and_mined()
+    titled = training_rows(
+        mined, qa, chunks, negatives_per_example=0, generators=PRESETS["titled-documents"].generator_names()
+    )
+    assert titled["qa_id"].to_list() == ["s1", "s2", "v1"]
+    assert titled["split"].to_list() == ["train", "train", "val"]
+    # Structure questions are written from the title: their positives train without it.
+    assert titled["positive"].to_list() == ["lock_timeout aborts waits", "deadlocks 40P01", "wal_level"]
+    assert titled["untitled"].all()
+    manual = training_rows(
+        mined, qa, chunks, negatives_per_example=1, generators=PRESETS["identifier-manual"].generator_names()
+    )
+    assert manual["qa_id"].to_list() == ["t1"]
+    assert manual["positive"][0].startswith("Locks") and manual["negative_1"][0].startswith("WAL")
+    # A generator no preset names (an LLM backend) keeps every question.
+    everything = training_rows(mined, qa, chunks, negatives_per_example=0, generators={"llm:x"})
+    assert everything.height == 4
+
+
+def test_one_named_preset_is_chosen_without_training(tmp_path):
+    choice = choose_recipe(
+        "titled-documents",
+        candidates("titled-documents"),
+        rows_for=lambda p: pytest.fail("a named preset trains nothing"),
+        config_for=lambda p: pytest.fail("a named preset trains nothing"),
+        base_model="all-MiniLM-L6-v2",
+        val=None,
+        selection_steps=2,
+        cache_dir=tmp_path,
+    )
+    assert choice.chosen == "titled-documents" and choice.candidates == []
+
+
+def test_auto_trains_each_candidate_scores_it_on_validation_and_caches_the_score(tmp_path):
+    """Two presets on the same rows: the one with the useless settings (learning rate near 0)
+    cannot beat the other; a second call reuses both scores instead of training again."""
+    good, bad = PRESETS["identifier-manual"], PRESETS["titled-documents"]
+    configs = {
+        good.name: TrainingConfig(batch_size=8, max_steps=40, learning_rate=5e-4, warmup_ratio=0.0),
+        bad.name: TrainingConfig(batch_size=8, max_steps=40, learning_rate=1e-9, warmup_ratio=0.0),
+    }
+    kwargs = dict(
+        rows_for=lambda p: setting_rows(),
+        config_for=lambda p: configs[p.name],
+        base_model="all-MiniLM-L6-v2",
+        val=setting_val(),
+        selection_steps=2,
+        cache_dir=tmp_path,
+    )
+    choice = choose_recipe(AUTO, [bad, good], **kwargs)
+    scores = {c.preset: c for c in choice.candidates}
+    assert choice.selected_on == SELECTED_ON and choice.selection_steps == 2
+    assert all(c.steps == 2 and c.train_rows == 16 and not c.reused for c in choice.candidates)
+    # The near-zero learning rate leaves the base model's score; the other moves it.
+    assert scores[bad.name].val_ndcg10 == pytest.approx(scores[bad.name].base_val_ndcg10, abs=1e-3)
+    best = max(choice.candidates, key=lambda c: c.val_ndcg10)
+    assert choice.chosen == best.preset
+    again = choose_recipe(AUTO, [bad, good], **kwargs)
+    assert all(c.reused for c in again.candidates) and again.chosen == choice.chosen
+    assert not list(tmp_path.glob("*.model")), "candidate weights are not kept, only their scores"
+
+
+def test_refit_trains_every_row_with_what_validation_chose(tmp_path):
+    config = TrainingConfig(batch_size=8, max_steps=4, merge_weights=(0.0, 0.5), eval_steps=2)
+    selected = train_bi_encoder(
+        "all-MiniLM-L6-v2", setting_rows().head(12), tmp_path / "sel", config, val=setting_val()
+    )
+    assert selected.best_step in (2, 4)
+    result = refit_bi_encoder(
+        "all-MiniLM-L6-v2", setting_rows(), tmp_path / "refit", config, selected, card={"recipe": "x"}
+    )
+    assert result.refit == {"rows": 16, "steps": selected.best_step, "selection_rows": 12}
+    assert result.steps == selected.best_step and result.train_rows == 16
+    assert result.merge_weight == selected.merge_weight
+    assert result.best_val_ndcg10 == selected.best_val_ndcg10  # the scores that chose the settings
+    record = json.loads((tmp_path / "refit" / "embed_assets_training.json").read_text())
+    assert record["result"]["refit"]["rows"] == 16 and record["recipe"] == "x"
+    assert record["training_config"]["max_steps"] == selected.best_step
+    assert finished_training(tmp_path / "refit") == result  # a rerun reuses it
