@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import bench_nfcorpus as bench  # noqa: E402
+import explore_core_recipe as bench  # noqa: E402
 import polars as pl  # noqa: E402
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import bench_nfcorpus as bench  # noqa: E402 (sets the offline environment and the import path)
+import explore_core_recipe as bench  # noqa: E402 (sets the offline environment and the import path)
 import polars as pl  # noqa: E402
 
 

@@ -1,4 +1,6 @@
-"""Smoke test of ``benchmarks/bench_nfcorpus.py`` on a tiny BEIR folder cut from NFCorpus.
+"""Smoke tests of the benchmark scripts on a tiny BEIR folder cut from NFCorpus: the product's
+benchmark (``bench_nfcorpus.py``, which runs ``embed-assets run``) and the research harness
+(``explore_core_recipe.py``).
 
 The folder is built in ``tmp_path`` from ``../shared/benchmarks/nfcorpus`` (10 test
 queries with some of their judged documents, ~40 documents in all); the test is skipped
@@ -31,7 +33,7 @@ def _load_script(name: str):
 
 
 def _load_bench():
-    return _load_script("bench_nfcorpus")
+    return _load_script("explore_core_recipe")
 
 
 def _tiny_beir(dst: Path, n_queries: int = 10, n_docs: int = 40) -> Path:
@@ -78,6 +80,59 @@ def _tiny_beir(dst: Path, n_queries: int = 10, n_docs: int = 40) -> Path:
                     f.write(f"{q}\t{c}\t{s}\n")
         f.write(f"{qids[0]}\tEMPTY-1\t1\n")
     return dst
+
+
+TINY_BUDGET = """
+ops:
+  qa_splits: {config: {val_fraction: 0.2, test_fraction: 0.2}}
+  training_examples: {config: {min_batches: 1}}
+  finetuned_model: {config: {batch_size: 8, max_steps: 3, val_distractors: 20}}
+  retrieval_eval: {config: {tolerance_points: 100.0}}
+"""
+
+
+@pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
+def test_product_bench_runs_the_product_and_scores_both_ways(tmp_path):
+    """``bench_nfcorpus.py`` runs ``embed-assets run`` (recipe auto) on the BEIR folder with its
+    queries as labelled queries, trains the peer on the same questions, and scores base, peer and
+    ours chunked and by whole document; its chunked scores of base and ours are the product's own."""
+    bench = _load_script("bench_nfcorpus")
+    beir = _tiny_beir(tmp_path / "nftiny")
+    budget = tmp_path / "tiny.yaml"
+    budget.write_text(TINY_BUDGET)
+    out_dir = tmp_path / "results"
+    args = [
+        "--beir-dir",
+        str(beir),
+        "--out-dir",
+        str(out_dir),
+        "--config",
+        str(budget),
+        "--half-split-seed",
+        "3",
+    ]
+    out = bench.main(args)
+    assert out["recipe"]["requested"] == "auto" and out["recipe"]["chosen"] in (
+        "identifier-manual",
+        "titled-documents",
+    )
+    assert len(out["recipe"]["candidates"]) == 2
+    assert out["queries"] == 5  # the half of the 10 judged queries that is "test"
+    for scoring in ("results", "results_whole_document"):
+        assert set(out[scoring]) == {"base", "peer", "ours"}
+        for name, metrics in out[scoring].items():
+            assert all(0.0 <= metrics[m] <= 1.0 for m in METRICS), (scoring, name, metrics)
+    # The same code path: the bench's chunked scores of base and ours are what the product reported.
+    for side, name in (("base", "base"), ("fine_tuned", "ours")):
+        assert out["product_reported"][side]["NDCG@10"] == pytest.approx(
+            out["results"][name]["NDCG@10"], abs=1e-4
+        )
+    assert out["peer"]["rows"] > 0 and out["peer"]["steps"] == 3
+    assert set(out["significance_ndcg10"]) == {"peer vs base", "ours vs base", "ours vs peer"}
+    assert out["product"]["peak_rss_mb"] > 0 and out["product"]["wall_seconds"] > 0
+    table = (out_dir / "nftiny-test-product.md").read_text()
+    assert "| ours |" in table and "**Whole documents**" in table and "embed_assets run" in table
+    assert json.loads((out_dir / "nftiny-test-product.json").read_text())["results"] == out["results"]
 
 
 @pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
@@ -138,7 +193,7 @@ def test_bench_nfcorpus_smoke(tmp_path):
     assert "then refit from the base" in table
     for m in METRICS:
         assert m in table
-    assert "bench_nfcorpus.py" in table  # the exact command line
+    assert "explore_core_recipe.py" in table  # the exact command line
     record = json.loads(js.read_text())
     assert record["results"] == out["results"]
     assert record["config"]["split"] == "test"
@@ -168,7 +223,7 @@ def test_bench_nfcorpus_with_an_llm_generator_on_loopback(tmp_path, server, monk
     assert out["generation"]["generator"].startswith("llm")
     assert out["generation"]["generated_multi_hop"] > 0
     assert set(out["results"]) == {"base", "ours"}
-    assert "refit ours" not in out["timings_s"] and "refit" not in out["ours_training"]
+    assert "refit ours" not in out["timings_s"] and not out["ours_training"].get("refit")
     assert (out_dir / "nftiny-test-litellm-norefit.json").exists()
     written = "".join(p.read_text() for p in out_dir.iterdir())
     assert TEST_KEY not in written

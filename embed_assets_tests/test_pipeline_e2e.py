@@ -203,13 +203,16 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
     meta = mats["training_recipe"].metadata
     assert recipe["requested"] == meta["requested"].value == "auto"
     assert [c["preset"] for c in recipe["candidates"]] == list(PRESETS)
-    scores = {c["preset"]: c["val_ndcg10"] for c in recipe["candidates"]}
-    assert all(0.0 < s <= 1.0 for s in scores.values())
+    # A candidate whose questions cannot fill one batch is skipped with the reason; the mini corpus
+    # has too few titled documents for the structure generator's preset at batch size 8.
+    scores = {c["preset"]: c["val_ndcg10"] for c in recipe["candidates"] if c["val_ndcg10"] is not None}
+    assert all(0.0 < s <= 1.0 for s in scores.values()) and scores
+    assert all(c["note"] for c in recipe["candidates"] if c["val_ndcg10"] is None)
     assert recipe["chosen"] == meta["chosen"].value == max(scores, key=scores.get)
     assert meta[f"val_ndcg10_{recipe['chosen']}"].value == scores[recipe["chosen"]]
     assert meta["labelled_queries_used_for_selection"].value is False
     # Each candidate trained at most selection_steps (and at most the run's max_steps: 6).
-    assert all(0 < c["steps"] <= 6 for c in recipe["candidates"])
+    assert all(0 < c["steps"] <= 6 for c in recipe["candidates"] if c["val_ndcg10"] is not None)
     chosen = PRESETS[recipe["chosen"]]
     rows = result.output_for_node("training_examples")
     splits = result.output_for_node("qa_splits")
