@@ -324,6 +324,13 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if evaluation:
         print(f"\nBase vs fine-tuned on {evaluation['test_queries']} held-out test queries:\n")
         print(evaluation["markdown"])
+        if len(by_generator := evaluation.get("synthetic_by_generator") or {}) > 1:
+            print("\nnDCG@10 by question generator:")
+            for name, m in by_generator.items():
+                print(
+                    f"  {name:<16} {m['queries']:>5} questions  {m['base']:.4f} -> {m['fine_tuned']:.4f} "
+                    f"({m['delta_points']:+.2f})"
+                )
         if labelled := evaluation.get("labelled"):
             print(f"\nBase vs fine-tuned on {labelled['queries']} labelled queries ({labelled['source']}):\n")
             print(labelled["markdown"])

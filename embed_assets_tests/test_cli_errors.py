@@ -43,6 +43,10 @@ def _run(args: list[str], capsys) -> tuple[int, str]:
         ("ops: 5\n", "ops: must be a mapping of asset name to {config: {...}}, got 5 (int)"),
         ("ops: {qa_splits: {config: {seed: 1, sead: 2}}}\n", "ops.qa_splits.config.sead: unknown field"),
         ("opz: {}\n", "run config.opz: unknown field; did you mean 'ops'?"),
+        (
+            "resources: {recipe: {config: {preset: wiki}}}\n",
+            "resources.recipe.config.preset: Input should be 'auto'",
+        ),
     ],
 )
 def test_a_bad_config_file_is_one_message_and_exit_2(tmp_path, dagster_home, capsys, content, expected):

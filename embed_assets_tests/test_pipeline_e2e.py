@@ -225,6 +225,11 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
     trained_with = model_meta["training_config"].value
     assert trained_with["scale"] == chosen.value("finetuned_model", "scale")
     assert trained_with["max_steps"] == 6  # set by the run config: a set field wins over the preset
+    # The evaluation breaks the synthetic test split down by generator.
+    by_generator = result.output_for_node("retrieval_eval")["synthetic_by_generator"]
+    test = splits.filter(pl.col("split") == "test")
+    assert {g: m["queries"] for g, m in by_generator.items()} == dict(test.group_by("generator").len().iter_rows())
+    assert "| template-v1 |" in mats["retrieval_eval"].metadata["ndcg10_by_generator"].value
 
 
 def test_evaluation_and_model_card_record_lineage(pipeline):

@@ -29,6 +29,8 @@ def test_changes_request_one_run_with_the_recipe_and_touch_does_not(tmp_path):
         "  synthetic_qa: {config: {questions_per_chunk: 3}}\n"
         "  finetuned_model: {config: {max_steps: 120, learning_rate: 3.0e-5}}\n"
         "  source_documents: {config: {corpus_dir: /elsewhere}}\n"
+        "resources:\n"
+        "  recipe: {config: {preset: titled-documents}}\n"
     )
     source = CorpusSourceResource(corpus_dir=str(corpus), recipe=str(recipe))
     first, cursor = _tick(source, None)
@@ -37,6 +39,7 @@ def test_changes_request_one_run_with_the_recipe_and_touch_does_not(tmp_path):
     assert ops["source_documents"]["config"] == {"corpus_dir": str(corpus)}  # the source wins
     assert ops["synthetic_qa"]["config"] == {"questions_per_chunk": 3}
     assert ops["finetuned_model"]["config"] == {"max_steps": 120, "learning_rate": 3.0e-5}
+    assert first.run_config["resources"]["recipe"]["config"] == {"preset": "titled-documents"}
     validate_run_config(first.run_config)
 
     unchanged, cursor = _tick(source, cursor)

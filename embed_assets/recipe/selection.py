@@ -1,10 +1,11 @@
 """Choose the recipe for a corpus by validation, the way checkpoints and merge weights are chosen.
 
 No labelled query is needed: each candidate preset trains for a few steps on its own training
-rows (the train split's questions of its generators), and all candidates are scored on the same
-held-out *generated* questions of held-out documents (the val split, every generator's
-questions). The best nDCG@10 wins; a tie keeps the earlier preset. Scores are cached by
-everything that decides them, so a rerun spends no training twice.
+rows (the train split's questions of its generators), and all candidates are scored once, after
+training, on the same held-out *generated* questions of held-out documents (the val split, every
+generator's questions); the base model is scored once for all. The best nDCG@10 wins; a tie keeps
+the earlier preset. Scores are cached by everything that decides them, so a rerun spends no
+training twice.
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ import polars as pl
 from embed_assets.hashing import stable_hash
 from embed_assets.lineage import frame_digest
 from embed_assets.mining.index import model_key
+from embed_assets.models import load_model
 from embed_assets.recipe.presets import AUTO, DEFAULT_PRESET, Preset
-from embed_assets.training.trainer import TrainingConfig, ValidationSet, train_bi_encoder, training_columns
+from embed_assets.training.trainer import (
+    TrainingConfig,
+    ValidationSet,
+    train_bi_encoder,
+    training_columns,
+    validation_ndcg10,
+)
 
 SELECTED_ON = "held-out generated questions of held-out documents (validation split)"
 
@@ -86,8 +94,15 @@ def choose_recipe(
         return RecipeChoice(
             requested, DEFAULT_PRESET.name, selected_on="no validation split: the default preset"
         )
+    base_score = _cached(
+        cache_dir,
+        "base",
+        {"val": _val_key(val), "base": model_key(base_model)},
+        lambda: {"val_ndcg10": validation_ndcg10(load_model(base_model), val)},
+    )["val_ndcg10"]
     scores = [
-        _score(p, rows_for(p), config_for(p), base_model, val, selection_steps, cache_dir) for p in presets
+        _score(p, rows_for(p), config_for(p), base_model, val, base_score, selection_steps, cache_dir)
+        for p in presets
     ]
     trained = [s for s in scores if s.val_ndcg10 is not None]
     if not trained:
@@ -102,52 +117,60 @@ def choose_recipe(
     return RecipeChoice(requested, best.preset, scores, selection_steps, SELECTED_ON)
 
 
+def _val_key(val: ValidationSet) -> dict:
+    return {"relevant": {k: sorted(v) for k, v in val.relevant.items()}, "corpus": sorted(val.corpus)}
+
+
+def _cached(cache_dir: Path, name: str, key: dict, compute) -> dict:
+    """``compute()``'s JSON record, kept in ``cache_dir`` under a hash of ``key``."""
+    record = cache_dir / f"{name}-{stable_hash(key)}.json"
+    if record.is_file():
+        return {**json.loads(record.read_text()), "reused": True}
+    value = compute()
+    if value.get("val_ndcg10") is not None:  # a failure is not cached: a rerun tries again
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(value))
+    return value
+
+
 def _score(
     preset: Preset,
     rows: pl.DataFrame,
     config: TrainingConfig,
     base_model: str,
     val: ValidationSet,
+    base_score: float,
     selection_steps: int,
     cache_dir: Path,
 ) -> CandidateScore:
     steps = selection_steps if config.max_steps < 0 else min(selection_steps, config.max_steps)
-    config = replace(config, max_steps=steps, merge_weights=(0.0,), eval_steps=steps)
+    config = replace(config, max_steps=steps, merge_weights=(0.0,), eval_steps=None)
     if rows.height < config.batch_size:
         return CandidateScore(
-            preset.name, None, None, 0, rows.height, 0.0, note=f"{rows.height} rows < batch_size"
+            preset.name, None, base_score, 0, rows.height, 0.0, note=f"{rows.height} rows < batch_size"
         )
-    key = stable_hash(
-        {
-            "rows": frame_digest(rows.select(training_columns(rows))),
-            "config": asdict(config),
-            "val": {k: sorted(v) for k, v in val.relevant.items()},
-            "val_corpus": sorted(val.corpus),
-            "base": model_key(base_model),
-        }
-    )
-    record = cache_dir / f"{preset.name}-{key}.json"
-    if record.is_file():
-        return CandidateScore(**{**json.loads(record.read_text()), "reused": True})
-    start = time.perf_counter()
-    work = cache_dir / f"{preset.name}-{key}.model"
-    try:
-        result = train_bi_encoder(base_model, rows, work, config, val=val)
-    except ValueError as e:  # e.g. no full batch without repeated texts
-        return CandidateScore(preset.name, None, None, 0, rows.height, 0.0, note=str(e))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)  # only the score is kept
-    score = CandidateScore(
-        preset.name,
-        result.best_val_ndcg10,
-        result.base_val_ndcg10,
-        result.steps,
-        rows.height,
-        round(time.perf_counter() - start, 1),
-    )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(asdict(score)))
-    return score
+    key = {
+        "rows": frame_digest(rows.select(training_columns(rows))),
+        "config": asdict(config),
+        "val": _val_key(val),
+        "base": model_key(base_model),
+    }
+
+    def train_and_score() -> dict:
+        start = time.perf_counter()
+        work = cache_dir / f"{preset.name}.model"
+        try:
+            # No validation during training (no checkpoints): one score at the end is the comparison.
+            result = train_bi_encoder(base_model, rows, work, config)
+            score = validation_ndcg10(load_model(str(work)), val)
+        except ValueError as e:  # e.g. no full batch without repeated texts
+            return asdict(CandidateScore(preset.name, None, base_score, 0, rows.height, 0.0, note=str(e)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # only the score is kept
+        seconds = round(time.perf_counter() - start, 1)
+        return asdict(CandidateScore(preset.name, score, base_score, result.steps, rows.height, seconds))
+
+    return CandidateScore(**_cached(cache_dir, preset.name, key, train_and_score))
 
 
 __all__ = ["AUTO", "SELECTED_ON", "CandidateScore", "RecipeChoice", "choose_recipe"]

@@ -78,7 +78,7 @@ class RecipeSettings(BaseModel):
         "names, error codes and versions; 'titled-documents': articles, abstracts, wiki pages.",
     )
     selection_steps: int = Field(
-        default=20,
+        default=16,
         ge=1,
         le=10000,
         description="auto: optimiser steps each candidate trains before validation compares them "

@@ -167,7 +167,9 @@ def _set_seeds(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _val_ndcg(model, val: ValidationSet, batch_size: int = 64) -> float:
+def validation_ndcg10(model, val: ValidationSet, batch_size: int = 64) -> float:
+    """nDCG@10 of ``model`` (a loaded SentenceTransformer) on ``val``: the score that picks
+    checkpoints, merge weights and recipes."""
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
 
     evaluator = InformationRetrievalEvaluator(
@@ -478,7 +480,7 @@ def _choose_merge(
         model.load_state_dict(tuned)
         if w > 0:
             _linear_merge(model, base_state, w)
-        scores[w] = _val_ndcg(model, val)
+        scores[w] = validation_ndcg10(model, val)
     best_w = max(scores, key=lambda w: (round(scores[w], 4), -w))
     model.load_state_dict(tuned)
     if best_w > 0:

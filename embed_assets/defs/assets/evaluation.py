@@ -75,6 +75,40 @@ def _movers_metadata(prefix: str, frame: pl.DataFrame) -> dict:
     }
 
 
+def _by_generator(per_query: pl.DataFrame, qa_splits: pl.DataFrame) -> dict[str, dict]:
+    """Mean nDCG@10 of base and fine-tuned over each generator's test questions."""
+    generator = dict(zip(qa_splits["qa_id"], qa_splits["generator"], strict=True))
+    grouped = (
+        per_query.with_columns(generator=pl.col("query_id").replace_strict(generator, default="unknown"))
+        .group_by("generator")
+        .agg(
+            queries=pl.len(), base=pl.col("base_ndcg10").mean(), fine_tuned=pl.col("fine_tuned_ndcg10").mean()
+        )
+        .sort("generator")
+    )
+    return {
+        r["generator"]: {
+            "queries": r["queries"],
+            "base": round(r["base"], 4),
+            "fine_tuned": round(r["fine_tuned"], 4),
+            "delta_points": round((r["fine_tuned"] - r["base"]) * 100, 2),
+        }
+        for r in grouped.iter_rows(named=True)
+    }
+
+
+def _by_generator_markdown(by_generator: dict[str, dict]) -> str:
+    rows = [
+        "| generator | test questions | nDCG@10 base | fine-tuned | delta (points) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    rows += [
+        f"| {g} | {m['queries']} | {m['base']:.4f} | {m['fine_tuned']:.4f} | {m['delta_points']:+.2f} |"
+        for g, m in by_generator.items()
+    ]
+    return "\n".join(rows)
+
+
 def _without_per_query(comparison: dict) -> dict:
     """A comparison for the asset's JSON value: the per-query scores go to the Parquet file."""
     return {k: v for k, v in comparison.items() if k != "per_query"}
@@ -170,7 +204,18 @@ def retrieval_eval(
         "base_model": finetuned_model["base_model"],
         "finetuned_model": finetuned_model["path"],
     }
+    # Per question generator: with recipe auto the test split holds every generator's questions,
+    # the model trained on the chosen recipe's; this shows which kinds of question gained.
+    by_generator = _by_generator(frames["synthetic test split"], qa_splits)
+    value["synthetic_by_generator"] = by_generator
     metadata = {
+        "ndcg10_by_generator": dg.MetadataValue.md(_by_generator_markdown(by_generator)),
+        **{
+            f"ndcg10_delta_points[{g}]@synthetic-{versions['synthetic']}": dg.MetadataValue.float(
+                m["delta_points"]
+            )
+            for g, m in by_generator.items()
+        },
         "metrics": dg.MetadataValue.md(synthetic["markdown"]),
         "test_queries": len(queries),
         "synthetic_set_version": versions["synthetic"],
