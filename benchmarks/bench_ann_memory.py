@@ -7,7 +7,7 @@ earlier allocations cannot hide in the figures:
 - builds the IVF-PQ index at each ``--sample-rates`` (vectors sampled per partition for
   k-means and PQ training) and reports the build's peak RSS growth;
 - searches ``--queries`` queries (top 50, exact re-ranking ``refine_factor`` 4) in batches of
-  each ``--batch-sizes`` through ``embed_assets.mining.index.search`` and reports the peak RSS
+  each ``--batch-sizes`` through ``embed_assets.index.chunk_index.search`` and reports the peak RSS
   growth and queries/s.
 
     python benchmarks/bench_ann_memory.py          # 363,300 rows, as the mining-scale bench's top tier
@@ -60,7 +60,7 @@ def _write(uri: str, rows: int) -> None:
     import numpy as np
     import polars as pl
 
-    from embed_assets.mining.index import write_chunk_index
+    from embed_assets.index.chunk_index import write_chunk_index
 
     rng = np.random.default_rng(0)
 
@@ -99,7 +99,7 @@ def _build(uri: str, sample_rate: int) -> dict:
 def _search(uri: str, batch_size: int, queries: int) -> dict:
     import numpy as np
 
-    from embed_assets.mining.index import ChunkIndex, search
+    from embed_assets.index.chunk_index import ChunkIndex, search
 
     rng = np.random.default_rng(1)
     q = rng.normal(0, 1, (queries, DIM)).astype(np.float32)

@@ -36,8 +36,8 @@ def tier(size: int, queries: int) -> dict:
     """Write ``size`` chunks with text and a BM25 index, then rank ``queries`` questions."""
     from bench_mining_scale import PeakRSS
 
-    from embed_assets.mining.index import write_chunk_index
-    from embed_assets.mining.lexical import lexical_ranks
+    from embed_assets.index.chunk_index import write_chunk_index
+    from embed_assets.index.lexical import lexical_ranks
 
     docs = pl.read_ndjson(NFCORPUS)
     texts = (docs["title"] + ". " + docs["text"]).to_list()

@@ -28,7 +28,13 @@ import numpy as np
 import polars as pl
 import psutil
 
-from embed_assets.mining.index import ChunkIndex, build_chunk_index, read_vectors, search, write_chunk_index
+from embed_assets.index.chunk_index import (
+    ChunkIndex,
+    build_chunk_index,
+    read_vectors,
+    search,
+    write_chunk_index,
+)
 from embed_assets.mining.negatives import MiningConfig, mine_hard_negatives
 from embed_assets.models import embedding_dim, encode, load_model
 

@@ -290,7 +290,7 @@ def run_benchmark(cfg: BenchConfig, command: str) -> dict:
 
     from embed_assets.evaluation.retrieval import load_beir
     from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
-    from embed_assets.mining.index import build_chunk_index, read_vectors
+    from embed_assets.index.chunk_index import build_chunk_index, read_vectors
     from embed_assets.mining.negatives import MiningConfig, mine_hard_negatives
     from embed_assets.models import resolve_model_path
     from embed_assets.quality.filters import QualityConfig, filter_summary, score_pairs

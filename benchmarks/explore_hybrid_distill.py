@@ -45,7 +45,7 @@ def hybrid_scores(questions: list[str], base, index, depth: int, bm25_weight: fl
     base model's and BM25's top ``depth`` chunks and the ids in ``extra[i]`` (e.g. its positives)."""
     from lancedb.query import MatchQuery
 
-    from embed_assets.mining.index import read_vectors
+    from embed_assets.index.chunk_index import read_vectors
     from embed_assets.models import encode
 
     tbl = index.open()

@@ -33,7 +33,7 @@ import polars as pl  # noqa: E402
 def work_index(work: Path, chunks: pl.DataFrame, base):
     """The base model's chunk table in ``work``, built on first use (and rebuilt for work dirs
     from before the table stored chunk text and its BM25 index)."""
-    from embed_assets.mining.index import ChunkIndex, build_chunk_index
+    from embed_assets.index.chunk_index import ChunkIndex, build_chunk_index
 
     index = ChunkIndex(uri=str(work / "lancedb"))
     if not (work / "lancedb").exists() or not index.has_text_index():
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from embed_assets.evaluation.retrieval import load_beir
     from embed_assets.generation.structure import StructureQuestionGenerator, strip_title
-    from embed_assets.mining.lexical import lexical_ranks
+    from embed_assets.index.lexical import lexical_ranks
     from embed_assets.mining.negatives import MiningConfig, mine_hard_negatives
     from embed_assets.models import load_model
     from embed_assets.quality.filters import QualityConfig, score_pairs

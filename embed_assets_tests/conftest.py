@@ -52,7 +52,7 @@ def mini_chunks(mini_documents, base_model) -> pl.DataFrame:
 @pytest.fixture(scope="session")
 def mini_index(mini_chunks, base_model, tmp_path_factory):
     """A real LanceDB table of the mini corpus chunks (exact search, no ANN index)."""
-    from embed_assets.mining.index import build_chunk_index
+    from embed_assets.index.chunk_index import build_chunk_index
 
     return build_chunk_index(mini_chunks, base_model, tmp_path_factory.mktemp("mini_lancedb"))
 

@@ -283,7 +283,7 @@ TEST_KEY = "sk-test-loopback-123"  # the key tests expect, and assert never leak
 
 def loopback_settings(server: FaultServer, cache_dir, api_key: str, **overrides: Any):
     """LLM client settings for ``server``: short timeouts and backoffs so fault tests run fast."""
-    from embed_assets.generation.llm_client import LLMSettings
+    from embed_assets.llm.client import LLMSettings
 
     base = dict(
         model="openai/test-model",

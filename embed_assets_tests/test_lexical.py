@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from embed_assets.mining.index import ChunkIndex, write_chunk_index
-from embed_assets.mining.lexical import lexical_ranks
+from embed_assets.index.chunk_index import ChunkIndex, write_chunk_index
+from embed_assets.index.lexical import lexical_ranks
 
 
 def _holders(chunks: pl.DataFrame, needle: str) -> list[str]:

@@ -27,7 +27,6 @@ from llm_fault_server import TEST_KEY as KEY
 from llm_fault_server import FaultServer, closed_port_url, loopback_settings
 
 from embed_assets.generation.base import QA_SCHEMA, QuestionGenerator
-from embed_assets.generation.llm_client import LLMEndpointError, TokenBucket
 from embed_assets.generation.llm_generator import (
     LLMQuestionGenerator,
     LLMSettings,
@@ -36,8 +35,9 @@ from embed_assets.generation.llm_generator import (
     select_bundles,
 )
 from embed_assets.generation.prompts import PromptError, load_prompt, parse_prompt, render
-from embed_assets.generation.response_cache import ResponseCache
 from embed_assets.hashing import content_hash
+from embed_assets.llm.cache import ResponseCache
+from embed_assets.llm.client import LLMEndpointError, TokenBucket
 from embed_assets.quality.judge import JUDGE_COLUMNS, LLMJudge
 
 REPO = Path(__file__).resolve().parents[1]

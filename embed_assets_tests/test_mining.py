@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from embed_assets.generation.template import TemplateQuestionGenerator
-from embed_assets.mining.index import build_chunk_index, search
+from embed_assets.index.chunk_index import build_chunk_index, search
 from embed_assets.mining.negatives import NEGATIVES_SCHEMA, MiningConfig, mine_hard_negatives
 from embed_assets.models import encode
 

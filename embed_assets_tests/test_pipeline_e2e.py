@@ -228,7 +228,9 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
     # The evaluation breaks the synthetic test split down by generator.
     by_generator = result.output_for_node("retrieval_eval")["synthetic_by_generator"]
     test = splits.filter(pl.col("split") == "test")
-    assert {g: m["queries"] for g, m in by_generator.items()} == dict(test.group_by("generator").len().iter_rows())
+    assert {g: m["queries"] for g, m in by_generator.items()} == dict(
+        test.group_by("generator").len().iter_rows()
+    )
     assert "| template-v1 |" in mats["retrieval_eval"].metadata["ndcg10_by_generator"].value
 
 

@@ -28,8 +28,8 @@ from embed_assets.defs.assets.quality import qa_quality_scores
 from embed_assets.defs.configs import QAQualityConfig, RunConfigError, validate_run_config
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, QuestionGeneratorResource
 from embed_assets.generation.base import qa_frame
-from embed_assets.generation.llm_client import LLMClient, LLMEndpointError, LLMSettings, run_sync
-from embed_assets.generation.response_cache import ResponseCache
+from embed_assets.llm.cache import ResponseCache
+from embed_assets.llm.client import LLMClient, LLMEndpointError, LLMSettings, run_sync
 from embed_assets.quality.faithfulness import ClientRagasLLM, RagasFaithfulness
 from embed_assets.quality.filters import QualityConfig, score_pairs
 

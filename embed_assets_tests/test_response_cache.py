@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from embed_assets.generation.response_cache import ResponseCache, cache_key
+from embed_assets.llm.cache import ResponseCache, cache_key
 
 BASE = {
     "chunk_hashes": ["abc123"],
@@ -94,7 +94,7 @@ def test_rows_survive_sigkill(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from embed_assets.generation.response_cache import ResponseCache
+        from embed_assets.llm.cache import ResponseCache
         cache = ResponseCache({str(path)!r})
         for i in range(5):
             cache.put(f"k{{i}}", f"v{{i}}")

@@ -138,7 +138,7 @@ def retrieve(
     Args:
         corpus_vectors: unit-normalised embeddings of ``corpus`` by the same ``model``,
             row-aligned with its iteration order (e.g. read back from the LanceDB index
-            with :func:`embed_assets.mining.index.read_vectors`); skips re-encoding.
+            with :func:`embed_assets.index.chunk_index.read_vectors`); skips re-encoding.
     """
     doc_ids = list(corpus)
     if corpus_vectors is None:

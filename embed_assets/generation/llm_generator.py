@@ -13,7 +13,7 @@ malformed replies are retried with the error appended; refusals, empty replies, 
 that echo instructions injected in a chunk, and anything else unusable are dropped and
 counted in ``stats`` as ``dropped:<reason>``. One chunk's failure never stops the run;
 an endpoint that cannot work at all (bad key, unknown model, unreachable) stops it with
-:class:`~embed_assets.generation.llm_client.LLMEndpointError` before spending the corpus.
+:class:`~embed_assets.llm.client.LLMEndpointError` before spending the corpus.
 
 Determinism: for the same chunks, settings, seed and cache, the frame is identical: every
 request replays from the cache and the records are ordered by chunk order, then bundle order.
@@ -32,7 +32,10 @@ from typing import Any
 import polars as pl
 
 from embed_assets.generation.base import GenerationResult, qa_frame
-from embed_assets.generation.llm_client import (
+from embed_assets.generation.prompts import load_prompt
+from embed_assets.hashing import stable_hash
+from embed_assets.llm.cache import ResponseCache
+from embed_assets.llm.client import (
     DropError,
     LLMClient,
     LLMEndpointError,
@@ -41,10 +44,7 @@ from embed_assets.generation.llm_client import (
     guarded,
     run_sync,
 )
-from embed_assets.generation.prompts import load_prompt
-from embed_assets.generation.response_cache import ResponseCache
-from embed_assets.generation.schemas import Artifacts, MultiHopQA, QAPairs
-from embed_assets.hashing import stable_hash
+from embed_assets.llm.schemas import Artifacts, MultiHopQA, QAPairs
 
 logger = logging.getLogger("embed_assets.generation")
 

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from embed_assets.mining.index import ChunkIndex, search
+from embed_assets.index.chunk_index import ChunkIndex, search
 from embed_assets.models import encode
 
 NEGATIVES_SCHEMA = {

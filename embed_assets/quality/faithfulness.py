@@ -20,7 +20,7 @@ adapters, bypassing the durable SQLite response cache (a re-run would pay for ev
 again), the client-side rate limits, the retries honouring ``Retry-After``, the preflight
 and the API-key scrubbing. :class:`ClientRagasLLM` is a ``BaseRagasLLM`` whose requests go
 through :meth:`LLMClient.complete_text
-<embed_assets.generation.llm_client.LLMClient.complete_text>`: each distinct ragas request
+<embed_assets.llm.client.LLMClient.complete_text>`: each distinct ragas request
 (statements, verdicts, ragas' own format repair) is cached under a key made of its exact
 prompt text, the model, the sampling parameters and the content hashes of the pair's
 positive chunks, so scoring unchanged pairs again makes no call. ragas' own retries are
@@ -48,12 +48,12 @@ from dataclasses import replace
 
 import polars as pl
 
-from embed_assets.generation.llm_client import (
+from embed_assets.llm.cache import ResponseCache
+from embed_assets.llm.client import (
     DropError,
     LLMClient,
     LLMSettings,
 )
-from embed_assets.generation.response_cache import ResponseCache
 from embed_assets.quality.llm_scoring import score_pairs_with_llm
 
 try:

@@ -7,7 +7,7 @@
 - **Lexical second opinion**: the base model's own round trip keeps only what the
   base model can already answer, which is the wrong bias for a product whose point is
   the vocabulary the base model misses (error codes, config names, product ids). A
-  question it cannot place is kept too when BM25 (:mod:`~embed_assets.mining.lexical`)
+  question it cannot place is kept too when BM25 (:mod:`~embed_assets.index.lexical`)
   ranks a positive within its top ``lexical_top_k``: such a question is specific, not
   vague, and it is what fine-tuning should teach. It also keeps the held-out test split
   from holding only questions the base model already gets right.
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from embed_assets.mining.index import ChunkIndex, search
-from embed_assets.mining.lexical import lexical_ranks
+from embed_assets.index.chunk_index import ChunkIndex, search
+from embed_assets.index.lexical import lexical_ranks
 from embed_assets.models import encode
 
 _WORD = re.compile(r"[a-z0-9_]{3,}")

@@ -6,7 +6,7 @@ context support (everything the answer says is in the chunks: a faithfulness sco
 clarity (the question stands on its own) and overall. ``filters.score_pairs`` averages
 ``judge_overall / 10`` into the pair's score and drops pairs under ``min_judge_overall``.
 
-It uses the same :class:`~embed_assets.generation.llm_client.LLMClient` as generation
+It uses the same :class:`~embed_assets.llm.client.LLMClient` as generation
 (retries, rate limits, preflight, no key in logs) and the same SQLite response cache, so
 re-judging an unchanged pair costs nothing. A pair the judge could not score keeps null
 scores (it is then judged by the other signals only) and the reason is counted.
@@ -26,13 +26,13 @@ from dataclasses import replace
 
 import polars as pl
 
-from embed_assets.generation.llm_client import (
+from embed_assets.generation.prompts import load_prompt
+from embed_assets.llm.cache import ResponseCache
+from embed_assets.llm.client import (
     LLMClient,
     LLMSettings,
 )
-from embed_assets.generation.prompts import load_prompt
-from embed_assets.generation.response_cache import ResponseCache
-from embed_assets.generation.schemas import JudgeScores
+from embed_assets.llm.schemas import JudgeScores
 from embed_assets.quality.llm_scoring import score_pairs_with_llm
 
 logger = logging.getLogger("embed_assets.generation")

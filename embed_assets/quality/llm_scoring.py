@@ -14,7 +14,8 @@ from typing import TypeVar
 
 import polars as pl
 
-from embed_assets.generation.llm_client import (
+from embed_assets.llm.cache import ResponseCache
+from embed_assets.llm.client import (
     DropError,
     LLMClient,
     LLMSettings,
@@ -22,7 +23,6 @@ from embed_assets.generation.llm_client import (
     guarded,
     run_sync,
 )
-from embed_assets.generation.response_cache import ResponseCache
 
 S = TypeVar("S")
 # score_one(client, row, positive_texts): the texts are row["positive_chunk_ids"]'s, in order.
@@ -55,7 +55,7 @@ def score_pairs_with_llm(
     Returns:
         The scores (``None`` where unscored), row-aligned with ``qa``, and the counters
         (``llm_calls``, ``cache_hits``, ``unscored:<reason>``, ...).
-    Raises :class:`~embed_assets.generation.llm_client.LLMEndpointError` when the endpoint
+    Raises :class:`~embed_assets.llm.client.LLMEndpointError` when the endpoint
     is unusable.
     """
     stats: Counter = Counter()

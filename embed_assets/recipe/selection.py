@@ -20,8 +20,8 @@ from pathlib import Path
 import polars as pl
 
 from embed_assets.hashing import stable_hash
+from embed_assets.index.chunk_index import model_key
 from embed_assets.lineage import frame_digest
-from embed_assets.mining.index import model_key
 from embed_assets.models import load_model
 from embed_assets.recipe.presets import AUTO, DEFAULT_PRESET, Preset
 from embed_assets.training.trainer import (

@@ -26,8 +26,8 @@ from embed_assets.evaluation.report import (
     top_movers,
 )
 from embed_assets.evaluation.retrieval import load_beir, retrieve
+from embed_assets.index.chunk_index import ChunkIndex, read_vectors
 from embed_assets.lineage import code_version
-from embed_assets.mining.index import ChunkIndex, read_vectors
 from embed_assets.models import encode, load_model
 
 

@@ -8,15 +8,15 @@ import polars as pl
 
 from embed_assets.defs.metadata import stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache, build_chunk_index, model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
-from embed_assets.mining.index import ChunkIndex, EmbeddingCache, build_chunk_index, model_key
 from embed_assets.models import embedding_dim
 
 
 @dg.asset(
     group_name="indexing",
     kinds={"lancedb"},
-    code_version=code_version(__name__, "embed_assets.mining.index"),
+    code_version=code_version(__name__, "embed_assets.index.chunk_index"),
     description="Base-model embeddings and text of every chunk in a LanceDB table: exact search for small "
     "corpora, an IVF-PQ index above the threshold, and a BM25 full-text index on the text. Used for round-trip "
     "filtering (dense and lexical) and hard-negative mining. One table per chunk set and model, never "

@@ -11,8 +11,8 @@ from embed_assets.defs.configs import MinedNegativesConfig
 from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.evaluation.report import overlaid_distributions_png
+from embed_assets.index.chunk_index import ChunkIndex
 from embed_assets.lineage import code_version, data_version
-from embed_assets.mining.index import ChunkIndex
 from embed_assets.mining.negatives import mine_hard_negatives
 
 

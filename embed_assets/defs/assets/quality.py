@@ -9,8 +9,8 @@ from embed_assets.defs.configs import QAQualityConfig
 from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, QuestionGeneratorResource
 from embed_assets.evaluation.report import distributions_png
+from embed_assets.index.chunk_index import ChunkIndex
 from embed_assets.lineage import code_version, data_version
-from embed_assets.mining.index import ChunkIndex
 from embed_assets.quality.filters import filter_summary, score_pairs
 
 SAMPLE_COLUMNS = (
@@ -35,7 +35,7 @@ SAMPLE_COLUMNS = (
         "embed_assets.quality.filters",
         "embed_assets.quality.judge",
         "embed_assets.quality.faithfulness",
-        "embed_assets.mining.lexical",
+        "embed_assets.index.lexical",
     ),
     description="A score per pair (round-trip rank of the base model, BM25 rank of the pairs it misses, "
     "answer support, LLM judge when one ran, "

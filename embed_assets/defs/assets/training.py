@@ -13,8 +13,8 @@ from embed_assets.defs.provenance import previous_materialization, recorded_valu
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, RecipeResource
 from embed_assets.evaluation.report import training_curves_png
 from embed_assets.hashing import stable_hash
+from embed_assets.index.chunk_index import model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
-from embed_assets.mining.index import model_key
 from embed_assets.recipe.presets import PRESETS, Preset, fill
 from embed_assets.recipe.selection import choose_recipe
 from embed_assets.training.examples import training_rows

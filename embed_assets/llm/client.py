@@ -9,7 +9,7 @@ What it adds on top of litellm, and why:
   connection errors, honouring ``Retry-After``. Other 4xx fail at once: retrying a 400 or
   401 only burns quota. litellm's and the OpenAI SDK's own retries are switched off so
   every request is counted and paced here.
-- **The response cache** (:mod:`~embed_assets.generation.response_cache`): each reply is
+- **The response cache** (:mod:`~embed_assets.llm.cache`): each reply is
   committed as it arrives, before it is parsed, so a killed run resumes where it stopped.
 - **JSON replies** parsed with pydantic; a malformed reply is retried with the validation
   error appended, up to ``max_parse_attempts`` (``complete_json``). ``complete_text``
@@ -53,8 +53,8 @@ from tenacity import (
 )
 
 from embed_assets.generation.prompts import Prompt, load_prompt
-from embed_assets.generation.response_cache import ResponseCache, cache_key
-from embed_assets.generation.schemas import (
+from embed_assets.llm.cache import ResponseCache, cache_key
+from embed_assets.llm.schemas import (
     Preflight,
     ReplyError,
     is_refusal,

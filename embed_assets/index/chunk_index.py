@@ -176,7 +176,7 @@ def write_chunk_index(
 
     When the chunk rows carry a ``text`` column it is stored too, and (with
     ``text_index``) a BM25 full-text index is built on it for
-    :mod:`~embed_assets.mining.lexical`; vector-only batches (synthetic benchmarks) skip both.
+    :mod:`~embed_assets.index.lexical`; vector-only batches (synthetic benchmarks) skip both.
     """
     db = lancedb.connect(str(uri))
     batches = iter(batches)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from lancedb.query import MatchQuery
 
-from embed_assets.mining.index import ChunkIndex
+from embed_assets.index.chunk_index import ChunkIndex
 
 TEXT_COLUMN = "text"  # as written by write_chunk_index
 
@@ -31,7 +31,7 @@ def lexical_ranks(
     Args:
         questions: query texts.
         positives: the positive chunk ids of each question.
-        index: a chunk table written with its text (:func:`~embed_assets.mining.index.build_chunk_index`).
+        index: a chunk table written with its text (:func:`~embed_assets.index.chunk_index.build_chunk_index`).
         k: how deep to look.
     """
     if len(questions) != len(positives):
