@@ -11,9 +11,9 @@ recipe choice. This script then reads what the run wrote in its home and adds, i
   unfiltered, ``MultipleNegativesRankingLoss`` at its default scale 20, no mined negatives, no
   validation, no merge, for as many steps of the same batch size as the product trained;
 - **two ways of scoring** each of base, peer and ours on the real queries: *chunked* (the
-  product's way: its chunks are searched, a document scores its best chunk; the product's own
-  figures are checked equal to this script's) and *whole document* (title + text, cut at
-  ``--eval-seq-len`` tokens: how BEIR leaderboards score).
+  product's way: its chunks are searched, a document scores its best chunk; base and ours are
+  the product's own figures and per-query scores, the peer is scored the same way here) and
+  *whole document* (title + text, cut at ``--eval-seq-len`` tokens: how BEIR leaderboards score).
 
 Any BEIR folder works (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``). A collection
 with only a test split (Cranfield) gets a seeded half split of its judged queries
@@ -142,10 +142,11 @@ def peer_rows(home: Path, recipe: dict, trained_splits: set[str]) -> pl.DataFram
 
 
 def score_both_ways(
-    models: dict, home: Path, beir_dir: Path, labelled: Path, split: str, seq_len: int
+    models: dict, home: Path, beir_dir: Path, labelled: Path, split: str, seq_len: int, product: dict
 ) -> dict:
     """nDCG@10 and friends of each model on the real queries, chunked and by whole document, with
-    each query's nDCG@10 for the paired bootstraps."""
+    each query's nDCG@10 for the paired bootstraps. The chunked scores of base and ours are the
+    product's (its ``retrieval_eval`` ran that search): each chunk corpus is encoded once."""
     from embed_assets.evaluation.labelled import document_run, load_labelled_queries
     from embed_assets.evaluation.metrics import ir_metrics, per_query_ndcg
     from embed_assets.evaluation.retrieval import joined_text, read_beir_corpus, retrieve
@@ -162,12 +163,22 @@ def score_both_ways(
     docs = {d: joined_text(t, x) for d, (t, x) in read_beir_corpus(beir_dir / "corpus.jsonl").items()}
     doc_qrels = {q: {d: g for d, g in j.items() if d in docs} for q, j in real.qrels.items()}
     out: dict = {"chunked": {}, "whole_document": {}, "queries": len(real.queries)}
+    reported = product["summary"]["labelled"]
+    per_query = pl.read_parquet(product["summary"]["per_query_path"]).filter(
+        pl.col("query_set") == "labelled"
+    )
+    for name, side in (("base", "base"), ("ours", "fine_tuned")):
+        out["chunked"][name] = {
+            **{k: round(reported[side][k], 4) for k in METRICS},
+            "per_query_ndcg10": dict(zip(per_query["query_id"], per_query[f"{side}_ndcg10"], strict=True)),
+        }
     for name, path in models.items():
         print(f"[bench] scoring {name} ...", flush=True)
         model = load_model(path)
-        depth = min(len(chunk_text), 1000)  # several chunks of a document collapse into one hit
-        run = document_run(retrieve(model, chunk_text, real.queries, top_k=depth), chunk_doc, 100)
-        out["chunked"][name] = _metrics(real.qrels, run, ir_metrics, per_query_ndcg)
+        if name not in out["chunked"]:
+            depth = min(len(chunk_text), 1000)  # several chunks of a document collapse into one hit
+            run = document_run(retrieve(model, chunk_text, real.queries, top_k=depth), chunk_doc, 100)
+            out["chunked"][name] = _metrics(real.qrels, run, ir_metrics, per_query_ndcg)
         model.max_seq_length = seq_len
         run = retrieve(model, docs, real.queries, top_k=100)
         out["whole_document"][name] = _metrics(doc_qrels, run, ir_metrics, per_query_ndcg)
@@ -249,10 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
         models = {"base": models["base"], "peer": str(work / "peer"), "ours": models["ours"]}
     t = time.perf_counter()
-    scores = score_both_ways(models, home, beir_dir, labelled, args.split, args.eval_seq_len)
+    scores = score_both_ways(models, home, beir_dir, labelled, args.split, args.eval_seq_len, product)
     out["timings_s"]["scoring"] = round(time.perf_counter() - t, 1)
     out["timings_s"]["total"] = round(time.perf_counter() - started, 1)
-    reported = product["summary"].get("labelled", {})
     out.update(
         dataset=beir_dir.name,
         split=args.split,
@@ -264,14 +274,15 @@ def main(argv: list[str] | None = None) -> dict:
             "eval_seq_len": args.eval_seq_len,
             "extra_config": args.config or [],
         },
-        results={k: _public(v) for k, v in scores["chunked"].items()},
+        results={k: _public(scores["chunked"][k]) for k in models},
         results_whole_document={k: _public(v) for k, v in scores["whole_document"].items()},
-        per_query_ndcg10={k: v["per_query_ndcg10"] for k, v in scores["chunked"].items()},
-        significance_ndcg10=significance({k: v["per_query_ndcg10"] for k, v in scores["chunked"].items()}),
+        per_query_ndcg10={k: scores["chunked"][k]["per_query_ndcg10"] for k in models},
+        significance_ndcg10=significance({k: scores["chunked"][k]["per_query_ndcg10"] for k in models}),
         significance_ndcg10_whole_document=significance(
             {k: v["per_query_ndcg10"] for k, v in scores["whole_document"].items()}
         ),
-        product_reported={side: reported.get(side, {}) for side in ("base", "fine_tuned")},
+        synthetic={side: product["summary"].get(side, {}) for side in ("base", "fine_tuned")},
+        synthetic_by_generator=product["summary"].get("synthetic_by_generator", {}),
         gate_passed=gate_passed(work / "product.log"),
         command="python benchmarks/bench_nfcorpus.py "
         + shlex.join(argv if argv is not None else sys.argv[1:]),

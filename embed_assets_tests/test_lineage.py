@@ -26,8 +26,12 @@ from embed_assets.training.trainer import CARD_HEADING, _write_card
 UP_TO_EVAL = "*retrieval_eval"  # the ONNX export adds nothing to what is tested here
 
 
-def _run(home: Path, instance: dg.DagsterInstance, **ops) -> dg.ExecuteInJobResult:
+def _run(
+    home: Path, instance: dg.DagsterInstance, recipe: dict | None = None, **ops
+) -> dg.ExecuteInJobResult:
     config = tiny_run_config()
+    if recipe:
+        config["resources"] = {"recipe": {"config": recipe}}
     for asset, fields in ops.items():
         config["ops"].setdefault(asset, {"config": {}})["config"].update(fields)
     config["ops"]["retrieval_eval"] = {"config": {"tolerance_points": 100.0}}  # the wiring, not the gain
@@ -60,7 +64,13 @@ def two_runs(tmp_path_factory):
         instance = dg.DagsterInstance.get()
         home = root / "home"
         first = _run(home, instance)
-        second = _run(home, instance, mined_negatives={"num_negatives": 2}, qa_splits={"seed": 7})
+        second = _run(
+            home,
+            instance,
+            recipe={"preset": "auto", "selection_steps": 3},
+            mined_negatives={"num_negatives": 2},
+            qa_splits={"seed": 7},
+        )
         yield home, instance, first, second
     finally:
         if old is None:
@@ -153,6 +163,7 @@ def test_audit_prints_the_chain_and_fails_on_a_tampered_file(two_runs, capsys):
         "retrieval_eval",
         "finetuned_model",
         "training_examples",
+        "training_recipe",
         "mined_negatives",
         "qa_splits",
         "qa_quality_scores",
@@ -166,6 +177,14 @@ def test_audit_prints_the_chain_and_fails_on_a_tampered_file(two_runs, capsys):
     assert main(["audit", "--json"]) == 0
     chain = json.loads(capsys.readouterr().out)
     assert chain["ok"] and chain["chain"]["run_id"] == second.run_id  # latest by default
+
+    def links(node):
+        yield node
+        for child in node["inputs"]:
+            yield from links(child)
+
+    recipe = next(n for n in links(chain["chain"]) if n["asset"] == "training_recipe")
+    assert recipe["config"] == {"preset": "auto", "selection_steps": 3}  # the recipe resource's config
 
     # Tamper with one file of the first run's model: its audit fails, naming the file.
     model_dir = Path(first.output_for_node("finetuned_model")["path"])

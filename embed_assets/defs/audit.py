@@ -84,6 +84,19 @@ def _check(path: str, expected: str) -> FileCheck:
     return FileCheck(path, expected, "ok" if file_sha256(path) == expected else "changed")
 
 
+# Assets configured through a resource rather than their own op config.
+RESOURCE_OF = {"training_recipe": "recipe"}
+
+
+def _config_of(run_config: dict, asset: str) -> dict:
+    """What the run configured for ``asset``: its op config, or its resource's config."""
+    if asset in RESOURCE_OF:
+        section, name = run_config.get("resources") or {}, RESOURCE_OF[asset]
+    else:
+        section, name = run_config.get("ops") or {}, asset
+    return (section.get(name) or {}).get("config") or {}
+
+
 def audit_chain(instance: dg.DagsterInstance, run_id: str | None = None, verify: bool = True) -> Link:
     """The lineage of one ``retrieval_eval`` materialization: that of ``run_id``, or the latest.
 
@@ -96,21 +109,21 @@ def audit_chain(instance: dg.DagsterInstance, run_id: str | None = None, verify:
         raise AuditError(
             f"no {ROOT_ASSET} materialization in {where} (DAGSTER_HOME: {instance.root_directory})"
         )
-    configs: dict[str, dict] = {}  # run id -> its run config's ops
+    configs: dict[str, dict] = {}  # run id -> its run config
 
     def link(asset: str, record) -> Link:
         mat = record.asset_materialization
         tags = mat.tags or {}
         if record.run_id not in configs:
             run = instance.get_run_by_id(record.run_id)
-            configs[record.run_id] = ((run.run_config if run else {}) or {}).get("ops") or {}
+            configs[record.run_id] = (run.run_config if run else {}) or {}
         node = Link(
             asset=asset,
             run_id=record.run_id,
             storage_id=record.storage_id,
             data_version=tags.get("dagster/data_version"),
             code_version=tags.get("dagster/code_version"),
-            config=(configs[record.run_id].get(asset) or {}).get("config") or {},
+            config=_config_of(configs[record.run_id], asset),
         )
         node.files = [
             _check(p, sha) if verify else FileCheck(p, sha, "unchecked")
