@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run failed with exit code {proc.returncode}", file=sys.stderr)
             return 1
         summary = json.loads(summary_path.read_text())
+        latest = home / "assets" / "training_recipe" / "latest.json"
+        recipe = json.loads((latest.parent / json.loads(latest.read_text())["file"]).read_text())
 
     lines = [
         "# Default run: wall time and memory",
@@ -93,6 +95,21 @@ def main(argv: list[str] | None = None) -> int:
         f"Evaluation on {summary['test_queries']} held-out synthetic test queries:",
         "",
         summary["markdown"],
+        "",
+        "By question generator (nDCG@10):",
+        "",
+        "| generator | test questions | base | fine-tuned | delta (points) |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            f"| {g} | {m['queries']} | {m['base']:.4f} | {m['fine_tuned']:.4f} | {m['delta_points']:+.2f} |"
+            for g, m in summary.get("synthetic_by_generator", {}).items()
+        ),
+        "",
+        f"Recipe: asked {recipe['requested']}, chose **{recipe['chosen']}** ({recipe['selected_on']}); "
+        "validation nDCG@10 "
+        + ", ".join(f"{c['preset']} {c['val_ndcg10']}" for c in recipe["candidates"])
+        + (f", base {recipe['candidates'][0]['base_val_ndcg10']}" if recipe["candidates"] else "")
+        + ".",
         "",
     ]
     report = "\n".join(lines)

@@ -190,3 +190,12 @@ def test_matryoshka_dims_out_of_range():
     validate_run_config(
         {"ops": {"finetuned_model": {"config": {"matryoshka_dims": [256, 64]}}}}, embedding_dim=384
     )
+
+
+def test_every_setting_says_what_it_does():
+    """Descriptions show in the launchpad: every field of every stage and of the recipe has one."""
+    from embed_assets.recipe.settings import SETTINGS_BY_ASSET, RecipeSettings
+
+    for name, cls in [*SETTINGS_BY_ASSET.items(), ("recipe", RecipeSettings)]:
+        for field, info in cls.model_fields.items():
+            assert info.description and len(info.description) > 10, f"{name}.{field}"

@@ -163,3 +163,27 @@ def test_load_beir_leaves_out_documents_without_text_and_names_bad_lines(tmp_pat
     (tmp_path / "corpus.jsonl").write_text('{"_id": "a", "text": "fine"}\n{"_id": "b", "text": 7}\n')
     with pytest.raises(ValueError, match=r"corpus.jsonl:2: text of 'b' is not a string"):
         load_beir(tmp_path)
+
+
+def test_the_gate_holds_every_query_set_to_every_metric_within_tolerance():
+    from embed_assets.evaluation.gate import no_regression
+
+    evaluations = {
+        "synthetic test split": {
+            "base": {"NDCG@10": 0.50, "Recall@10": 0.70},
+            "fine_tuned": {"NDCG@10": 0.60, "Recall@10": 0.695},
+        },
+        "labelled queries": {
+            "base": {"NDCG@10": 0.30, "Recall@10": 0.20},
+            "fine_tuned": {"NDCG@10": 0.29, "Recall@10": 0.25},
+        },
+    }
+    strict = no_regression(evaluations, ["NDCG@10", "Recall@10"])
+    assert not strict.passed and strict.failed == ["synthetic test split", "labelled queries"]
+    assert strict.regressions == {
+        ("synthetic test split", "Recall@10"): pytest.approx(-0.5),
+        ("labelled queries", "NDCG@10"): pytest.approx(-1.0),
+    }
+    assert no_regression(evaluations, ["NDCG@10", "Recall@10"], tolerance_points=1.0).passed
+    only_ndcg = no_regression(evaluations, ["NDCG@10"], tolerance_points=0.5)
+    assert only_ndcg.failed == ["labelled queries"]

@@ -103,11 +103,18 @@ class SyntheticQASettings(BaseModel):
         description="After an earlier run with the same settings, keep its questions for unchanged chunks "
         "and write questions only for new chunks (questions of deleted chunks leave); false regenerates all.",
     )
-    seed: int = DEFAULT_SEED
+    seed: int = Field(
+        default=DEFAULT_SEED, description="Seeds sampling and order, so a rerun gives the same result."
+    )
 
 
 class QAQualitySettings(BaseModel):
-    roundtrip_top_k: int = Field(default=10, ge=1, le=1000)
+    roundtrip_top_k: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Keep a pair when the base model ranks its positive within this top-k (round-trip consistency, Promptagator / InPars); a lower k keeps fewer, cleaner pairs.",
+    )
     lexical_top_k: int = Field(
         default=10,
         ge=0,
@@ -115,10 +122,30 @@ class QAQualitySettings(BaseModel):
         description="Also keep a pair the base model misses when BM25 ranks its positive within this "
         "top-k (rare identifiers, domain terms); 0 = the base model's round trip alone",
     )
-    min_score: float = Field(default=0.0, ge=0.0, le=1.0)
-    dedup_cosine: float = Field(default=0.9, ge=0.0, le=1.0)
-    min_answer_support: float = Field(default=0.5, ge=0.0, le=1.0)
-    min_judge_overall: float = Field(default=7.0, ge=1.0, le=10.0)
+    min_score: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Drop pairs whose combined quality score is below this; 0 keeps all.",
+    )
+    dedup_cosine: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="Questions of one chunk at least this similar (base-model cosine) count as one; the rest are dropped as near-duplicates.",
+    )
+    min_answer_support: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of an answer's content words that must occur in its positive chunk(s) (answers only; generators that write none are not checked).",
+    )
+    min_judge_overall: float = Field(
+        default=7.0,
+        ge=1.0,
+        le=10.0,
+        description="With an LLM judge: drop pairs it scores below this overall (1-10), as in NVIDIA's Nemotron SDG recipe.",
+    )
     ragas_faithfulness: bool = Field(
         default=False,
         description="Also score answer faithfulness with ragas through the generator's LLM endpoint "
@@ -137,9 +164,21 @@ class QAQualitySettings(BaseModel):
 
 
 class QASplitsSettings(BaseModel):
-    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    seed: int = DEFAULT_SEED
+    val_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of documents whose questions validate (checkpoints, merge weight, recipe); grouped by document, so no document feeds two splits.",
+    )
+    test_fraction: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of documents held out for the synthetic test split that retrieval_eval and the no-regression gate use.",
+    )
+    seed: int = Field(
+        default=DEFAULT_SEED, description="Seeds sampling and order, so a rerun gives the same result."
+    )
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -151,14 +190,39 @@ class QASplitsSettings(BaseModel):
 
 
 class MinedNegativesSettings(BaseModel):
-    num_negatives: int = Field(default=5, ge=0, le=100)
-    max_score_ratio: float = Field(default=0.95, gt=0.0, le=1.0)
-    absolute_margin: float | None = Field(default=None, ge=0.0)
-    range_min: int = Field(default=0, ge=0)
-    range_max: int = Field(default=50, ge=1)
-    sampling: Literal["top", "random"] = "top"
-    exclude_neighbours: bool = True
-    seed: int = DEFAULT_SEED
+    num_negatives: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Hard negatives mined per query (training rows use the first few).",
+    )
+    max_score_ratio: float = Field(
+        default=0.95,
+        gt=0.0,
+        le=1.0,
+        description="Positive-aware ceiling: a candidate scoring above this x the positive's score is taken for an unlabelled positive and skipped (TopK-PercPos 0.95, NV-Retriever, Moreira et al. 2024).",
+    )
+    absolute_margin: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Alternatively skip candidates scoring above the positive's score minus this margin (TopK-MarginPos).",
+    )
+    range_min: int = Field(
+        default=0,
+        ge=0,
+        description="Skip this many top-ranked candidates first (sentence-transformers' mine_hard_negatives).",
+    )
+    range_max: int = Field(default=50, ge=1, description="Only candidates ranked above this are considered.")
+    sampling: Literal["top", "random"] = Field(
+        default="top", description="Take the hardest remaining candidates, or a random sample of them."
+    )
+    exclude_neighbours: bool = Field(
+        default=True,
+        description="Never use the chunks next to a positive as its negatives: overlapping text answers the question too.",
+    )
+    seed: int = Field(
+        default=DEFAULT_SEED, description="Seeds sampling and order, so a rerun gives the same result."
+    )
 
     @model_validator(mode="after")
     def _range(self):
@@ -197,7 +261,9 @@ class TrainingExamplesSettings(BaseModel):
 
 
 class FinetunedModelSettings(BaseModel):
-    epochs: float = Field(default=1.0, gt=0)
+    epochs: float = Field(
+        default=1.0, gt=0, description="Passes over the training rows when max_steps is -1."
+    )
     max_steps: int | None = Field(
         default=None,
         ge=-1,
@@ -205,30 +271,54 @@ class FinetunedModelSettings(BaseModel):
         "(identifier-manual 40, which keeps the embedded default within 15 min on 2 CPU cores; "
         "titled-documents 100).",
     )
-    batch_size: int = Field(default=32, ge=2)
+    batch_size: int = Field(
+        default=32,
+        ge=2,
+        description="Rows per optimiser step; every other row's texts are a row's in-batch negatives, so larger is better for contrastive learning (memory permitting: see mini_batch_size).",
+    )
     mini_batch_size: int | None = Field(
         default=None,
         ge=1,
         description="GradCache chunk: bounds activation memory, not the effective batch (equal to batch_size: "
         "plain in-batch loss, one forward pass). Unset: the recipe's (16, titled-documents 32).",
     )
-    cached_loss: bool = True
-    learning_rate: float = Field(default=2e-5, gt=0, lt=1)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    cached_loss: bool = Field(
+        default=True,
+        description="GradCache (CachedMultipleNegativesRankingLoss) when batch_size exceeds mini_batch_size: the same loss in bounded memory.",
+    )
+    learning_rate: float = Field(
+        default=2e-5,
+        gt=0,
+        lt=1,
+        description="Peak AdamW learning rate (2e-5 beat 5e-6 and 5e-5 on NFCorpus dev).",
+    )
+    warmup_ratio: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of steps for linear warmup, then cosine decay to 0."
+    )
     scale: float | None = Field(
         default=None,
         gt=0,
         description="Inverse temperature of the contrastive softmax. Unset: the recipe's (identifier-manual 50, "
         "titled-documents 10).",
     )
-    max_seq_length: int = Field(default=128, ge=8)
-    early_stopping_patience: int = Field(default=2, ge=1)
+    max_seq_length: int = Field(
+        default=128,
+        ge=8,
+        description="Training inputs are cut to this many tokens (chunks are 128 by default).",
+    )
+    early_stopping_patience: int = Field(
+        default=2, ge=1, description="Stop after this many validations without a better nDCG@10."
+    )
     matryoshka_dims: list[int] = Field(
         default_factory=list,
         description="Also train truncated embeddings of these sizes (MatryoshkaLoss), e.g. [256, 128, 64]; "
         "each in [8, the base model's embedding size].",
     )
-    lora_rank: int = Field(default=0, ge=0)
+    lora_rank: int = Field(
+        default=0,
+        ge=0,
+        description="Above 0: train LoRA adapters of this rank (for large base models) and fold them into the weights.",
+    )
     merge_weights: list[float] | None = Field(
         default=None,
         description="Base-model weights tried for an LM-Cocktail merge, chosen on validation. Unset: the "
@@ -244,8 +334,13 @@ class FinetunedModelSettings(BaseModel):
         default=False,
         description="Mask in-batch negatives that the frozen base scores above the row's positive (GISTEmbed).",
     )
-    guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
-    guide_margin: float = Field(default=0.0, ge=0)
+    guide_margin_strategy: Literal["absolute", "relative"] = Field(
+        default="absolute",
+        description="guided_in_batch: mask negatives the base scores above positive - margin (absolute) or positive x (1 - margin) (relative).",
+    )
+    guide_margin: float = Field(
+        default=0.0, ge=0, description="guided_in_batch: the margin of guide_margin_strategy."
+    )
     val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
     warm_start: bool = Field(
         default=False,
@@ -254,7 +349,9 @@ class FinetunedModelSettings(BaseModel):
         "the base. Off by default: its gain over training from the base is not measured yet "
         "(benchmarks/bench_incremental.py compares the two).",
     )
-    seed: int = DEFAULT_SEED
+    seed: int = Field(
+        default=DEFAULT_SEED, description="Seeds sampling and order, so a rerun gives the same result."
+    )
 
     @field_validator("matryoshka_dims")
     @classmethod
@@ -285,7 +382,9 @@ class FinetunedModelSettings(BaseModel):
 
 
 class RetrievalEvalSettings(BaseModel):
-    top_k: int = Field(default=100, ge=10)
+    top_k: int = Field(
+        default=100, ge=10, description="Documents retrieved per query (Recall@100 needs 100)."
+    )
     tolerance_points: float = Field(
         default=0.0,
         ge=0.0,
@@ -326,7 +425,12 @@ class RetrievalEvalSettings(BaseModel):
 
 class OnnxModelSettings(BaseModel):
     quantize_int8: bool = Field(default=False, description="Also write a MatMul-only int8 model.")
-    min_parity_cosine: float = Field(default=0.999, gt=0.0, le=1.0)
+    min_parity_cosine: float = Field(
+        default=0.999,
+        gt=0.0,
+        le=1.0,
+        description="The onnx_parity check: onnxruntime and PyTorch embeddings must agree to this cosine.",
+    )
     max_int8_ndcg_drift: float = Field(
         default=0.01,
         ge=0.0,

@@ -9,6 +9,7 @@ from embed_assets.defs.assets.splitting import beir_dir
 from embed_assets.defs.configs import RetrievalEvalConfig
 from embed_assets.defs.metadata import counts_table, image, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.evaluation.gate import no_regression
 from embed_assets.evaluation.general import general_retrieval_set
 from embed_assets.evaluation.labelled import document_run, load_labelled_queries
 from embed_assets.evaluation.metrics import (
@@ -121,6 +122,7 @@ def _without_per_query(comparison: dict) -> dict:
         "embed_assets.evaluation.metrics",
         "embed_assets.evaluation.retrieval",
         "embed_assets.evaluation.labelled",
+        "embed_assets.evaluation.gate",
     ),
     kinds={"beir"},
     description="nDCG@1/5/10, Recall@10/100, MAP@10 and MRR@10 of the base and the fine-tuned model on the "
@@ -307,13 +309,8 @@ def retrieval_eval(
         context.run_id, {f"embed_assets/{name}_set_version": v for name, v in versions.items()}
     )
     # The gate: every gate metric of every evaluation within tolerance of the base model.
-    deltas = {
-        (name, metric): delta_points(ev, metric)
-        for name, ev in evaluations.items()
-        for metric in config.gate_metrics
-    }
-    regressions = {key: d for key, d in deltas.items() if d < -config.tolerance_points}
-    failed = list(dict.fromkeys(name for name, _ in regressions))
+    gate = no_regression(evaluations, config.gate_metrics, config.tolerance_points)
+    deltas, regressions, failed = gate.deltas, gate.regressions, gate.failed
     metadata.update(
         {
             "beir_dir": dg.MetadataValue.path(str(folder.resolve())),
