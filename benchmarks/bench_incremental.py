@@ -173,6 +173,19 @@ def report(r: dict) -> str:
         f"| generation stage (s) | {_stage(full, 'synthetic_qa')} | {_stage(inc, 'synthetic_qa')} |",
         f"| whole run (s) | {full['wall_seconds']} | {inc['wall_seconds']} |",
     ]
+    by_generator = inc["summary"].get("synthetic_by_generator") or {}
+    if by_generator:
+        lines += [
+            "",
+            "The triggered run's evaluation (the whole default corpus) by question generator, nDCG@10:",
+            "",
+            "| generator | test questions | base | fine-tuned | delta (points) |",
+            "| --- | --- | --- | --- | --- |",
+            *(
+                f"| {g} | {m['queries']} | {m['base']:.4f} | {m['fine_tuned']:.4f} | {m['delta_points']:+.2f} |"
+                for g, m in by_generator.items()
+            ),
+        ]
     if r.get("warm_start"):
         warm = r["warm_start"]["summary"]
         cold = inc["summary"]
