@@ -53,7 +53,6 @@ import polars as pl  # noqa: E402
 import yaml  # noqa: E402
 
 METRICS = ("NDCG@10", "Recall@10", "Recall@100", "MAP@10")
-MODELS = ("base", "peer", "ours")
 DEFAULT_BEIR_DIR = REPO.parent / "shared" / "benchmarks" / "nfcorpus"
 SEEDED = ("synthetic_qa", "qa_splits", "mined_negatives", "finetuned_model")  # the configs with a seed
 PEER_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss default
@@ -234,11 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         from embed_assets.recipe.settings import FinetunedModelSettings
         from embed_assets.training.trainer import TrainingConfig, train_bi_encoder
 
-        trained = (
-            {"train", "val"}
-            if read_asset(home, "training_examples")["split"].n_unique() > 1 and model_refit(home)
-            else {"train"}
-        )
+        trained = {"train", "val"} if model_refit(home) else {"train"}  # a refit trains validation too
         rows = peer_rows(home, recipe, trained)
         batch = FinetunedModelSettings().batch_size
         config = TrainingConfig(

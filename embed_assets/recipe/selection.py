@@ -23,7 +23,7 @@ from embed_assets.hashing import stable_hash
 from embed_assets.index.chunk_index import model_key
 from embed_assets.lineage import frame_digest
 from embed_assets.models import load_model
-from embed_assets.recipe.presets import AUTO, DEFAULT_PRESET, Preset
+from embed_assets.recipe.presets import DEFAULT_PRESET, Preset
 from embed_assets.training.trainer import (
     TrainingConfig,
     ValidationSet,
@@ -173,4 +173,4 @@ def _score(
     return CandidateScore(**_cached(cache_dir, preset.name, key, train_and_score))
 
 
-__all__ = ["AUTO", "SELECTED_ON", "CandidateScore", "RecipeChoice", "choose_recipe"]
+__all__ = ["SELECTED_ON", "CandidateScore", "RecipeChoice", "choose_recipe"]
