@@ -88,13 +88,52 @@ def test_deterministic_for_a_seed():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fractions_roughly_respected(seed):
-    qa = _synthetic_qa(seed=seed)
+    # Shares are of document groups in expectation: 300 documents keep the chance spread small.
+    qa = _synthetic_qa(n_rows=1500, n_docs=300, seed=seed)
     split = grouped_split(qa, SplitConfig(val_fraction=0.1, test_fraction=0.2, seed=seed))
     share = split["split"].value_counts(normalize=True)
     frac = dict(zip(share["split"], share["proportion"], strict=True))
-    assert frac["test"] == pytest.approx(0.2, abs=0.1)
-    assert frac["val"] == pytest.approx(0.1, abs=0.1)
-    assert frac["train"] == pytest.approx(0.7, abs=0.15)
+    assert frac["test"] == pytest.approx(0.2, abs=0.07)
+    assert frac["val"] == pytest.approx(0.1, abs=0.05)
+    assert frac["train"] == pytest.approx(0.7, abs=0.08)
+
+
+def _doc_split(split: pl.DataFrame) -> dict[str, str]:
+    return {d: next(iter(s)) for d, s in _doc_splits(split).items()}
+
+
+def test_documents_keep_their_split_when_documents_are_added_or_removed():
+    # A warm-started model trained on an earlier run's train split must never meet one of those
+    # documents in the new test split: adding or removing documents moves no other document.
+    qa = _synthetic_qa(n_rows=400, n_docs=80, seed=2)
+    before = _doc_split(grouped_split(qa, SplitConfig(seed=7)))
+    extra = _synthetic_qa(n_rows=60, n_docs=12, seed=9).with_columns(
+        pl.col("doc_ids").list.eval(pl.lit("new-") + pl.element()),
+        pl.col("positive_chunk_ids").list.eval(pl.lit("new-") + pl.element()),
+    )
+    after = _doc_split(grouped_split(pl.concat([qa, extra]), SplitConfig(seed=7)))
+    assert {d: after[d] for d in before} == before
+    assert any(d.startswith("new-") for d in after)
+    # Half the test documents, each with its multi-hop partner (d ^ 1), so no remaining group changes.
+    halves = sorted(d for d in before if before[d] == "test")[::2]
+    removed = {d for doc in halves for d in (doc, f"doc{int(doc[3:]) ^ 1:02d}")}
+    kept_rows = qa.filter(~pl.col("doc_ids").list.eval(pl.element().is_in(list(removed))).list.any())
+    shrunk = _doc_split(grouped_split(kept_rows, SplitConfig(seed=7)))
+    assert shrunk == {d: before[d] for d in shrunk}
+    assert "test" in shrunk.values() and not removed & set(shrunk)
+
+
+def test_tiny_corpus_still_gets_test_and_val():
+    base = {"query_type": "factual", "complexity": 1, "hops": 1, "generator": "t"}
+    qa = qa_frame(
+        [
+            {**base, "question": f"q{i}", "positive_chunk_ids": [f"c{i}"], "doc_ids": [f"D{i}"]}
+            for i in range(3)
+        ]
+    )
+    for seed in range(20):
+        split = grouped_split(qa, SplitConfig(seed=seed))
+        assert sorted(split["split"]) == ["test", "train", "val"], seed
 
 
 def test_empty_frame_gets_split_column():

@@ -11,19 +11,20 @@ two splits.
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from embed_assets.hashing import content_hash
+
 
 @dataclass(frozen=True)
 class SplitConfig:
     """Args:
-    val_fraction / test_fraction: target share of *documents* (by question count)
-        in validation and test.
-    seed: shuffles the document groups.
+    val_fraction / test_fraction: expected share of documents (document groups) in validation
+        and test.
+    seed: salts the hash that places each document group.
     """
 
     val_fraction: float = 0.1
@@ -58,11 +59,27 @@ def _document_groups(doc_lists: list[list[str]]) -> list[str]:
     return [find(docs[0]) for docs in doc_lists]
 
 
+def _position(key: str, seed: int) -> float:
+    """A document group's place in [0, 1): a hash of the seed and its key, the same in every run."""
+    return int(content_hash(f"{seed}:{key}", 15), 16) / 16**15
+
+
 def grouped_split(qa: pl.DataFrame, config: SplitConfig | None = None) -> pl.DataFrame:
     """Add a ``split`` column (train/val/test) to ``qa``, grouped by ``doc_ids``.
 
-    Groups are shuffled with ``config.seed`` and assigned to test, then val, until
-    each split holds its target share of questions; the rest is train.
+    Each document group (documents joined by multi-hop questions) gets a place in [0, 1) from a
+    seeded hash of its key, its smallest document id: below ``test_fraction`` it is test, below
+    ``test_fraction + val_fraction`` val, else train. The place depends on nothing else, so when
+    documents are added or removed the others keep their split (unless a group gains or loses its
+    key document, or a guard below applies): a model trained on an earlier run's train split
+    (``warm_start``) has not seen the documents of the new test split. A seeded shuffle of all
+    groups, as this function did before, re-deals every document when one is added.
+
+    Two guards, for small or lopsided corpora: a group with more questions than 1.25x a split's
+    target share (plus one) is never put in that split, so one giant group (documents chained by
+    multi-hop questions) cannot swallow the test set; and with three or more groups, an empty split
+    takes a group from the largest one (train its highest-placed, test and val its lowest-placed), so
+    none is empty by chance.
     """
     config = config or SplitConfig()
     if qa.height == 0:
@@ -71,26 +88,34 @@ def grouped_split(qa: pl.DataFrame, config: SplitConfig | None = None) -> pl.Dat
     sizes: dict[str, int] = {}
     for g in groups:
         sizes[g] = sizes.get(g, 0) + 1
-    keys = sorted(sizes)
-    random.Random(config.seed).shuffle(keys)
     total = qa.height
+    fits = {
+        s: (lambda n, f=fraction: n <= 1.25 * f * total + 1)
+        for s, fraction in (("test", config.test_fraction), ("val", config.val_fraction))
+    }
+    # A group goes where its key document (smallest id) goes: a document joining or leaving a
+    # multi-hop group moves the group only when it is, or was, that document. (The lowest place of
+    # the group's documents would be as stable but would send large groups to test more often.)
+    place = {key: _position(key, config.seed) for key in sizes}
     assignment: dict[str, str] = {}
-    filled = {"test": 0, "val": 0}
-    targets = {"test": config.test_fraction * total, "val": config.val_fraction * total}
-    for key in keys:
-        # A group joins test/val only if it does not overshoot the target by more than 25%:
-        # one giant group (documents chained by multi-hop questions) must not swallow the test set.
-        split = next(
-            (
-                s
-                for s in ("test", "val")
-                if filled[s] < targets[s] and filled[s] + sizes[key] <= 1.25 * targets[s] + 1
-            ),
-            "train",
-        )
+    for key, u in place.items():
+        split = "train"
+        if u < config.test_fraction:
+            split = "test" if fits["test"](sizes[key]) else "train"
+        elif u < config.test_fraction + config.val_fraction:
+            split = "val" if fits["val"](sizes[key]) else "train"
         assignment[key] = split
-        if split != "train":
-            filled[split] += sizes[key]
+    if len(sizes) >= 3:
+        order = sorted(place, key=place.get)
+        for split, fraction in (("train", 1.0), ("test", config.test_fraction), ("val", config.val_fraction)):
+            if fraction == 0 or split in assignment.values():
+                continue
+            members = {s: [k for k in order if assignment[k] == s] for s in ("train", "test", "val")}
+            donor = max(members, key=lambda s: len(members[s]))
+            movable = [k for k in members[donor] if split == "train" or fits[split](sizes[k])]
+            if len(members[donor]) > 1 and movable:
+                # Train takes the donor's highest-placed group, test and val its lowest-placed one.
+                assignment[movable[-1] if split == "train" else movable[0]] = split
     return qa.with_columns(pl.Series("split", [assignment[g] for g in groups]))
 
 
