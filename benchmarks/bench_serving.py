@@ -264,37 +264,49 @@ def probe_limits(port: int, pid: int) -> list[dict]:
     return rows
 
 
-def model_alone(onnx_dir: Path, texts: list[str], seconds: float = 3.0) -> list[dict]:
-    """Texts/s of the ONNX models without HTTP, on the same texts, one text per call and in the server's
-    batches of 32 (grouped by length as its batcher does): the ceiling the servers work under."""
+def model_alone(
+    onnx_dir: Path,
+    texts: list[str],
+    seconds: float = 3.0,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    threads: int | None = None,
+) -> list[dict]:
+    """Texts/s of the ONNX models without HTTP, on the same texts, in model calls of each of
+    ``batch_sizes`` texts (grouped by length as the server's batcher does; 1 = one text per call):
+    the ceiling the servers work under, whatever the batcher does."""
     from embed_assets.serving.batcher import length_groups
     from embed_assets.serving.runtime import OnnxEmbedder
 
     rows = []
     for label, int8 in (("ONNX fp32", False), ("ONNX int8", True)):
-        embedder = OnnxEmbedder(onnx_dir, int8=int8, spin=False)  # as the server runs it
+        # As the server runs it: threads not spinning.
+        embedder = OnnxEmbedder(onnx_dir, int8=int8, spin=False, intra_op_num_threads=threads)
         ids = embedder.tokenizer.encode(texts)
         embedder.embed_ids(ids[:32])  # warm-up
-
-        def one_by_one(chunk, embedder=embedder):
-            for row in chunk:
-                embedder.embed_ids([row])
-
-        def batched(chunk, embedder=embedder):
-            for group in length_groups([len(row) for row in chunk], 32):
-                embedder.embed_ids([chunk[i] for i in group])
-
-        row = {"backend": label}
-        for name, run in (("texts_per_s_one_per_call", one_by_one), ("texts_per_s_batches_of_32", batched)):
+        row: dict = {"backend": label, "texts_per_s": {}}
+        for size in batch_sizes:
             done, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
                 chunk = [ids[(done + j) % len(ids)] for j in range(32)]
-                run(chunk)
+                for group in length_groups([len(r) for r in chunk], size):
+                    embedder.embed_ids([chunk[i] for i in group])
                 done += 32
-            row[name] = round(done / (time.perf_counter() - start), 1)
+            row["texts_per_s"][size] = round(done / (time.perf_counter() - start), 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def alone_table(alone: list[dict]) -> list[str]:
+    sizes = list(alone[0]["texts_per_s"])
+    lines = [
+        "| model | " + " | ".join(f"texts/s, {n} per call" for n in sizes) + " |",
+        "| --- |" + " ---: |" * len(sizes),
+    ]
+    lines += [
+        f"| {a['backend']} | " + " | ".join(str(v) for v in a["texts_per_s"].values()) + " |" for a in alone
+    ]
+    return lines
 
 
 def check_vectors(port: int, texts: list[str], reference: np.ndarray) -> float:
@@ -350,6 +362,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the whole grid this often; each cell keeps its best round"
     )
+    parser.add_argument(
+        "--model-alone",
+        action="store_true",
+        help="only time the ONNX models without HTTP, in calls of 1, 4, 8 and 32 texts (the compute ceiling)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write OUT.md and OUT.json")
     parser.add_argument("--serve-torch", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--onnx-dir", type=Path, default=None, help=argparse.SUPPRESS)
@@ -375,7 +392,12 @@ def main(argv: list[str] | None = None) -> None:
         unfused_dir = Path(tmp) / "onnx-unfused"
         if args.baseline_src:
             export_onnx(model_path, unfused_dir, optimize=False)
-        alone = model_alone(onnx_dir, texts)
+        if args.model_alone:
+            write_model_alone(
+                args, model_alone(onnx_dir, texts, batch_sizes=(1, 4, 8, 32), threads=args.threads)
+            )
+            return
+        alone = model_alone(onnx_dir, texts, threads=args.threads)
         reference_embedder = OnnxEmbedder(onnx_dir)
         n_tokens = [len(ids) for ids in reference_embedder.tokenizer.encode(texts)]
         reference = reference_embedder.encode(texts[:64])
@@ -492,17 +514,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     lines += [
         "",
-        "The models alone (no HTTP, same texts, onnxruntime threads not spinning, as the server runs them):",
+        "The models alone (no HTTP, same texts grouped by length, onnxruntime threads not spinning, as the "
+        "server runs them):",
         "",
     ]
-    lines += [
-        "| model | texts/s, one text per call | texts/s, batches of 32 (grouped by length) |",
-        "| --- | ---: | ---: |",
-    ]
-    for a in alone:
-        lines.append(
-            f"| {a['backend']} | {a['texts_per_s_one_per_call']} | {a['texts_per_s_batches_of_32']} |"
-        )
+    lines += alone_table(alone)
     if probes:
         lines += ["", "Limits, on the ONNX fp32 server (default 4 MiB body limit, 256 tokens):", ""]
         lines += ["| probe | status | seconds | server RSS change (MB) | a one-text request meanwhile |"]
@@ -530,6 +546,28 @@ def main(argv: list[str] | None = None) -> None:
                 indent=2,
             )
             + "\n"
+        )
+
+
+def write_model_alone(args: argparse.Namespace, alone: list[dict]) -> None:
+    import onnxruntime as ort
+
+    command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    lines = [
+        f"Command: `HF_HUB_OFFLINE=1 python {command}`",
+        "",
+        f"Model `{args.model}`, the ONNX export timed without HTTP on the load test's texts; "
+        f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}; onnxruntime {ort.__version__}; "
+        f"load average after: {'/'.join(f'{x:.1f}' for x in os.getloadavg())}.",
+        "",
+        *alone_table(alone),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"command": command, "model_alone": alone}, indent=2)
         )
 
 
