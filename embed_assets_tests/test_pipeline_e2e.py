@@ -40,7 +40,8 @@ def tiny_run_config(**finetune) -> dict:
         "ops": {
             "source_documents": {"config": {"corpus_dir": str(MINI_CORPUS)}},
             "document_chunks": {"config": {"chunk_tokens": 96, "overlap_tokens": 16}},
-            "qa_splits": {"config": {"val_fraction": 0.15, "test_fraction": 0.3}},
+            # Seed 3 holds the SQLSTATE-code document out (the placement of 8 documents is coarse).
+            "qa_splits": {"config": {"val_fraction": 0.15, "test_fraction": 0.3, "seed": 3}},
             "mined_negatives": {"config": {"num_negatives": 3}},
             "training_examples": {"config": {"min_batches": 1}},
             "finetuned_model": {
