@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     order = [name for name, _, _ in backends]
     results = sorted(best.values(), key=lambda r: (order.index(r["backend"]), r["batch"], r["concurrency"]))
 
-    command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = _command_line()
     setup = (
         f"Model `{args.model}`; texts: 60% short queries, 40% passages of 1–3 sentences "
         f"({min(n_tokens)}–{max(n_tokens)} tokens, mean {np.mean(n_tokens):.0f}); closed-loop aiohttp client in "
@@ -549,10 +549,15 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
+def _command_line() -> str:
+    """This script's command line as run, for the report."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+
+
 def write_model_alone(args: argparse.Namespace, alone: list[dict]) -> None:
     import onnxruntime as ort
 
-    command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = _command_line()
     lines = [
         f"Command: `HF_HUB_OFFLINE=1 python {command}`",
         "",

@@ -89,10 +89,8 @@ def grouped_split(qa: pl.DataFrame, config: SplitConfig | None = None) -> pl.Dat
     for g in groups:
         sizes[g] = sizes.get(g, 0) + 1
     total = qa.height
-    fits = {
-        s: (lambda n, f=fraction: n <= 1.25 * f * total + 1)
-        for s, fraction in (("test", config.test_fraction), ("val", config.val_fraction))
-    }
+    # Most questions one group may bring into test / val (the giant-group guard).
+    cap = {"test": 1.25 * config.test_fraction * total + 1, "val": 1.25 * config.val_fraction * total + 1}
     # A group goes where its key document (smallest id) goes: a document joining or leaving a
     # multi-hop group moves the group only when it is, or was, that document. (The lowest place of
     # the group's documents would be as stable but would send large groups to test more often.)
@@ -101,9 +99,9 @@ def grouped_split(qa: pl.DataFrame, config: SplitConfig | None = None) -> pl.Dat
     for key, u in place.items():
         split = "train"
         if u < config.test_fraction:
-            split = "test" if fits["test"](sizes[key]) else "train"
+            split = "test" if sizes[key] <= cap["test"] else "train"
         elif u < config.test_fraction + config.val_fraction:
-            split = "val" if fits["val"](sizes[key]) else "train"
+            split = "val" if sizes[key] <= cap["val"] else "train"
         assignment[key] = split
     if len(sizes) >= 3:
         order = sorted(place, key=place.get)
@@ -112,7 +110,7 @@ def grouped_split(qa: pl.DataFrame, config: SplitConfig | None = None) -> pl.Dat
                 continue
             members = {s: [k for k in order if assignment[k] == s] for s in ("train", "test", "val")}
             donor = max(members, key=lambda s: len(members[s]))
-            movable = [k for k in members[donor] if split == "train" or fits[split](sizes[k])]
+            movable = [k for k in members[donor] if split == "train" or sizes[k] <= cap[split]]
             if len(members[donor]) > 1 and movable:
                 # Train takes the donor's highest-placed group, test and val its lowest-placed one.
                 assignment[movable[-1] if split == "train" else movable[0]] = split
