@@ -33,6 +33,20 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+def matmul_gflops(size: int = 1024, repeats: int = 50) -> float:
+    """fp32 matrix-multiply throughput on this machine's cores (torch's default threads): a
+    reference for comparing wall times measured on different machines or days."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         home = Path(tmp) / "home"
         env = {**os.environ, "EMBED_ASSETS_HOME": str(home), "DAGSTER_HOME": str(Path(tmp) / "dagster")}
         cmd = [sys.executable, "-m", "embed_assets", "run", "--home", str(home), *args.extra]
+        gflops, load_before = matmul_gflops(), os.getloadavg()[0]
         start = time.perf_counter()
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -83,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {platform.machine()}, {psutil.cpu_count()} CPU cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM. Total wall time **{wall / 60:.1f} min**, "
-        f"peak RSS of the process tree **{peak / 2**30:.2f} GiB**.",
+        f"peak RSS of the process tree **{peak / 2**30:.2f} GiB**. Machine speed before the run: "
+        f"{gflops:.0f} GFLOP/s fp32 matmul (1024x1024, torch, all cores); load average {load_before:.2f}.",
         "",
         "| asset | wall time (s) | process peak RSS so far (MB) |",
         "| --- | --- | --- |",

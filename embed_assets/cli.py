@@ -63,17 +63,18 @@ def load_config_file(path: str) -> dict:
 
 def build_run_config(args: argparse.Namespace) -> dict:
     run_config = load_config_file(args.config) if args.config else {}
-    # Command-line flags override the YAML: (flag value, asset, config field).
+    # Command-line flags override the YAML: (flag value, where it goes in the run config).
     flags = [
-        (args.corpus_dir, "source_documents", "corpus_dir"),
-        (args.corpus_jsonl, "source_documents", "corpus_jsonl"),
-        (args.labelled_queries, "retrieval_eval", "labelled_queries_dir"),
-        (args.labelled_split, "retrieval_eval", "labelled_queries_split"),
-        (args.max_steps, "finetuned_model", "max_steps"),
+        (args.corpus_dir, ["ops", "source_documents", "config", "corpus_dir"]),
+        (args.corpus_jsonl, ["ops", "source_documents", "config", "corpus_jsonl"]),
+        (args.labelled_queries, ["ops", "retrieval_eval", "config", "labelled_queries_dir"]),
+        (args.labelled_split, ["ops", "retrieval_eval", "config", "labelled_queries_split"]),
+        (args.max_steps, ["ops", "finetuned_model", "config", "max_steps"]),
+        (args.recipe, ["resources", "recipe", "config", "preset"]),
     ]
-    for value, asset, field in flags:
+    for value, path in flags:
         if value is not None and value != "":
-            _deep_set(run_config, ["ops", asset, "config", field], value)
+            _deep_set(run_config, path, value)
     return run_config
 
 
@@ -255,13 +256,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         for k, v in {"backend": args.generator, "model": args.llm_model, "api_base": args.api_base}.items()
         if v
     }
-    resources = build_resources(
-        args.home, args.base_model, QuestionGeneratorResource(**gen_fields), recipe=args.recipe
-    )
-    if args.recipe:  # the flag wins over a recipe in --config, as the other flags do
-        recipe_config = run_config.get("resources", {}).get("recipe", {}).get("config", {})
-        if isinstance(recipe_config, dict):
-            recipe_config.pop("preset", None)
+    resources = build_resources(args.home, args.base_model, QuestionGeneratorResource(**gen_fields))
     # Fail fast on an unknown model path, before any asset runs.
     try:
         base_path = resources["base_model"].path()

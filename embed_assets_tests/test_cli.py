@@ -1,11 +1,12 @@
 """``embed-assets run`` in-process: a JSON Lines corpus, labelled queries, the printed tables."""
 
+import argparse
 import json
 
 import yaml
 from test_pipeline_e2e import MINI_LABELLED, tiny_run_config
 
-from embed_assets.cli import main
+from embed_assets.cli import build_run_config, main
 from embed_assets.ingest.documents import read_corpus
 
 
@@ -53,3 +54,31 @@ def test_run_on_a_jsonl_corpus_scores_labelled_queries(mini_corpus_dir, tmp_path
     assert rerun["labelled"] == summary["labelled"]  # same models, same queries: same figures
     assert main(["run", "--home", str(home), "--select", "no_such_asset*"]) == 2
     assert "no_such_asset" in capsys.readouterr().err
+
+
+def test_flags_override_the_yaml_config_recipe_included(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "resources": {"recipe": {"config": {"preset": "auto", "selection_steps": 3}}},
+                "ops": {"finetuned_model": {"config": {"max_steps": 9, "seed": 5}}},
+            }
+        )
+    )
+    args = argparse.Namespace(
+        config=str(config),
+        corpus_dir=None,
+        corpus_jsonl="docs.jsonl",
+        labelled_queries=None,
+        labelled_split=None,
+        max_steps=4,
+        recipe="titled-documents",
+    )
+    run_config = build_run_config(args)
+    # A flag replaces its one field; what the YAML sets beside it stays.
+    assert run_config["resources"]["recipe"]["config"] == {"preset": "titled-documents", "selection_steps": 3}
+    assert run_config["ops"]["finetuned_model"]["config"] == {"max_steps": 4, "seed": 5}
+    assert run_config["ops"]["source_documents"]["config"] == {"corpus_jsonl": "docs.jsonl"}
+    args.recipe = None  # no flag: the YAML's recipe stands
+    assert build_run_config(args)["resources"]["recipe"]["config"]["preset"] == "auto"
