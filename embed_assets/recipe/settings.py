@@ -268,7 +268,7 @@ class FinetunedModelSettings(BaseModel):
         default=None,
         ge=-1,
         description="Optimiser-step cap; -1 trains full epochs (use it on a GPU). Unset: the recipe's "
-        "(identifier-manual 40, which keeps the embedded default within 15 min on 2 CPU cores; "
+        "(identifier-manual 40, sized for the embedded default's time budget on 2 CPU cores; "
         "titled-documents 100).",
     )
     batch_size: int = Field(
