@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from embed_assets.defs.definitions import all_assets, build_resources, defs
+from embed_assets.training.trainer import saw_validation_documents
 
 MINI_CORPUS = Path(__file__).parent / "fixtures" / "mini_corpus"
 MINI_LABELLED = Path(__file__).parent / "fixtures" / "mini_labelled"
@@ -363,6 +364,33 @@ def test_regressed_model_is_never_exported(pipeline):
     regressed = checks["no_regression_vs_base"].metadata["regressed_on"].value
     assert regressed == "synthetic test split, labelled queries"
     assert "onnx_model" not in materialized(result)
+
+
+def test_warm_start_trains_from_the_last_exported_model(pipeline):
+    """warm_start picks up the model the last export was made from (a model the gate refused is
+    never it), records it, and carries forward whether validation documents were trained on."""
+    first, _, instance, resources = pipeline
+    exported = first.output_for_node("onnx_model")["finetuned_model"]
+    first_card = json.loads((Path(exported) / "embed_assets_training.json").read_text())
+    result = dg.materialize(
+        all_assets,
+        selection=["finetuned_model"],
+        run_config={
+            "ops": {"finetuned_model": tiny_run_config(warm_start=True, refit=True)["ops"]["finetuned_model"]}
+        },
+        resources=resources,
+        instance=instance,
+    )
+    meta = {k: v.value for k, v in materialized(result)["finetuned_model"].metadata.items()}
+    assert meta["started_from"] == exported
+    # The exported model learned the validation questions only if it refit; this run refits.
+    assert meta["validation_optimistic"] is bool(first_card["result"]["refit"])
+    assert meta["refit"] is True and meta["saw_validation_documents"] is True
+    card = json.loads((Path(meta["path"]) / "embed_assets_training.json").read_text())
+    assert card["started_from"] == exported and card["saw_validation_documents"] is True
+    assert saw_validation_documents(meta["path"]) is True
+    assert saw_validation_documents(exported) is bool(first_card["result"]["refit"])
+    assert saw_validation_documents(Path(meta["path"]).parent / "no-such-model") is False
 
 
 def test_rerun_gives_identical_data_assets(tmp_path):

@@ -514,6 +514,18 @@ def _write_card(
     readme.write_text(card_text + section)
 
 
+def saw_validation_documents(model_dir: str | Path) -> bool:
+    """Whether the model this package trained in ``model_dir`` has trained on validation questions:
+    in a refit, or by starting from a model that had. Validation then scores documents the model
+    learned, so checkpoint and merge choices made on it are optimistic. False for any other folder."""
+    record = Path(model_dir) / "embed_assets_training.json"
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool((data.get("result") or {}).get("refit")) or bool(data.get("saw_validation_documents"))
+
+
 def finished_training(output_dir: str | Path) -> TrainingResult | None:
     """The result recorded in ``output_dir`` by a training that finished, or None.
 

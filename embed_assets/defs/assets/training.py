@@ -22,6 +22,7 @@ from embed_assets.training.trainer import (
     finished_training,
     full_batches,
     refit_bi_encoder,
+    saw_validation_documents,
     train_bi_encoder,
 )
 from embed_assets.training.validation import validation_set
@@ -233,6 +234,14 @@ def finetuned_model(
         }
     )
     out_dir = store.path("models", f"finetuned-{run_key}")
+    # Splits are stable, so a warm start meets only its own earlier train documents in training; but
+    # a model that refit has learned the validation documents, and would flatter itself on them.
+    validation_optimistic = bool(start_from) and saw_validation_documents(start_from)
+    if validation_optimistic:
+        context.log.warning(
+            "warm start from a model that trained on validation questions (a refit): this run's checkpoint "
+            "and merge choices are made on documents it has seen, so its validation scores are optimistic"
+        )
     recorded = recorded_versions(context, "training_examples", "qa_splits", "training_recipe")
     lineage = {
         "training_examples_version": recorded["training_examples"],
@@ -241,6 +250,7 @@ def finetuned_model(
         "recipe": preset.name,
         "dagster_run_id": context.run_id,
         "started_from": init_model,
+        "saw_validation_documents": refit or validation_optimistic,
     }
     result = finished_training(out_dir)
     reused = result is not None
@@ -292,6 +302,7 @@ def finetuned_model(
             "device": result.device,
             "val_ndcg10_base": result.base_val_ndcg10,
             "val_ndcg10_selected": result.best_val_ndcg10,
+            "validation_optimistic": validation_optimistic,
             "merge_weight": result.merge_weight,
             "merge_candidates": dg.MetadataValue.json(result.merge_candidates),
             "training_config": dg.MetadataValue.json(settings),
