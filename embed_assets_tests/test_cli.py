@@ -26,14 +26,15 @@ def test_run_on_a_jsonl_corpus_scores_labelled_queries(mini_corpus_dir, tmp_path
     # own tests in test_pipeline_e2e.py): a regression must not stop the run.
     ops["retrieval_eval"] = {"config": {"tolerance_points": 100.0}}
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"ops": ops}))
+    # The YAML asks for auto; the --recipe flag below names a preset, and wins.
+    config.write_text(yaml.safe_dump({"ops": ops, "resources": {"recipe": {"config": {"preset": "auto"}}}}))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
     home = tmp_path / "home"
 
     args = ["run", "--corpus-jsonl", str(corpus), "--labelled-queries", str(MINI_LABELLED)]
     args += ["--config", str(config), "--home", str(home)]
-    code = main([*args, "--labelled-split", "test"])
+    code = main([*args, "--labelled-split", "test", "--recipe", "identifier-manual"])
 
     out = capsys.readouterr().out
     assert code == 0, out
@@ -43,6 +44,12 @@ def test_run_on_a_jsonl_corpus_scores_labelled_queries(mini_corpus_dir, tmp_path
     assert summary["labelled"]["skipped"]["judgment_unknown_document"] == 2
     assert set(summary["stages"]) >= {"source_documents", "retrieval_eval", "onnx_model"}
     assert 0.0 < summary["labelled"]["base"]["NDCG@10"] <= 1.0
+    recipe_dir = home / "assets" / "training_recipe"
+    recipe = json.loads(
+        (recipe_dir / json.loads((recipe_dir / "latest.json").read_text())["file"]).read_text()
+    )
+    assert (recipe["requested"], recipe["chosen"]) == ("identifier-manual", "identifier-manual")
+    assert recipe["selected_on"] == "named by the user" and recipe["candidates"] == []
 
     # Part of the graph: only the evaluation runs again, on what the first run left in --home.
     # The JSONL source in the arguments configures an asset outside the selection: it is left out.

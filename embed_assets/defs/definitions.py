@@ -47,7 +47,6 @@ def build_resources(
     root_dir: str | None = None,
     base_model: str | None = None,
     generator: QuestionGeneratorResource | None = None,
-    recipe: str | None = None,
 ) -> dict:
     """Resources for the Definitions object, the CLI and the tests."""
     store = ArtifactStoreResource(root_dir=root_dir) if root_dir else ArtifactStoreResource()
@@ -56,7 +55,7 @@ def build_resources(
         "store": store,
         "base_model": BaseModelResource(name_or_path=base_model) if base_model else BaseModelResource(),
         "question_generator": generator or QuestionGeneratorResource(),
-        "recipe": RecipeResource(preset=recipe) if recipe else RecipeResource(),
+        "recipe": RecipeResource(),  # a recipe other than auto comes in the run config (--recipe)
         "corpus_source": CorpusSourceResource(),
     }
 
