@@ -26,10 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import polars as pl
 
 from embed_assets.models import DEFAULT_BASE_MODEL, resolve_model_path
-from embed_assets.recipe.presets import IDENTIFIER_MANUAL, TITLED_DOCUMENTS, Preset, fill
+from embed_assets.recipe.presets import IDENTIFIER_MANUAL, TITLED_DOCUMENTS, Preset, preset_training_rows
 from embed_assets.recipe.selection import choose_recipe
 from embed_assets.recipe.settings import FinetunedModelSettings, TrainingExamplesSettings
-from embed_assets.training.examples import training_rows
 from embed_assets.training.validation import validation_set
 
 VARIANTS: dict[str, Preset] = {
@@ -66,15 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     model = FinetunedModelSettings()
 
     def rows_for(preset: Preset) -> pl.DataFrame:
-        settings = fill("training_examples", examples.model_dump(), preset)
-        rows = training_rows(
-            mined,
-            splits,
-            chunks,
-            negatives_per_example=settings["negatives_per_example"],
-            strip_title_headers=examples.strip_title_headers,
-            generators=preset.generator_names(),
-        )
+        rows = preset_training_rows(preset, examples, mined, splits, chunks)
         return rows.filter(pl.col("split") == "train")
 
     start = time.perf_counter()

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
 
 from embed_assets.generation.structure import StructureQuestionGenerator
 from embed_assets.generation.template import TemplateQuestionGenerator
+from embed_assets.training.examples import training_rows
+
+if TYPE_CHECKING:
+    from embed_assets.recipe.settings import TrainingExamplesSettings
 
 AUTO = "auto"
 
@@ -147,4 +153,24 @@ def questions_from_title(generator_name: str) -> bool:
     return any(
         cls.name == generator_name and getattr(cls, "questions_from_title", False)
         for cls in MODEL_FREE_GENERATORS.values()
+    )
+
+
+def preset_training_rows(
+    preset: Preset,
+    examples: TrainingExamplesSettings,
+    mined: pl.DataFrame,
+    qa_splits: pl.DataFrame,
+    chunks: pl.DataFrame,
+) -> pl.DataFrame:
+    """A preset's training rows (train and val questions; ``split`` tells them apart): its
+    generators' questions, with the preset filling what ``examples`` leaves unset."""
+    settings = fill("training_examples", examples.model_dump(), preset)
+    return training_rows(
+        mined,
+        qa_splits,
+        chunks,
+        negatives_per_example=settings["negatives_per_example"],
+        strip_title_headers=examples.strip_title_headers,
+        generators=preset.generator_names(),
     )

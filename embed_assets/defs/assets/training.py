@@ -15,9 +15,8 @@ from embed_assets.evaluation.report import training_curves_png
 from embed_assets.hashing import stable_hash
 from embed_assets.index.chunk_index import model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
-from embed_assets.recipe.presets import PRESETS, Preset, fill
+from embed_assets.recipe.presets import PRESETS, fill, preset_training_rows
 from embed_assets.recipe.selection import choose_recipe
-from embed_assets.training.examples import training_rows
 from embed_assets.training.trainer import (
     finished_training,
     full_batches,
@@ -32,25 +31,6 @@ def _op_config(context: dg.AssetExecutionContext, asset: str) -> dict:
     """Another asset's config as this run gives it (its defaults when the run gives none)."""
     ops = (context.run.run_config or {}).get("ops") or {}
     return (ops.get(asset) or {}).get("config") or {}
-
-
-def _rows(
-    preset: Preset,
-    examples: TrainingExamplesConfig,
-    mined: pl.DataFrame,
-    qa_splits: pl.DataFrame,
-    chunks: pl.DataFrame,
-) -> pl.DataFrame:
-    """A preset's training rows (train and val questions; ``split`` tells them apart)."""
-    settings = fill("training_examples", examples.model_dump(), preset)
-    return training_rows(
-        mined,
-        qa_splits,
-        chunks,
-        negatives_per_example=settings["negatives_per_example"],
-        strip_title_headers=examples.strip_title_headers,
-        generators=preset.generator_names(),
-    )
 
 
 @dg.asset(
@@ -75,9 +55,9 @@ def training_recipe(
     choice = choose_recipe(
         recipe.preset,
         recipe.candidates(),
-        rows_for=lambda p: _rows(p, examples, mined_negatives, qa_splits, document_chunks).filter(
-            pl.col("split") == "train"
-        ),
+        rows_for=lambda p: preset_training_rows(
+            p, examples, mined_negatives, qa_splits, document_chunks
+        ).filter(pl.col("split") == "train"),
         config_for=model.to_core,
         base_model=base_model.path(),
         val=validation_set(qa_splits, document_chunks, model.val_distractors, model.seed),
@@ -143,7 +123,7 @@ def training_examples(
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
     start = time.perf_counter()
     preset = PRESETS[training_recipe["chosen"]]
-    rows = _rows(preset, config, mined_negatives, qa_splits, document_chunks)
+    rows = preset_training_rows(preset, config, mined_negatives, qa_splits, document_chunks)
     train = rows.filter(pl.col("split") == "train")
     # The trainer's own rule: full batches in which no text repeats, at the trainer's seed.
     trainer_config = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
