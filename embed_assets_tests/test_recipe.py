@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import polars as pl
 import pytest
+from sentence_transformers import SentenceTransformer
 from test_training_options import rows as setting_rows
 from test_training_options import val as setting_val
 
 from embed_assets.recipe.presets import AUTO, PRESETS, RECIPE_FIELDS, candidates, fill, generators_for
-from embed_assets.recipe.selection import SELECTED_ON, choose_recipe
+from embed_assets.recipe.selection import SELECTED_ON, choose_recipe, resume_checkpoint
 from embed_assets.recipe.settings import FinetunedModelSettings, run_config_errors
 from embed_assets.training.examples import training_rows
 from embed_assets.training.trainer import (
@@ -142,7 +144,9 @@ def test_auto_trains_each_candidate_scores_it_on_validation_and_caches_the_score
     assert choice.chosen == best.preset
     again = choose_recipe(AUTO, [bad, good], **kwargs)
     assert all(c.reused for c in again.candidates) and again.chosen == choice.chosen
-    assert not list(tmp_path.glob("*.model")), "candidate weights are not kept, only their scores"
+    # Only the winner's checkpoint is kept (its training finishes from it), the loser's is deleted.
+    assert [c.resumable for c in again.candidates] == [c.preset == choice.chosen for c in again.candidates]
+    assert len(list(tmp_path.glob("prefix-*"))) == 1
 
 
 def test_refit_trains_every_row_with_what_validation_chose(tmp_path):
@@ -162,3 +166,51 @@ def test_refit_trains_every_row_with_what_validation_chose(tmp_path):
     assert record["result"]["refit"]["rows"] == 16 and record["recipe"] == "x"
     assert record["training_config"]["max_steps"] == selected.best_step
     assert finished_training(tmp_path / "refit") == result  # a rerun reuses it
+
+
+def test_the_chosen_candidate_finishes_from_selection_checkpoint(tmp_path):
+    """Selection runs the first steps of each candidate's own schedule; only the winner keeps
+    its checkpoint, and training from it ends where an uninterrupted run does."""
+    presets = [PRESETS["identifier-manual"], PRESETS["titled-documents"]]
+    configs = {
+        p.name: TrainingConfig(batch_size=8, max_steps=6, learning_rate=lr, eval_steps=3)
+        for p, lr in zip(presets, (3e-4, 1e-4), strict=True)
+    }
+    cache = tmp_path / "selection"
+    val = setting_val()
+    choice = choose_recipe(
+        AUTO,
+        presets,
+        rows_for=lambda p: setting_rows(),
+        config_for=lambda p: configs[p.name],
+        base_model="all-MiniLM-L6-v2",
+        val=val,
+        selection_steps=2,
+        cache_dir=cache,
+    )
+    chosen, other = choice.chosen, next(p.name for p in presets if p.name != choice.chosen)
+    by_name = {c.preset: c for c in choice.candidates}
+    assert by_name[chosen].resumable and not by_name[other].resumable
+    assert by_name[chosen].val_ndcg10 >= by_name[other].val_ndcg10
+    assert resume_checkpoint(cache, setting_rows(), configs[other], "all-MiniLM-L6-v2", val) is None
+    checkpoint = resume_checkpoint(cache, setting_rows(), configs[chosen], "all-MiniLM-L6-v2", val)
+    assert checkpoint is not None and checkpoint.name == "checkpoint-2"
+    # Another config (one more step) is another training: nothing to resume.
+    longer = replace(configs[chosen], max_steps=7)
+    assert resume_checkpoint(cache, setting_rows(), longer, "all-MiniLM-L6-v2", val) is None
+
+    resumed = train_bi_encoder(
+        "all-MiniLM-L6-v2",
+        setting_rows(),
+        tmp_path / "resumed",
+        configs[chosen],
+        val=val,
+        resume_from=checkpoint,
+    )
+    whole = train_bi_encoder("all-MiniLM-L6-v2", setting_rows(), tmp_path / "whole", configs[chosen], val=val)
+    assert resumed.resumed_from_step == 2 and whole.resumed_from_step is None
+    assert resumed.steps == whole.steps == 6
+    assert resumed.best_val_ndcg10 == pytest.approx(whole.best_val_ndcg10, abs=1e-4)
+    a = SentenceTransformer(str(tmp_path / "resumed")).encode(["work_mem setting"])
+    b = SentenceTransformer(str(tmp_path / "whole")).encode(["work_mem setting"])
+    assert float((a * b).sum() / ((a * a).sum() * (b * b).sum()) ** 0.5) > 0.9999

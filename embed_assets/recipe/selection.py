@@ -1,20 +1,22 @@
 """Choose the recipe for a corpus by validation, the way checkpoints and merge weights are chosen.
 
-No labelled query is needed: each candidate preset trains for a few steps on its own training
-rows (the train split's questions of its generators), and all candidates are scored once, after
-training, on the same held-out *generated* questions of held-out documents (the val split, every
-generator's questions); the base model is scored once for all. The best nDCG@10 wins; a tie keeps
-the earlier preset. Scores are cached by everything that decides them, so a rerun spends no
-training twice.
+No labelled query is needed: each candidate preset runs the first few steps of its own training
+(its rows: the train split's questions of its generators; its schedule: warmup and decay planned
+for all of its steps), and all candidates are scored on the same held-out *generated* questions of
+held-out documents (the val split, every generator's questions); the base model is scored once for
+all. The best nDCG@10 wins; a tie keeps the earlier preset.
+
+Nothing is spent twice: scores are cached by everything that decides them, and the winner keeps
+a resumable checkpoint that ``finetuned_model`` finishes from (:func:`resume_checkpoint`) instead
+of training those first steps again.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -27,7 +29,8 @@ from embed_assets.recipe.presets import DEFAULT_PRESET, Preset
 from embed_assets.training.trainer import (
     TrainingConfig,
     ValidationSet,
-    train_bi_encoder,
+    planned_steps,
+    train_prefix,
     training_columns,
     validation_ndcg10,
 )
@@ -45,6 +48,7 @@ class CandidateScore:
     seconds: float
     reused: bool = False
     note: str = ""
+    resumable: bool = False  # a checkpoint after ``steps`` is kept for the full training to finish
 
 
 @dataclass
@@ -79,14 +83,15 @@ def choose_recipe(
         requested: the recipe name the user gave (``auto`` or a preset's name).
         presets: the candidates; one candidate is chosen without training.
         rows_for: a candidate's training rows (train split only).
-        config_for: a candidate's full training config; selection trains it for at most
-            ``selection_steps`` steps, validates once at the end and merges nothing, so the
+        config_for: a candidate's full training config; selection runs the first
+            ``selection_steps`` steps of it (at most all of them) and merges nothing, so the
             candidates differ only in what the presets set.
         base_model: the model every candidate starts from.
         val: the shared validation set; without one nothing can be compared and the default
             preset is kept (recorded as such).
         selection_steps: the per-candidate step budget (the cost of ``auto``).
-        cache_dir: where scores are kept by a hash of rows, config, validation set and model.
+        cache_dir: where scores are kept by a hash of rows, config, validation set and model,
+            and the chosen candidate's checkpoint (the others' are deleted).
     """
     if len(presets) == 1:
         return RecipeChoice(requested, presets[0].name, selected_on="named by the user")
@@ -94,16 +99,12 @@ def choose_recipe(
         return RecipeChoice(
             requested, DEFAULT_PRESET.name, selected_on="no validation split: the default preset"
         )
-    base_score = _cached(
-        cache_dir,
-        "base",
-        {"val": _val_key(val), "base": model_key(base_model)},
-        lambda: {"val_ndcg10": validation_ndcg10(load_model(base_model), val)},
-    )["val_ndcg10"]
-    scores = [
-        _score(p, rows_for(p), config_for(p), base_model, val, base_score, selection_steps, cache_dir)
-        for p in presets
-    ]
+    base_score = base_validation_score(base_model, val, cache_dir)
+    scores, folders = [], []
+    for preset in presets:
+        rows, config = rows_for(preset), config_for(preset)
+        folders.append(_prefix_dir(cache_dir, rows, config, base_model, val))
+        scores.append(_score(preset, rows, config, base_model, val, base_score, selection_steps, folders[-1]))
     trained = [s for s in scores if s.val_ndcg10 is not None]
     if not trained:
         return RecipeChoice(
@@ -114,7 +115,65 @@ def choose_recipe(
             "no candidate could train: the default preset",
         )
     best = max(trained, key=lambda s: s.val_ndcg10)  # max keeps the first of equals
+    for score, folder in zip(scores, folders, strict=True):
+        if score is not best:  # only the winner's training goes on
+            shutil.rmtree(folder, ignore_errors=True)
+            score.resumable = False
     return RecipeChoice(requested, best.preset, scores, selection_steps, SELECTED_ON)
+
+
+def base_validation_score(base_model: str, val: ValidationSet, cache_dir: Path) -> float:
+    """``base_model``'s nDCG@10 on ``val``, computed once per model and validation set."""
+    return _cached(
+        cache_dir,
+        "base",
+        {"val": _val_key(val), "base": model_key(base_model)},
+        lambda: {"val_ndcg10": validation_ndcg10(load_model(base_model), val)},
+    )["val_ndcg10"]
+
+
+def _training_key(rows: pl.DataFrame, config: TrainingConfig, base_model: str, val: ValidationSet) -> dict:
+    """Everything that decides a training run's first steps (and so its checkpoints)."""
+    return {
+        "rows": frame_digest(rows.select(training_columns(rows))),
+        "config": asdict(config),
+        "val": _val_key(val),
+        "base": model_key(base_model),
+    }
+
+
+def _prefix_dir(
+    cache_dir: Path, rows: pl.DataFrame, config: TrainingConfig, base_model: str, val: ValidationSet
+) -> Path:
+    return cache_dir / f"prefix-{stable_hash(_training_key(rows, config, base_model, val))}"
+
+
+def resume_checkpoint(
+    cache_dir: Path, rows: pl.DataFrame, config: TrainingConfig, base_model: str, val: ValidationSet | None
+) -> Path | None:
+    """The checkpoint recipe selection kept for exactly this training (same rows, config, base
+    model and validation set), for ``train_bi_encoder(..., resume_from=...)``; None when there
+    is none (another config, a named recipe, or a schedule selection already finished)."""
+    if val is None or not val.queries:
+        return None
+    return _last_checkpoint(_prefix_dir(cache_dir, rows, config, base_model, val))
+
+
+def _last_checkpoint(work: Path) -> Path | None:
+    """The latest complete trainer checkpoint under ``work`` (the trainer writes its state last)."""
+    found = sorted(
+        (p for p in (work / "checkpoints").glob("checkpoint-*") if p.name[11:].isdigit()),
+        key=lambda p: int(p.name[11:]),
+    )
+    return found[-1] if found and (found[-1] / "trainer_state.json").is_file() else None
+
+
+def drop_checkpoint(
+    cache_dir: Path, rows: pl.DataFrame, config: TrainingConfig, base_model: str, val: ValidationSet | None
+) -> None:
+    """Delete the kept checkpoint of this training once the full training has finished."""
+    if val is not None and val.queries:
+        shutil.rmtree(_prefix_dir(cache_dir, rows, config, base_model, val), ignore_errors=True)
 
 
 def _val_key(val: ValidationSet) -> dict:
@@ -141,36 +200,48 @@ def _score(
     val: ValidationSet,
     base_score: float,
     selection_steps: int,
-    cache_dir: Path,
+    work: Path,
 ) -> CandidateScore:
-    steps = selection_steps if config.max_steps < 0 else min(selection_steps, config.max_steps)
-    config = replace(config, max_steps=steps, merge_weights=(0.0,), eval_steps=None)
+    """Train and score one candidate (or reuse its cached score); ``work`` keeps its checkpoint."""
+    steps = min(selection_steps, planned_steps(rows.height, config))
     if rows.height < config.batch_size:
         return CandidateScore(
             preset.name, None, base_score, 0, rows.height, 0.0, note=f"{rows.height} rows < batch_size"
         )
-    key = {
-        "rows": frame_digest(rows.select(training_columns(rows))),
-        "config": asdict(config),
-        "val": _val_key(val),
-        "base": model_key(base_model),
-    }
+    key = {**_training_key(rows, config, base_model, val), "steps": steps}
 
     def train_and_score() -> dict:
-        start = time.perf_counter()
-        work = cache_dir / f"{preset.name}.model"
+        shutil.rmtree(work, ignore_errors=True)  # a checkpoint of other steps, or of a run cut short
         try:
-            # No validation during training (no checkpoints): one score at the end is the comparison.
-            result = train_bi_encoder(base_model, rows, work, config)
-            score = validation_ndcg10(load_model(str(work)), val)
+            prefix = train_prefix(base_model, rows, work, config, val, steps, base_val_ndcg10=base_score)
         except ValueError as e:  # e.g. no full batch without repeated texts
+            shutil.rmtree(work, ignore_errors=True)
             return asdict(CandidateScore(preset.name, None, base_score, 0, rows.height, 0.0, note=str(e)))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)  # only the score is kept
-        seconds = round(time.perf_counter() - start, 1)
-        return asdict(CandidateScore(preset.name, score, base_score, result.steps, rows.height, seconds))
+        if prefix.checkpoint is None:  # nothing left to resume
+            shutil.rmtree(work, ignore_errors=True)
+        return asdict(
+            CandidateScore(
+                preset.name,
+                prefix.val_ndcg10,
+                base_score,
+                prefix.steps,
+                rows.height,
+                prefix.seconds,
+                resumable=prefix.checkpoint is not None,
+            )
+        )
 
-    return CandidateScore(**_cached(cache_dir, preset.name, key, train_and_score))
+    score = CandidateScore(**_cached(work.parent, preset.name, key, train_and_score))
+    score.resumable = _last_checkpoint(work) is not None  # a reused score's checkpoint may be gone
+    return score
 
 
-__all__ = ["SELECTED_ON", "CandidateScore", "RecipeChoice", "choose_recipe"]
+__all__ = [
+    "SELECTED_ON",
+    "CandidateScore",
+    "RecipeChoice",
+    "base_validation_score",
+    "choose_recipe",
+    "drop_checkpoint",
+    "resume_checkpoint",
+]

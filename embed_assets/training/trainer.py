@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import torch
@@ -136,6 +137,7 @@ class TrainingResult:
     device: str = "cpu"
     best_step: int | None = None  # the checkpoint validation kept (None: the last step)
     refit: dict | None = None  # set by refit_bi_encoder: rows and steps of the retraining
+    resumed_from_step: int | None = None  # started from a train_prefix checkpoint at this step
 
 
 def _step_timer():
@@ -167,20 +169,21 @@ def _set_seeds(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def validation_ndcg10(model, val: ValidationSet, batch_size: int = 64) -> float:
-    """nDCG@10 of ``model`` (a loaded SentenceTransformer) on ``val``: the score that picks
-    checkpoints, merge weights and recipes."""
+def _val_evaluator(val: ValidationSet):
+    """sentence-transformers' IR evaluator on ``val``. The trainer's in-training validation and
+    :func:`validation_ndcg10` use this one builder (same batch size, so the same padding), so a
+    score computed by one can stand in for the other."""
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
 
-    evaluator = InformationRetrievalEvaluator(
-        val.queries,
-        val.corpus,
-        val.relevant,
-        name="val",
-        batch_size=batch_size,
-        write_csv=False,
-        show_progress_bar=False,
+    return InformationRetrievalEvaluator(
+        val.queries, val.corpus, val.relevant, name="val", write_csv=False, show_progress_bar=False
     )
+
+
+def validation_ndcg10(model, val: ValidationSet) -> float:
+    """nDCG@10 of ``model`` (a loaded SentenceTransformer) on ``val``: the score that picks
+    checkpoints, merge weights and recipes."""
+    evaluator = _val_evaluator(val)
     return float(evaluator(model)[evaluator.primary_metric])
 
 
@@ -237,25 +240,32 @@ def full_batches(train: pl.DataFrame, batch_size: int, seed: int = 42) -> int:
     )
 
 
-def train_bi_encoder(
+@dataclass
+class _Run:
+    """A trainer set up for one training run, and what the run needs around it."""
+
+    trainer: Any
+    model: Any
+    base_state: dict[str, torch.Tensor]
+    timer: Any
+    evaluator: Any
+    base_val: float | None
+    total_steps: int
+    device: str
+
+
+def _prepare_run(
     base_model: str,
     train: pl.DataFrame,
-    output_dir: str | Path,
-    config: TrainingConfig | None = None,
-    val: ValidationSet | None = None,
-    card: dict | None = None,
-) -> TrainingResult:
-    """Fine-tune ``base_model`` on ``train`` and save the result to ``output_dir``.
-
-    Args:
-        base_model: model folder, hub id or the embedded alias.
-        train: rows ``anchor, positive[, negative_1..n]`` (extra columns are ignored).
-        output_dir: where the final sentence-transformers model is written.
-        config: hyper-parameters (see :class:`TrainingConfig`).
-        val: validation queries/corpus; when given, checkpoints are selected and
-            training stops early on its nDCG@10, and merge weights are chosen on it.
-        card: extra lineage (data versions, run ids) recorded in the model card.
-    """
+    output_dir: Path,
+    config: TrainingConfig,
+    val: ValidationSet | None,
+    base_val_ndcg10: float | None,
+    extra_callbacks: tuple = (),
+) -> _Run:
+    """Model, loss, arguments and trainer for ``config``. Every run on the same rows and config
+    gets the same arguments (evaluation and save schedule included), which is what lets a run
+    resume from a checkpoint that :func:`train_prefix` wrote."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -263,11 +273,8 @@ def train_bi_encoder(
         SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.evaluation import InformationRetrievalEvaluator
     from transformers import EarlyStoppingCallback
 
-    config = config or TrainingConfig()
-    output_dir = Path(output_dir)
     columns = training_columns(train)
     if train.height < config.batch_size:
         raise ValueError(f"need at least batch_size={config.batch_size} training rows, got {train.height}")
@@ -298,15 +305,14 @@ def train_bi_encoder(
     loss = build_loss(model, base_model, config, num_negatives=len(columns) - 2)
 
     dataset = Dataset.from_polars(train.select(columns))
-    steps_per_epoch = max(1, train.height // config.batch_size)
-    total_steps = config.max_steps if config.max_steps > 0 else int(steps_per_epoch * config.epochs)
+    total_steps = planned_steps(train.height, config)
     evaluator = None
     base_val = None
     if val is not None and val.queries:
-        evaluator = InformationRetrievalEvaluator(
-            val.queries, val.corpus, val.relevant, name="val", write_csv=False, show_progress_bar=False
-        )
-        base_val = float(evaluator(model)[evaluator.primary_metric])
+        evaluator = _val_evaluator(val)
+        base_val = base_val_ndcg10
+        if base_val is None:
+            base_val = float(evaluator(model)[evaluator.primary_metric])
     eval_steps = config.eval_steps or max(1, total_steps // 2)
     use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     args = SentenceTransformerTrainingArguments(
@@ -338,14 +344,54 @@ def train_bi_encoder(
         disable_tqdm=os.environ.get("EMBED_ASSETS_PROGRESS", "0") != "1",
     )
     timer = _step_timer()
-    callbacks = [timer]
+    callbacks = [timer, *extra_callbacks]
     if evaluator:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, evaluator=evaluator, callbacks=callbacks
     )
+    return _Run(trainer, model, base_state, timer, evaluator, base_val, total_steps, device)
+
+
+def planned_steps(rows: int, config: TrainingConfig) -> int:
+    """The optimiser steps ``config`` plans for ``rows`` training rows (its step cap, else its epochs)."""
+    steps_per_epoch = max(1, rows // config.batch_size)
+    return config.max_steps if config.max_steps > 0 else int(steps_per_epoch * config.epochs)
+
+
+def train_bi_encoder(
+    base_model: str,
+    train: pl.DataFrame,
+    output_dir: str | Path,
+    config: TrainingConfig | None = None,
+    val: ValidationSet | None = None,
+    card: dict | None = None,
+    *,
+    base_val_ndcg10: float | None = None,
+    resume_from: str | Path | None = None,
+) -> TrainingResult:
+    """Fine-tune ``base_model`` on ``train`` and save the result to ``output_dir``.
+
+    Args:
+        base_model: model folder, hub id or the embedded alias.
+        train: rows ``anchor, positive[, negative_1..n]`` (extra columns are ignored).
+        output_dir: where the final sentence-transformers model is written.
+        config: hyper-parameters (see :class:`TrainingConfig`).
+        val: validation queries/corpus; when given, checkpoints are selected and
+            training stops early on its nDCG@10, and merge weights are chosen on it.
+        card: extra lineage (data versions, run ids) recorded in the model card.
+        base_val_ndcg10: ``base_model``'s nDCG@10 on ``val`` when already known (it is scored
+            once per validation set, not once per training).
+        resume_from: a checkpoint :func:`train_prefix` wrote for the same ``base_model``,
+            ``train``, ``config`` and ``val``: training continues from its step with its
+            optimiser, scheduler, data order and random state instead of starting again.
+    """
+    config = config or TrainingConfig()
+    output_dir = Path(output_dir)
+    run = _prepare_run(base_model, train, output_dir, config, val, base_val_ndcg10)
+    trainer, model = run.trainer, run.model
     start = time.perf_counter()
-    out = trainer.train()
+    out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - start
     steps = int(out.global_step)
     if steps == 0:
@@ -358,21 +404,33 @@ def train_bi_encoder(
         # Fold the adapters into plain weights: export, serving and base merging need no peft.
         model[0].model = model[0].model.merge_and_unload()
 
+    resumed_at = _checkpoint_step(str(resume_from)) if resume_from else None
+    timed_steps = steps - (resumed_at or 0)
     result = TrainingResult(
         model_dir=str(output_dir),
         steps=steps,
         train_rows=train.height,
         train_seconds=round(seconds, 2),
-        examples_per_second=round(steps * config.batch_size / timer.seconds, 3) if timer.seconds else 0.0,
-        base_val_ndcg10=base_val,
+        examples_per_second=round(timed_steps * config.batch_size / run.timer.seconds, 3)
+        if run.timer.seconds
+        else 0.0,
+        base_val_ndcg10=run.base_val,
         history=[h for h in trainer.state.log_history if "eval_val_cosine_ndcg@10" in h or "loss" in h],
-        device=device,
+        device=run.device,
         best_step=_checkpoint_step(trainer.state.best_model_checkpoint),
+        resumed_from_step=resumed_at,
     )
-    if evaluator is not None:
-        _choose_merge(model, base_state, config, val, result)
+    if run.evaluator is not None:
+        # The kept checkpoint's score was computed by the same evaluator during training.
+        state = trainer.state
+        known = (
+            {0.0: float(state.best_metric)}
+            if state.best_model_checkpoint and state.best_metric is not None
+            else {}
+        )
+        _choose_merge(model, run.base_state, config, val, result, known)
     elif len(set(config.merge_weights)) == 1 and config.merge_weights[0] > 0:
-        _linear_merge(model, base_state, config.merge_weights[0])
+        _linear_merge(model, run.base_state, config.merge_weights[0])
         result.merge_weight = config.merge_weights[0]
     model.save(str(output_dir))
     _write_card(output_dir, base_model, config, result, card or {})
@@ -380,6 +438,70 @@ def train_bi_encoder(
 
     shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     return result
+
+
+@dataclass
+class PrefixResult:
+    """What :func:`train_prefix` leaves: the score after its steps and, when the schedule has
+    steps left, the checkpoint :func:`train_bi_encoder` resumes from."""
+
+    steps: int
+    val_ndcg10: float
+    checkpoint: str | None
+    seconds: float
+
+
+def train_prefix(
+    base_model: str,
+    train: pl.DataFrame,
+    output_dir: str | Path,
+    config: TrainingConfig,
+    val: ValidationSet,
+    steps: int,
+    *,
+    base_val_ndcg10: float | None = None,
+) -> PrefixResult:
+    """Run the first ``steps`` optimiser steps of ``config``'s schedule (warmup and decay planned
+    for all of its steps), score the model on ``val``, and keep a resumable checkpoint.
+
+    This is how a candidate recipe is judged cheaply: by the start of its own training, which the
+    chosen candidate then finishes (``train_bi_encoder(..., resume_from=checkpoint)``) instead of
+    training those steps again. The score is that of the model the full run would deliver if it
+    stopped here: the best checkpoint validation kept so far (when the schedule validates before
+    ``steps``), else the weights at ``steps``; no merge with the base.
+
+    Args:
+        base_model, train, config, val: as for :func:`train_bi_encoder`, which must get the
+            same values to resume (the same arguments, so the same evaluation schedule).
+        output_dir: the checkpoint is written under ``output_dir/checkpoints``.
+        steps: how many steps to run (at most the schedule's).
+        base_val_ndcg10: ``base_model``'s score on ``val`` when already known.
+    """
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= steps:
+                control.should_save = True  # the resumable checkpoint: weights, optimiser, scheduler, RNG
+                control.should_training_stop = True
+
+    output_dir = Path(output_dir)
+    run = _prepare_run(base_model, train, output_dir, config, val, base_val_ndcg10, (StopAt(),))
+    start = time.perf_counter()
+    out = run.trainer.train()
+    done = int(out.global_step)
+    if done == 0:
+        raise ValueError(
+            f"training ran 0 steps: {train.height} rows could not fill one batch of {config.batch_size} "
+            "without repeating a text; add data or lower batch_size"
+        )
+    score = validation_ndcg10(run.model, val)
+    checkpoint = output_dir / "checkpoints" / f"checkpoint-{done}"
+    # A schedule that ended here leaves nothing to resume; LoRA adapters are not resumed.
+    resumable = done < run.total_steps and config.lora_rank == 0 and checkpoint.is_dir()
+    return PrefixResult(
+        done, score, str(checkpoint) if resumable else None, round(time.perf_counter() - start, 1)
+    )
 
 
 def _checkpoint_step(path: str | None) -> int | None:
@@ -417,6 +539,7 @@ def refit_bi_encoder(
         history=selected.history,
         best_step=steps,
         refit={"rows": rows.height, "steps": result.steps, "selection_rows": selected.train_rows},
+        resumed_from_step=selected.resumed_from_step,
     )
     _write_card(Path(output_dir), base_model, refit_config, combined, card or {})
     return combined
@@ -471,12 +594,21 @@ def build_loss(model, base_model: str, config: TrainingConfig, num_negatives: in
 
 
 def _choose_merge(
-    model, base_state, config: TrainingConfig, val: ValidationSet, result: TrainingResult
+    model,
+    base_state,
+    config: TrainingConfig,
+    val: ValidationSet,
+    result: TrainingResult,
+    known: dict[float, float] | None = None,
 ) -> None:
-    """Try each merge weight on validation, keep the best (ties go to less merging)."""
+    """Try each merge weight on validation, keep the best (ties go to less merging). ``known``
+    holds scores already computed (weight 0: the kept checkpoint's, from training)."""
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
     scores: dict[float, float] = {}
     for w in sorted(set(config.merge_weights)):
+        if w in (known or {}):
+            scores[w] = known[w]
+            continue
         model.load_state_dict(tuned)
         if w > 0:
             _linear_merge(model, base_state, w)

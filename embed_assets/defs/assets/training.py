@@ -16,7 +16,12 @@ from embed_assets.hashing import stable_hash
 from embed_assets.index.chunk_index import model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
 from embed_assets.recipe.presets import PRESETS, fill, preset_training_rows
-from embed_assets.recipe.selection import choose_recipe
+from embed_assets.recipe.selection import (
+    base_validation_score,
+    choose_recipe,
+    drop_checkpoint,
+    resume_checkpoint,
+)
 from embed_assets.training.trainer import (
     finished_training,
     full_batches,
@@ -234,17 +239,36 @@ def finetuned_model(
     }
     result = finished_training(out_dir)
     reused = result is not None
+    selection_cache = store.path("recipe_selection")
+    # Recipe selection ran the first steps of this very training (same rows, config, base model
+    # and validation set) and kept its checkpoint and the base's score: finish from there.
+    resume_from = None if reused else resume_checkpoint(selection_cache, train, core, init_model, val)
+    base_val = base_validation_score(init_model, val, selection_cache) if val and not reused else None
     if result is None and not refit:
-        result = train_bi_encoder(init_model, train, out_dir, core, val=val, card=lineage)
+        result = train_bi_encoder(
+            init_model,
+            train,
+            out_dir,
+            core,
+            val=val,
+            card=lineage,
+            base_val_ndcg10=base_val,
+            resume_from=resume_from,
+        )
     elif result is None:
         # Validation chooses the step count and merge weight on a first training; the refit then
         # trains every question with them. The first model is only a means to those choices.
         selection_dir = store.path("models", f"selection-{run_key}")
-        selected = train_bi_encoder(init_model, train, selection_dir, core, val=val)
+        selected = train_bi_encoder(
+            init_model, train, selection_dir, core, val=val, base_val_ndcg10=base_val, resume_from=resume_from
+        )
         shutil.rmtree(selection_dir, ignore_errors=True)
         result = refit_bi_encoder(init_model, training_examples, out_dir, core, selected, card=lineage)
     else:
         context.log.info("reusing %s: trained before on the same data, config and base model", out_dir)
+    if resume_from is not None:
+        context.log.info("resumed from recipe selection's checkpoint at step %s", result.resumed_from_step)
+        drop_checkpoint(selection_cache, train, core, init_model, val)  # the finished model supersedes it
     context.log.info(
         "recipe %s: trained %d steps at %.2f examples/s; val nDCG@10 base %s -> %s (merge %.2f)%s",
         preset.name,
@@ -274,6 +298,7 @@ def finetuned_model(
             "artifacts": dg.MetadataValue.json(artifact_hashes(out_dir)),
             "steps": result.steps,
             "selected_step": result.best_step or result.steps,
+            "resumed_from_selection_step": result.resumed_from_step or 0,
             "train_rows": result.train_rows,
             "refit": bool(result.refit),
             "refit_rows": (result.refit or {}).get("rows", 0),
