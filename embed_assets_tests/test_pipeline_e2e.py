@@ -38,6 +38,8 @@ ASSETS = {
 
 def tiny_run_config(**finetune) -> dict:
     return {
+        # Selection runs 2 of the chosen preset's 6 steps; finetuned_model finishes from there.
+        "resources": {"recipe": {"config": {"selection_steps": 2}}},
         "ops": {
             "source_documents": {"config": {"corpus_dir": str(MINI_CORPUS)}},
             "document_chunks": {"config": {"chunk_tokens": 96, "overlap_tokens": 16}},
@@ -56,7 +58,7 @@ def tiny_run_config(**finetune) -> dict:
                     **finetune,
                 }
             },
-        }
+        },
     }
 
 
@@ -191,13 +193,13 @@ def test_outputs_are_consistent(pipeline):
 
 
 def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
-    """The default recipe (auto) writes questions with every preset's generators, trains each preset
-    briefly, scores them on the same held-out generated questions and trains the winner; the
+    """The default recipe (auto) writes questions with every preset's generators, runs the start of
+    each preset's training, scores them on the same held-out generated questions and trains the winner; the
     candidates, their scores and the choice are in the metadata, and training uses only the chosen
     preset's questions and settings."""
     from embed_assets.recipe.presets import PRESETS
 
-    result, _, _, _ = pipeline
+    result, home, _, _ = pipeline
     mats = materialized(result)
     qa = result.output_for_node("synthetic_qa")
     assert set(qa["generator"]) == {"template-v1", "structure-v1"}
@@ -213,8 +215,10 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
     assert recipe["chosen"] == meta["chosen"].value == max(scores, key=scores.get)
     assert meta[f"val_ndcg10_{recipe['chosen']}"].value == scores[recipe["chosen"]]
     assert meta["labelled_queries_used_for_selection"].value is False
-    # Each candidate trained at most selection_steps (and at most the run's max_steps: 6).
-    assert all(0 < c["steps"] <= 6 for c in recipe["candidates"] if c["val_ndcg10"] is not None)
+    # Each candidate ran the first selection_steps (2) of its own 6-step schedule; the chosen one
+    # finished from that checkpoint, which is deleted once the model is trained.
+    assert recipe["selection_steps"] == 2
+    assert all(c["steps"] == 2 for c in recipe["candidates"] if c["val_ndcg10"] is not None)
     chosen = PRESETS[recipe["chosen"]]
     rows = result.output_for_node("training_examples")
     splits = result.output_for_node("qa_splits")
@@ -227,6 +231,12 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
     trained_with = model_meta["training_config"].value
     assert trained_with["scale"] == chosen.value("finetuned_model", "scale")
     assert trained_with["max_steps"] == 6  # set by the run config: a set field wins over the preset
+    assert model_meta["resumed_from_selection_step"].value == 2 and model_meta["steps"].value == 6
+    assert not list((home / "recipe_selection").glob("prefix-*"))
+    # The miner embedded no question: the quality filter had, through the same cache.
+    mining = mats["mined_negatives"].metadata
+    assert mining["question_embeddings_computed"].value == 0
+    assert mining["question_embeddings_reused"].value == splits.filter(pl.col("split") != "test").height
     # The evaluation breaks the synthetic test split down by generator.
     by_generator = result.output_for_node("retrieval_eval")["synthetic_by_generator"]
     test = splits.filter(pl.col("split") == "test")

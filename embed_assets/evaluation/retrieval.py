@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Container
+from collections.abc import Callable, Container
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +129,7 @@ def retrieve(
     top_k: int = 100,
     batch_size: int = 64,
     corpus_vectors: np.ndarray | None = None,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
 ) -> Run:
     """Exact cosine search of every query over the corpus; ``{qid: {doc_id: score}}``.
 
@@ -139,16 +140,19 @@ def retrieve(
         corpus_vectors: unit-normalised embeddings of ``corpus`` by the same ``model``,
             row-aligned with its iteration order (e.g. read back from the LanceDB index
             with :func:`embed_assets.index.chunk_index.read_vectors`); skips re-encoding.
+        embed: gives ``model``'s unit-normalised vectors of texts, e.g. through an embedding
+            cache (default: encode them with ``batch_size``).
     """
+    embed = embed or (lambda texts: encode(model, texts, batch_size=batch_size))
     doc_ids = list(corpus)
     if corpus_vectors is None:
-        doc_vec = encode(model, [corpus[d] for d in doc_ids], batch_size=batch_size)
+        doc_vec = embed([corpus[d] for d in doc_ids])
     else:
         if len(corpus_vectors) != len(doc_ids):
             raise ValueError(f"corpus_vectors has {len(corpus_vectors)} rows for {len(doc_ids)} documents")
         doc_vec = np.ascontiguousarray(corpus_vectors, dtype=np.float32)
     qids = list(queries)
-    q_vec = encode(model, [queries[q] for q in qids], batch_size=batch_size)
+    q_vec = embed([queries[q] for q in qids])
     hits = semantic_search(
         torch.from_numpy(q_vec),
         torch.from_numpy(doc_vec),

@@ -20,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 from lancedb.index import FTS
 
+from embed_assets.hashing import content_hash
 from embed_assets.models import embedding_dim, encode
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,12 @@ class EmbeddingCache:
             if ids
             else np.zeros((0, self.dim), np.float32)
         )
+
+    def text_vectors(self, texts: list[str], model, encode_batch_size: int = 64) -> np.ndarray:
+        """:meth:`vectors` for texts without ids (questions), keyed by a hash of the text: the
+        questions the quality filter embeds are not embedded again by the miner or the evaluation."""
+        ids = [f"text-{content_hash(t)}" for t in texts]
+        return self.vectors(pl.DataFrame({"chunk_id": ids, "text": texts}), model, encode_batch_size)
 
 
 def model_key(model_path: str | Path) -> str:
@@ -265,7 +272,8 @@ def search(
     batch_size = ann_batch_size if ann else batch_size
     for start in range(0, len(query_vectors), batch_size):
         q = query_vectors[start : start + batch_size]
-        builder = tbl.search(q).distance_type("dot").limit(k).select(list(columns))
+        # Naming _distance (read below) keeps lance from logging a deprecation warning per batch.
+        builder = tbl.search(q).distance_type("dot").limit(k).select([*columns, "_distance"])
         builder = (
             builder.nprobes(nprobes).refine_factor(refine_factor) if ann else builder.bypass_vector_index()
         )

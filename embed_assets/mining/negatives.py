@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -107,10 +108,13 @@ def mine_hard_negatives(
     config: MiningConfig | None = None,
     *,
     batch_size: int = 256,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int], dict[str, list[float]]]:
     """Mine negatives for each row of ``queries`` (``qa_id, question, positive_chunk_ids``).
 
-    Works in batches of ``batch_size`` queries: memory is O(batch × candidates).
+    Works in batches of ``batch_size`` queries: memory is O(batch × candidates). ``embed`` gives
+    the questions' vectors by ``model`` (default: encode them; the asset passes its embedding
+    cache, which holds the quality filter's).
 
     Returns:
         ``(frame, counts, scores)``: the frame has ``NEGATIVES_SCHEMA``; ``counts`` says
@@ -129,7 +133,7 @@ def mine_hard_negatives(
         positives = part["positive_chunk_ids"].to_list()
         all_pos = {c for p in positives for c in p}
         known = _lookup_chunks(index, all_pos)
-        qvec = encode(model, part["question"].to_list())
+        qvec = (embed or (lambda texts: encode(model, texts)))(part["question"].to_list())
         for row, hits, cand_scores in search(index, qvec, k, columns=("chunk_id", "doc_id", "chunk_index")):
             pos = positives[row]
             pvs = [known[c][0] for c in pos if c in known]

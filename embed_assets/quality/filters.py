@@ -25,6 +25,7 @@ so metadata can count drops per reason.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +118,13 @@ def near_duplicates(
 
 
 def score_pairs(
-    qa: pl.DataFrame, chunks: pl.DataFrame, model, index: ChunkIndex, config: QualityConfig
+    qa: pl.DataFrame,
+    chunks: pl.DataFrame,
+    model,
+    index: ChunkIndex,
+    config: QualityConfig,
+    *,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
 ) -> pl.DataFrame:
     """Add quality columns to ``qa`` and decide which pairs to keep.
 
@@ -127,6 +134,8 @@ def score_pairs(
     If ``qa`` already has ``judge_overall`` (1–10), it enters the score. If it has
     ``ragas_faithfulness`` (0–1), pairs scored below ``min_faithfulness`` are dropped
     (``unfaithful_answer``); null (unscored) pairs are judged by the other signals.
+    ``embed`` gives the questions' vectors by ``model`` (default: encode them; the asset passes
+    its embedding cache, so later stages reuse them).
     """
     if qa.height == 0:
         return qa.with_columns(
@@ -138,7 +147,7 @@ def score_pairs(
             pl.lit(False).alias("kept"),
             pl.lit(None, pl.String).alias("drop_reason"),
         )
-    qvec = encode(model, qa["question"].to_list())
+    qvec = (embed or (lambda texts: encode(model, texts)))(qa["question"].to_list())
     positives = qa["positive_chunk_ids"].to_list()
     ranks = roundtrip_ranks(qvec, positives, index, config.roundtrip_top_k)
     lexical: list[int | None] = [None] * qa.height

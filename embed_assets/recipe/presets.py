@@ -5,8 +5,9 @@ that differ between kinds of corpus. Those settings default to ``None`` in
 :mod:`embed_assets.recipe.settings` ("the recipe's value"): a value the user sets wins, an unset
 one takes the preset's. Every value here says where it comes from.
 
-``auto`` (the default) trains every preset for a few steps and keeps the one that retrieves
-held-out *generated* questions of held-out documents best (:mod:`embed_assets.recipe.selection`).
+``auto`` (the default) runs the first steps of every preset's training and finishes the one that
+retrieves held-out *generated* questions of held-out documents best
+(:mod:`embed_assets.recipe.selection`).
 """
 
 from __future__ import annotations

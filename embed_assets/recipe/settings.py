@@ -72,17 +72,18 @@ class DocumentChunksSettings(BaseModel):
 class RecipeSettings(BaseModel):
     preset: Literal[RECIPE_NAMES] = Field(  # type: ignore[valid-type]  # auto and every preset's name
         default=AUTO,
-        description="The training recipe. 'auto' writes questions with every preset's generators, trains each "
-        "preset briefly and keeps the one that best retrieves held-out generated questions of held-out "
-        "documents (recorded on the training_recipe asset). 'identifier-manual': manuals full of config "
+        description="The training recipe. 'auto' writes questions with every preset's generators, runs the "
+        "start of each preset's training and finishes the one that best retrieves held-out generated "
+        "questions of held-out documents (recorded on the training_recipe asset). 'identifier-manual': manuals full of config "
         "names, error codes and versions; 'titled-documents': articles, abstracts, wiki pages.",
     )
     selection_steps: int = Field(
         default=16,
         ge=1,
         le=10000,
-        description="auto: optimiser steps each candidate trains before validation compares them "
-        "(at most its own max_steps). A cheap proxy: the chosen recipe then trains in full.",
+        description="auto: how many of the first steps of its own schedule each candidate runs before "
+        "validation compares them (at most its own max_steps). The chosen recipe then finishes from "
+        "that checkpoint, so only the other candidates' steps are extra cost.",
     )
 
 

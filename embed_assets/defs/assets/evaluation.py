@@ -1,10 +1,12 @@
 """Stage 7: base vs fine-tuned on the held-out test split (and on labelled queries), BEIR metrics."""
 
 import time
+from functools import partial
 
 import dagster as dg
 import polars as pl
 
+from embed_assets.defs.assets.indexing import base_embedding_cache
 from embed_assets.defs.assets.splitting import beir_dir
 from embed_assets.defs.configs import RetrievalEvalConfig
 from embed_assets.defs.metadata import counts_table, image, stage_metrics
@@ -27,9 +29,9 @@ from embed_assets.evaluation.report import (
     top_movers,
 )
 from embed_assets.evaluation.retrieval import load_beir, retrieve
-from embed_assets.index.chunk_index import ChunkIndex, read_vectors
+from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache, model_key, read_vectors
 from embed_assets.lineage import code_version
-from embed_assets.models import encode, load_model
+from embed_assets.models import embedding_dim, encode, load_model
 
 
 def _summary_metadata(prefix: str, comparison: dict) -> dict:
@@ -167,22 +169,34 @@ def retrieval_eval(
             other_names=other_names,
         )
     # Each model's corpus embeddings are computed once and serve both query sets. The base
-    # model's are already in the LanceDB index (same model, same chunk texts): reuse them.
+    # model's are already in the LanceDB index (same model, same chunk texts), and its query
+    # vectors in the index's embedding cache; the fine-tuned model's are cached by chunk content
+    # too, so evaluating again (labelled queries added, another top_k) embeds nothing twice.
     base, tuned = base_model.load(), load_model(finetuned_model["path"])
+    base_embed = None
     if base_chunk_index.get("model") == base_model.path():
+        base_embed = partial(base_embedding_cache(base_chunk_index, base).text_vectors, model=base)
         base_vectors = read_vectors(
             ChunkIndex(base_chunk_index["uri"], base_chunk_index["table"]), list(corpus)
         )
     else:
         base_vectors = encode(base, list(corpus.values()))
-    tuned_vectors = encode(tuned, list(corpus.values()))
+    tuned_cache = EmbeddingCache(
+        base_chunk_index["uri"], model_key(finetuned_model["path"]), embedding_dim(tuned)
+    )
+    tuned_vectors = tuned_cache.vectors(
+        pl.DataFrame({"chunk_id": list(corpus), "text": list(corpus.values())}), tuned
+    )
+    # (model, its corpus vectors, how it embeds other texts: None encodes them)
+    sides = {"base": (base, base_vectors, base_embed), "fine_tuned": (tuned, tuned_vectors, None)}
 
-    def run(model, vectors, qs, top_k):
-        return retrieve(model, corpus, qs, top_k=top_k, corpus_vectors=vectors)
+    def run(side, qs, top_k):
+        model, vectors, embed = sides[side]
+        return retrieve(model, corpus, qs, top_k=top_k, corpus_vectors=vectors, embed=embed)
 
     synthetic_runs = (
-        run(base, base_vectors, queries, config.top_k),
-        run(tuned, tuned_vectors, queries, config.top_k),
+        run("base", queries, config.top_k),
+        run("fine_tuned", queries, config.top_k),
     )
     synthetic = compare_runs(qrels, *synthetic_runs)
     evaluations = {"synthetic test split": synthetic}
@@ -231,8 +245,8 @@ def retrieval_eval(
         # the documents kept, so that top_k distinct documents are still there.
         depth = min(len(corpus), 10 * config.top_k)
         labelled_runs = (
-            document_run(run(base, base_vectors, labelled.queries, depth), chunk_document, config.top_k),
-            document_run(run(tuned, tuned_vectors, labelled.queries, depth), chunk_document, config.top_k),
+            document_run(run("base", labelled.queries, depth), chunk_document, config.top_k),
+            document_run(run("fine_tuned", labelled.queries, depth), chunk_document, config.top_k),
         )
         real = compare_runs(labelled.qrels, *labelled_runs)
         versions["labelled"] = query_set_version(labelled.queries, labelled.qrels, list(corpus))
@@ -273,9 +287,10 @@ def retrieval_eval(
     general_set = general_retrieval_set()
     general_scores = {
         side: ir_metrics(
-            general_set.qrels, retrieve(model, general_set.corpus, general_set.queries, top_k=config.top_k)
+            general_set.qrels,
+            retrieve(model, general_set.corpus, general_set.queries, top_k=config.top_k, embed=embed),
         )["NDCG@10"]
-        for side, model in (("base", base), ("fine_tuned", tuned))
+        for side, (model, _, embed) in sides.items()
     }
     forgetting = (general_scores["base"] - general_scores["fine_tuned"]) * 100
     general = {**general_scores, "queries": len(general_set.queries), "documents": len(general_set.corpus)}

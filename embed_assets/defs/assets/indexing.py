@@ -85,3 +85,11 @@ def base_chunk_index(
             **stage_metrics(start),
         },
     )
+
+
+def base_embedding_cache(base_chunk_index: dict, model) -> EmbeddingCache:
+    """The embedding cache of the model ``base_chunk_index`` was built with, for other texts
+    (questions, evaluation documents): ``partial(cache.text_vectors, model=model)`` embeds a text
+    only the first time any stage or run asks for it (the quality filter's questions are the
+    miner's and the evaluation's)."""
+    return EmbeddingCache(base_chunk_index["uri"], base_chunk_index["model_key"], embedding_dim(model))

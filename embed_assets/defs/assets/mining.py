@@ -2,11 +2,13 @@
 only in a refit, after validation has chosen)."""
 
 import time
+from functools import partial
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
+from embed_assets.defs.assets.indexing import base_embedding_cache
 from embed_assets.defs.configs import MinedNegativesConfig
 from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
@@ -34,7 +36,11 @@ def mined_negatives(
     start = time.perf_counter()
     train = qa_splits.filter(pl.col("split").is_in(["train", "val"]))
     index = ChunkIndex(base_chunk_index["uri"], base_chunk_index["table"])
-    mined, counts, dist = mine_hard_negatives(train, base_model.load(), index, config.to_core())
+    model = base_model.load()
+    cache = base_embedding_cache(base_chunk_index, model)  # holds the quality filter's question vectors
+    mined, counts, dist = mine_hard_negatives(
+        train, model, index, config.to_core(), embed=partial(cache.text_vectors, model=model)
+    )
     seconds = time.perf_counter() - start
     pos, neg = np.array(dist["positive"]), np.array(dist["negative"])
     return dg.MaterializeResult(
@@ -44,6 +50,8 @@ def mined_negatives(
             "train_queries": int((train["split"] == "train").sum()),
             "val_queries": int((train["split"] == "val").sum()),
             "queries_mined": mined.height,
+            "question_embeddings_reused": cache.reused,
+            "question_embeddings_computed": cache.computed,
             "negatives_per_query_mean": round(float(mined["negative_chunk_ids"].list.len().mean() or 0), 2),
             "candidate_counts": counts_table(counts, key="counter"),
             "removed_by_ceiling": int(counts.get("removed_by_ceiling", 0)),

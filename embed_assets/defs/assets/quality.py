@@ -1,10 +1,12 @@
 """Stage 3: score every pair and decide which to keep."""
 
 import time
+from functools import partial
 
 import dagster as dg
 import polars as pl
 
+from embed_assets.defs.assets.indexing import base_embedding_cache
 from embed_assets.defs.configs import QAQualityConfig
 from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, QuestionGeneratorResource
@@ -65,7 +67,10 @@ def qa_quality_scores(
     if faithfulness is not None:
         qa = faithfulness.score(qa, document_chunks)
         ragas_stats = dict(faithfulness.last_stats)
-    scored = score_pairs(qa, document_chunks, base_model.load(), index, config.to_core())
+    model = base_model.load()
+    cache = base_embedding_cache(base_chunk_index, model)  # the miner and the evaluation reuse them
+    embed = partial(cache.text_vectors, model=model)
+    scored = score_pairs(qa, document_chunks, model, index, config.to_core(), embed=embed)
     summary = filter_summary(scored)
     samples = scored.sample(min(10, scored.height), seed=0)
     return dg.MaterializeResult(
@@ -75,6 +80,8 @@ def qa_quality_scores(
         ),
         metadata={
             "pairs": scored.height,
+            "question_embeddings_reused": cache.reused,
+            "question_embeddings_computed": cache.computed,
             "kept": summary["kept"],
             "kept_fraction": round(summary["kept"] / max(scored.height, 1), 3),
             "kept_by_lexical_only": summary["kept_by_lexical_only"],
