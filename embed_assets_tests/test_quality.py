@@ -68,6 +68,27 @@ def test_near_duplicates_threshold_is_inclusive_and_blockwise():
     assert near_duplicates(vecs, order, 0.9, block=1).tolist() == near_duplicates(vecs, order, 0.9).tolist()
 
 
+def test_near_duplicates_matches_the_greedy_definition_on_many_rows():
+    """Planted paraphrase clusters among random vectors, in a shuffled priority order: the result
+    is the row-by-row greedy rule's (a row is a duplicate of a kept, earlier row), at any block."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(60, 32))
+    vecs = np.concatenate(
+        [centres, centres[:40] + 0.15 * rng.normal(size=(40, 32)), rng.normal(size=(300, 32))]
+    )
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    order = rng.permutation(len(vecs))
+    expected = np.zeros(len(vecs), dtype=bool)
+    kept: list[int] = []
+    for i in order:
+        expected[i] = bool(kept) and float((vecs[kept] @ vecs[i]).max()) >= 0.9
+        if not expected[i]:
+            kept.append(i)
+    assert 10 < expected.sum() < 60  # the planted paraphrases, not everything or nothing
+    for block in (1, 7, 512):
+        assert near_duplicates(vecs, order, 0.9, block=block).tolist() == expected.tolist()
+
+
 # --- answer_support ----------------------------------------------------------------------------
 
 
