@@ -56,13 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="training steps per variant")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=None, help="write the scores here as JSON")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where candidates train and scores are cached (default: HOME/../explore_preset_generators)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows per step (default: the product's; smoke tests shrink it)",
+    )
     args = parser.parse_args(argv)
 
     mined = latest(args.home, "mined_negatives")
     splits = latest(args.home, "qa_splits")
     chunks = latest(args.home, "document_chunks")
     examples = TrainingExamplesSettings()
-    model = FinetunedModelSettings()
+    model = FinetunedModelSettings(**({"batch_size": args.batch_size} if args.batch_size else {}))
 
     def rows_for(preset: Preset) -> pl.DataFrame:
         rows = preset_training_rows(preset, examples, mined, splits, chunks)
@@ -77,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         base_model=resolve_model_path(DEFAULT_BASE_MODEL),
         val=validation_set(splits, chunks, model.val_distractors, model.seed),
         selection_steps=args.steps,
-        cache_dir=args.home.parent / "explore_preset_generators",
+        cache_dir=args.work_dir or args.home.parent / "explore_preset_generators",
     )
     val = splits.filter(pl.col("split") == "val")
     record = {

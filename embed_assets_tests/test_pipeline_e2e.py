@@ -246,6 +246,33 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
     assert "| template-v1 |" in mats["retrieval_eval"].metadata["ndcg10_by_generator"].value
 
 
+def test_explore_preset_generators_scores_variants_on_a_kept_home(pipeline, tmp_path):
+    """Smoke test of benchmarks/explore_preset_generators.py: it reads a finished run's home and
+    scores preset variants with the product's own recipe selection (tiny budget: wiring only)."""
+    import importlib.util
+
+    _, home, _, _ = pipeline
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "explore_preset_generators.py"
+    spec = importlib.util.spec_from_file_location("explore_preset_generators", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "scores.json"
+    argv = ["--home", str(home), "--steps", "2", "--batch-size", "8", "--work-dir", str(tmp_path / "work")]
+    assert (
+        module.main(
+            [*argv, "--variants", "identifier-manual", "identifier-manual+structure", "--out", str(out)]
+        )
+        == 0
+    )
+    record = json.loads(out.read_text())
+    scores = {c["preset"]: c for c in record["candidates"]}
+    assert set(scores) == {"identifier-manual", "identifier-manual+structure"}
+    assert all(c["steps"] == 2 and 0.0 < c["val_ndcg10"] <= 1.0 for c in scores.values())
+    # The variant with the structure questions too trains on more rows.
+    assert scores["identifier-manual+structure"]["train_rows"] > scores["identifier-manual"]["train_rows"]
+    assert record["chosen"] in scores
+
+
 def test_evaluation_and_model_card_record_lineage(pipeline):
     result, _, _, _ = pipeline
     evaluation = result.output_for_node("retrieval_eval")
