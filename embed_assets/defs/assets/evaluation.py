@@ -175,7 +175,8 @@ def retrieval_eval(
     base, tuned = base_model.load(), load_model(finetuned_model["path"])
     base_embed = None
     if base_chunk_index.get("model") == base_model.path():
-        base_embed = partial(base_embedding_cache(base_chunk_index, base).text_vectors, model=base)
+        base_cache = base_embedding_cache(base_chunk_index, base)
+        base_embed = partial(base_cache.text_vectors, model=base) if base_cache else None
         base_vectors = read_vectors(
             ChunkIndex(base_chunk_index["uri"], base_chunk_index["table"]), list(corpus)
         )

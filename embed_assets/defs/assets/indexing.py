@@ -87,9 +87,11 @@ def base_chunk_index(
     )
 
 
-def base_embedding_cache(base_chunk_index: dict, model) -> EmbeddingCache:
+def base_embedding_cache(base_chunk_index: dict, model) -> EmbeddingCache | None:
     """The embedding cache of the model ``base_chunk_index`` was built with, for other texts
     (questions, evaluation documents): ``partial(cache.text_vectors, model=model)`` embeds a text
     only the first time any stage or run asks for it (the quality filter's questions are the
-    miner's and the evaluation's)."""
-    return EmbeddingCache(base_chunk_index["uri"], base_chunk_index["model_key"], embedding_dim(model))
+    miner's and the evaluation's). None for an index value that does not name its model's key
+    (callers then encode)."""
+    key = base_chunk_index.get("model_key")
+    return EmbeddingCache(base_chunk_index["uri"], key, embedding_dim(model)) if key else None

@@ -39,7 +39,11 @@ def mined_negatives(
     model = base_model.load()
     cache = base_embedding_cache(base_chunk_index, model)  # holds the quality filter's question vectors
     mined, counts, dist = mine_hard_negatives(
-        train, model, index, config.to_core(), embed=partial(cache.text_vectors, model=model)
+        train,
+        model,
+        index,
+        config.to_core(),
+        embed=partial(cache.text_vectors, model=model) if cache else None,
     )
     seconds = time.perf_counter() - start
     pos, neg = np.array(dist["positive"]), np.array(dist["negative"])
@@ -50,8 +54,8 @@ def mined_negatives(
             "train_queries": int((train["split"] == "train").sum()),
             "val_queries": int((train["split"] == "val").sum()),
             "queries_mined": mined.height,
-            "question_embeddings_reused": cache.reused,
-            "question_embeddings_computed": cache.computed,
+            "question_embeddings_reused": cache.reused if cache else 0,
+            "question_embeddings_computed": cache.computed if cache else train.height,
             "negatives_per_query_mean": round(float(mined["negative_chunk_ids"].list.len().mean() or 0), 2),
             "candidate_counts": counts_table(counts, key="counter"),
             "removed_by_ceiling": int(counts.get("removed_by_ceiling", 0)),

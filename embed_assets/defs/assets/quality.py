@@ -68,8 +68,8 @@ def qa_quality_scores(
         qa = faithfulness.score(qa, document_chunks)
         ragas_stats = dict(faithfulness.last_stats)
     model = base_model.load()
-    cache = base_embedding_cache(base_chunk_index, model)  # the miner and the evaluation reuse them
-    embed = partial(cache.text_vectors, model=model)
+    embeddings = base_embedding_cache(base_chunk_index, model)  # the miner and the evaluation reuse them
+    embed = partial(embeddings.text_vectors, model=model) if embeddings else None
     scored = score_pairs(qa, document_chunks, model, index, config.to_core(), embed=embed)
     summary = filter_summary(scored)
     samples = scored.sample(min(10, scored.height), seed=0)
@@ -80,8 +80,8 @@ def qa_quality_scores(
         ),
         metadata={
             "pairs": scored.height,
-            "question_embeddings_reused": cache.reused,
-            "question_embeddings_computed": cache.computed,
+            "question_embeddings_reused": embeddings.reused if embeddings else 0,
+            "question_embeddings_computed": embeddings.computed if embeddings else qa.height,
             "kept": summary["kept"],
             "kept_fraction": round(summary["kept"] / max(scored.height, 1), 3),
             "kept_by_lexical_only": summary["kept_by_lexical_only"],
