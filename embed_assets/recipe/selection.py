@@ -103,8 +103,11 @@ def choose_recipe(
     scores, folders = [], []
     for preset in presets:
         rows, config = rows_for(preset), config_for(preset)
-        folders.append(_prefix_dir(cache_dir, rows, config, base_model, val))
-        scores.append(_score(preset, rows, config, base_model, val, base_score, selection_steps, folders[-1]))
+        key = _training_key(rows, config, base_model, val)  # hashes the rows and the model's files: once
+        folders.append(_prefix_dir(cache_dir, key))
+        scores.append(
+            _score(preset, rows, config, base_model, val, base_score, selection_steps, key, folders[-1])
+        )
     trained = [s for s in scores if s.val_ndcg10 is not None]
     if not trained:
         return RecipeChoice(
@@ -142,10 +145,9 @@ def _training_key(rows: pl.DataFrame, config: TrainingConfig, base_model: str, v
     }
 
 
-def _prefix_dir(
-    cache_dir: Path, rows: pl.DataFrame, config: TrainingConfig, base_model: str, val: ValidationSet
-) -> Path:
-    return cache_dir / f"prefix-{stable_hash(_training_key(rows, config, base_model, val))}"
+def _prefix_dir(cache_dir: Path, training_key: dict) -> Path:
+    """Where the first steps of the training ``training_key`` describes keep their checkpoint."""
+    return cache_dir / f"prefix-{stable_hash(training_key)}"
 
 
 def resume_checkpoint(
@@ -156,7 +158,7 @@ def resume_checkpoint(
     is none (another config, a named recipe, or a schedule selection already finished)."""
     if val is None or not val.queries:
         return None
-    return _last_checkpoint(_prefix_dir(cache_dir, rows, config, base_model, val))
+    return _last_checkpoint(_prefix_dir(cache_dir, _training_key(rows, config, base_model, val)))
 
 
 def _last_checkpoint(work: Path) -> Path | None:
@@ -168,12 +170,10 @@ def _last_checkpoint(work: Path) -> Path | None:
     return found[-1] if found and (found[-1] / "trainer_state.json").is_file() else None
 
 
-def drop_checkpoint(
-    cache_dir: Path, rows: pl.DataFrame, config: TrainingConfig, base_model: str, val: ValidationSet | None
-) -> None:
-    """Delete the kept checkpoint of this training once the full training has finished."""
-    if val is not None and val.queries:
-        shutil.rmtree(_prefix_dir(cache_dir, rows, config, base_model, val), ignore_errors=True)
+def drop_checkpoint(checkpoint: Path) -> None:
+    """Delete a checkpoint :func:`resume_checkpoint` returned, with its folder, once the full
+    training has finished from it."""
+    shutil.rmtree(checkpoint.parents[1], ignore_errors=True)  # prefix-<key>/checkpoints/checkpoint-N
 
 
 def _val_key(val: ValidationSet) -> dict:
@@ -200,6 +200,7 @@ def _score(
     val: ValidationSet,
     base_score: float,
     selection_steps: int,
+    training_key: dict,
     work: Path,
 ) -> CandidateScore:
     """Train and score one candidate (or reuse its cached score); ``work`` keeps its checkpoint."""
@@ -208,7 +209,7 @@ def _score(
         return CandidateScore(
             preset.name, None, base_score, 0, rows.height, 0.0, note=f"{rows.height} rows < batch_size"
         )
-    key = {**_training_key(rows, config, base_model, val), "steps": steps}
+    key = {**training_key, "steps": steps}
 
     def train_and_score() -> dict:
         shutil.rmtree(work, ignore_errors=True)  # a checkpoint of other steps, or of a run cut short
@@ -221,19 +222,15 @@ def _score(
             shutil.rmtree(work, ignore_errors=True)
         return asdict(
             CandidateScore(
-                preset.name,
-                prefix.val_ndcg10,
-                base_score,
-                prefix.steps,
-                rows.height,
-                prefix.seconds,
-                resumable=prefix.checkpoint is not None,
+                preset.name, prefix.val_ndcg10, base_score, prefix.steps, rows.height, prefix.seconds
             )
         )
 
-    score = CandidateScore(**_cached(work.parent, preset.name, key, train_and_score))
-    score.resumable = _last_checkpoint(work) is not None  # a reused score's checkpoint may be gone
-    return score
+    # resumable is read off the folder, not the cache: a reused score's checkpoint may be gone.
+    record = {
+        k: v for k, v in _cached(work.parent, preset.name, key, train_and_score).items() if k != "resumable"
+    }
+    return CandidateScore(**record, resumable=_last_checkpoint(work) is not None)
 
 
 __all__ = [

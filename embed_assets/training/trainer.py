@@ -393,13 +393,7 @@ def train_bi_encoder(
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - start
-    steps = int(out.global_step)
-    if steps == 0:
-        # The no-duplicates sampler could not fill one batch: saving the base model as "fine-tuned" would lie.
-        raise ValueError(
-            f"training ran 0 steps: {train.height} rows could not fill one batch of {config.batch_size} "
-            "without repeating a text; add data or lower batch_size"
-        )
+    steps = _steps_run(out, train, config)
     if config.lora_rank > 0:
         # Fold the adapters into plain weights: export, serving and base merging need no peft.
         model[0].model = model[0].model.merge_and_unload()
@@ -489,12 +483,7 @@ def train_prefix(
     run = _prepare_run(base_model, train, output_dir, config, val, base_val_ndcg10, (StopAt(),))
     start = time.perf_counter()
     out = run.trainer.train()
-    done = int(out.global_step)
-    if done == 0:
-        raise ValueError(
-            f"training ran 0 steps: {train.height} rows could not fill one batch of {config.batch_size} "
-            "without repeating a text; add data or lower batch_size"
-        )
+    done = _steps_run(out, train, config)
     score = validation_ndcg10(run.model, val)
     checkpoint = output_dir / "checkpoints" / f"checkpoint-{done}"
     # A schedule that ended here leaves nothing to resume; LoRA adapters are not resumed.
@@ -502,6 +491,19 @@ def train_prefix(
     return PrefixResult(
         done, score, str(checkpoint) if resumable else None, round(time.perf_counter() - start, 1)
     )
+
+
+def _steps_run(out, train: pl.DataFrame, config: TrainingConfig) -> int:
+    """The optimiser steps a ``trainer.train()`` output ran; 0 is an error, because the
+    no-duplicates sampler could not fill one batch and saving the base model as "fine-tuned"
+    would lie."""
+    steps = int(out.global_step)
+    if steps == 0:
+        raise ValueError(
+            f"training ran 0 steps: {train.height} rows could not fill one batch of {config.batch_size} "
+            "without repeating a text; add data or lower batch_size"
+        )
+    return steps
 
 
 def _checkpoint_step(path: str | None) -> int | None:

@@ -268,7 +268,7 @@ def finetuned_model(
         context.log.info("reusing %s: trained before on the same data, config and base model", out_dir)
     if resume_from is not None:
         context.log.info("resumed from recipe selection's checkpoint at step %s", result.resumed_from_step)
-        drop_checkpoint(selection_cache, train, core, init_model, val)  # the finished model supersedes it
+        drop_checkpoint(resume_from)  # the finished model supersedes it
     context.log.info(
         "recipe %s: trained %d steps at %.2f examples/s; val nDCG@10 base %s -> %s (merge %.2f)%s",
         preset.name,
