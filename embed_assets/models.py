@@ -8,7 +8,8 @@ sentence-transformers folder, or a hub id when the machine is online, works too.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,12 @@ def encode(model, texts: list[str], batch_size: int = 64, show_progress_bar: boo
         show_progress_bar=show_progress_bar,
     )
     return emb.astype(np.float32, copy=False)
+
+
+TextEncoder = Callable[[list[str]], np.ndarray]
+
+
+def text_encoder(model, embed: TextEncoder | None = None, batch_size: int = 64) -> TextEncoder:
+    """``embed`` when a caller has one (an embedding cache's lookup), else :func:`encode` with
+    ``model``: the stages that embed questions take either."""
+    return embed or partial(encode, model, batch_size=batch_size)

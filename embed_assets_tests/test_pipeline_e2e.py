@@ -215,6 +215,7 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
     assert recipe["chosen"] == meta["chosen"].value == max(scores, key=scores.get)
     assert meta[f"val_ndcg10_{recipe['chosen']}"].value == scores[recipe["chosen"]]
     assert meta["labelled_queries_used_for_selection"].value is False
+    assert meta["base_val_vectors_from_index"].value is True  # not encoded a second time
     # Each candidate ran the first selection_steps (2) of its own 6-step schedule; the chosen one
     # finished from that checkpoint, which is deleted once the model is trained.
     assert recipe["selection_steps"] == 2

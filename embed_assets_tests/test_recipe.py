@@ -9,14 +9,21 @@ from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import polars as pl
 import pytest
 from sentence_transformers import SentenceTransformer
 from test_training_options import rows as setting_rows
 from test_training_options import val as setting_val
 
+from embed_assets.models import encode
 from embed_assets.recipe.presets import AUTO, PRESETS, RECIPE_FIELDS, candidates, fill, generators_for
-from embed_assets.recipe.selection import SELECTED_ON, choose_recipe, resume_checkpoint
+from embed_assets.recipe.selection import (
+    SELECTED_ON,
+    base_validation_score,
+    choose_recipe,
+    resume_checkpoint,
+)
 from embed_assets.recipe.settings import FinetunedModelSettings, run_config_errors
 from embed_assets.training.examples import training_rows
 from embed_assets.training.trainer import (
@@ -147,6 +154,26 @@ def test_auto_trains_each_candidate_scores_it_on_validation_and_caches_the_score
     # Only the winner's checkpoint is kept (its training finishes from it), the loser's is deleted.
     assert [c.resumable for c in again.candidates] == [c.preset == choice.chosen for c in again.candidates]
     assert len(list(tmp_path.glob("prefix-*"))) == 1
+
+
+def test_the_base_score_uses_known_corpus_vectors_instead_of_encoding_them(tmp_path):
+    """Given the base model's vectors of the validation chunks (the chunk index's cache holds
+    them), the base is scored with those: the same score as encoding them; random vectors give
+    a much lower one, so the given vectors are what is scored."""
+    val = setting_val()
+    asked = []
+
+    def encoded(model, corpus):
+        asked.append(list(corpus))
+        return encode(model, list(corpus.values()))
+
+    def noise(model, corpus):
+        return np.random.default_rng(0).standard_normal((len(corpus), 384)).astype(np.float32)
+
+    own = base_validation_score("all-MiniLM-L6-v2", val, tmp_path / "own")
+    given = base_validation_score("all-MiniLM-L6-v2", val, tmp_path / "given", encoded)
+    assert asked == [list(val.corpus)] and given == pytest.approx(own, abs=1e-6)
+    assert base_validation_score("all-MiniLM-L6-v2", val, tmp_path / "noise", noise) < own - 0.2
 
 
 def test_refit_trains_every_row_with_what_validation_chose(tmp_path):

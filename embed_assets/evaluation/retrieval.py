@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Container
+from collections.abc import Container
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from sentence_transformers.util import semantic_search
 
 from embed_assets.evaluation.metrics import Qrels, Run
-from embed_assets.models import encode
+from embed_assets.models import TextEncoder, text_encoder
 
 
 def read_qrels(path: str | Path) -> Qrels:
@@ -129,7 +129,7 @@ def retrieve(
     top_k: int = 100,
     batch_size: int = 64,
     corpus_vectors: np.ndarray | None = None,
-    embed: Callable[[list[str]], np.ndarray] | None = None,
+    embed: TextEncoder | None = None,
 ) -> Run:
     """Exact cosine search of every query over the corpus; ``{qid: {doc_id: score}}``.
 
@@ -143,7 +143,7 @@ def retrieve(
         embed: gives ``model``'s unit-normalised vectors of texts, e.g. through an embedding
             cache (default: encode them with ``batch_size``).
     """
-    embed = embed or (lambda texts: encode(model, texts, batch_size=batch_size))
+    embed = text_encoder(model, embed, batch_size)
     doc_ids = list(corpus)
     if corpus_vectors is None:
         doc_vec = embed([corpus[d] for d in doc_ids])

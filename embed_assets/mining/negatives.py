@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from embed_assets.index.chunk_index import ChunkIndex, search
-from embed_assets.models import encode
+from embed_assets.models import TextEncoder, text_encoder
 
 NEGATIVES_SCHEMA = {
     "qa_id": pl.String,
@@ -108,7 +107,7 @@ def mine_hard_negatives(
     config: MiningConfig | None = None,
     *,
     batch_size: int = 256,
-    embed: Callable[[list[str]], np.ndarray] | None = None,
+    embed: TextEncoder | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int], dict[str, list[float]]]:
     """Mine negatives for each row of ``queries`` (``qa_id, question, positive_chunk_ids``).
 
@@ -133,7 +132,7 @@ def mine_hard_negatives(
         positives = part["positive_chunk_ids"].to_list()
         all_pos = {c for p in positives for c in p}
         known = _lookup_chunks(index, all_pos)
-        qvec = (embed or (lambda texts: encode(model, texts)))(part["question"].to_list())
+        qvec = text_encoder(model, embed)(part["question"].to_list())
         for row, hits, cand_scores in search(index, qvec, k, columns=("chunk_id", "doc_id", "chunk_index")):
             pos = positives[row]
             pvs = [known[c][0] for c in pos if c in known]

@@ -25,7 +25,6 @@ so metadata can count drops per reason.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +32,7 @@ import polars as pl
 
 from embed_assets.index.chunk_index import ChunkIndex, search
 from embed_assets.index.lexical import lexical_ranks
-from embed_assets.models import encode
+from embed_assets.models import TextEncoder, text_encoder
 
 _WORD = re.compile(r"[a-z0-9_]{3,}")
 
@@ -131,7 +130,7 @@ def score_pairs(
     index: ChunkIndex,
     config: QualityConfig,
     *,
-    embed: Callable[[list[str]], np.ndarray] | None = None,
+    embed: TextEncoder | None = None,
 ) -> pl.DataFrame:
     """Add quality columns to ``qa`` and decide which pairs to keep.
 
@@ -154,7 +153,7 @@ def score_pairs(
             pl.lit(False).alias("kept"),
             pl.lit(None, pl.String).alias("drop_reason"),
         )
-    qvec = (embed or (lambda texts: encode(model, texts)))(qa["question"].to_list())
+    qvec = text_encoder(model, embed)(qa["question"].to_list())
     positives = qa["positive_chunk_ids"].to_list()
     ranks = roundtrip_ranks(qvec, positives, index, config.roundtrip_top_k)
     lexical: list[int | None] = [None] * qa.height

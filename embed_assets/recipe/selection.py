@@ -18,7 +18,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import polars as pl
 
 from embed_assets.hashing import stable_hash
@@ -34,6 +36,9 @@ from embed_assets.training.trainer import (
     training_columns,
     validation_ndcg10,
 )
+
+# (loaded model, {chunk id: text}) -> the model's vectors of those chunks, in order
+CorpusVectors = Callable[[Any, dict[str, str]], np.ndarray]
 
 SELECTED_ON = "held-out generated questions of held-out documents (validation split)"
 
@@ -76,6 +81,7 @@ def choose_recipe(
     val: ValidationSet | None,
     selection_steps: int,
     cache_dir: Path,
+    base_corpus_vectors: CorpusVectors | None = None,
 ) -> RecipeChoice:
     """Pick one of ``presets``.
 
@@ -92,6 +98,8 @@ def choose_recipe(
         selection_steps: the per-candidate step budget (the cost of ``auto``).
         cache_dir: where scores are kept by a hash of rows, config, validation set and model,
             and the chosen candidate's checkpoint (the others' are deleted).
+        base_corpus_vectors: where the base model's vectors of the validation chunks are read
+            (see :func:`base_validation_score`); None encodes them.
     """
     if len(presets) == 1:
         return RecipeChoice(requested, presets[0].name, selected_on="named by the user")
@@ -99,7 +107,7 @@ def choose_recipe(
         return RecipeChoice(
             requested, DEFAULT_PRESET.name, selected_on="no validation split: the default preset"
         )
-    base_score = base_validation_score(base_model, val, cache_dir)
+    base_score = base_validation_score(base_model, val, cache_dir, base_corpus_vectors)
     scores, folders = [], []
     for preset in presets:
         rows, config = rows_for(preset), config_for(preset)
@@ -125,14 +133,22 @@ def choose_recipe(
     return RecipeChoice(requested, best.preset, scores, selection_steps, SELECTED_ON)
 
 
-def base_validation_score(base_model: str, val: ValidationSet, cache_dir: Path) -> float:
-    """``base_model``'s nDCG@10 on ``val``, computed once per model and validation set."""
-    return _cached(
-        cache_dir,
-        "base",
-        {"val": _val_key(val), "base": model_key(base_model)},
-        lambda: {"val_ndcg10": validation_ndcg10(load_model(base_model), val)},
-    )["val_ndcg10"]
+def base_validation_score(
+    base_model: str, val: ValidationSet, cache_dir: Path, corpus_vectors: CorpusVectors | None = None
+) -> float:
+    """``base_model``'s nDCG@10 on ``val``, computed once per model and validation set.
+
+    ``corpus_vectors(model, corpus)`` gives the model's vectors of the validation chunks (the
+    chunk index's embedding cache holds the base model's); without it they are encoded."""
+
+    def score() -> dict:
+        model = load_model(base_model)
+        known = corpus_vectors(model, val.corpus) if corpus_vectors else None
+        return {"val_ndcg10": validation_ndcg10(model, val, known)}
+
+    return _cached(cache_dir, "base", {"val": _val_key(val), "base": model_key(base_model)}, score)[
+        "val_ndcg10"
+    ]
 
 
 def _training_key(rows: pl.DataFrame, config: TrainingConfig, base_model: str, val: ValidationSet) -> dict:
@@ -236,6 +252,7 @@ def _score(
 __all__ = [
     "SELECTED_ON",
     "CandidateScore",
+    "CorpusVectors",
     "RecipeChoice",
     "base_validation_score",
     "choose_recipe",

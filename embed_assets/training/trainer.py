@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -180,11 +181,19 @@ def _val_evaluator(val: ValidationSet):
     )
 
 
-def validation_ndcg10(model, val: ValidationSet) -> float:
+def validation_ndcg10(model, val: ValidationSet, corpus_vectors: np.ndarray | None = None) -> float:
     """nDCG@10 of ``model`` (a loaded SentenceTransformer) on ``val``: the score that picks
-    checkpoints, merge weights and recipes."""
+    checkpoints, merge weights and recipes.
+
+    Args:
+        model: the model whose queries (and, without ``corpus_vectors``, corpus) are embedded.
+        val: the validation set.
+        corpus_vectors: ``model``'s vectors of ``val.corpus``, one row per entry in its order
+            (the base model's are already in the chunk index's cache); None embeds the corpus.
+    """
     evaluator = _val_evaluator(val)
-    return float(evaluator(model)[evaluator.primary_metric])
+    known = {} if corpus_vectors is None else {"corpus_embeddings": torch.from_numpy(corpus_vectors)}
+    return float(evaluator(model, **known)[evaluator.primary_metric])
 
 
 def _linear_merge(model, base_state: dict[str, torch.Tensor], base_weight: float) -> None:

@@ -95,3 +95,18 @@ def base_embedding_cache(base_chunk_index: dict, model) -> EmbeddingCache | None
     (callers then encode)."""
     key = base_chunk_index.get("model_key")
     return EmbeddingCache(base_chunk_index["uri"], key, embedding_dim(model)) if key else None
+
+
+def base_corpus_vectors(base_chunk_index: dict, base_model_path: str):
+    """A :data:`~embed_assets.recipe.selection.CorpusVectors` that reads the base model's vectors
+    of known chunks from the index's embedding cache (the validation chunks were all indexed),
+    so scoring the base model on validation embeds only its questions. None when the index was
+    built with another model than ``base_model_path`` (or does not name its model)."""
+    if base_chunk_index.get("model_key") != model_key(base_model_path):
+        return None
+
+    def vectors(model, corpus: dict[str, str]):
+        cache = base_embedding_cache(base_chunk_index, model)
+        return cache.vectors(pl.DataFrame({"chunk_id": list(corpus), "text": list(corpus.values())}), model)
+
+    return vectors

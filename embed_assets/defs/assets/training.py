@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from embed_assets.defs.assets.indexing import base_corpus_vectors
 from embed_assets.defs.configs import FinetunedModelConfig, TrainingExamplesConfig
 from embed_assets.defs.metadata import image, preview, stage_metrics
 from embed_assets.defs.provenance import previous_materialization, recorded_value, recorded_versions
@@ -47,6 +48,7 @@ def _op_config(context: dg.AssetExecutionContext, asset: str) -> dict:
 )
 def training_recipe(
     context: dg.AssetExecutionContext,
+    base_chunk_index: dict,
     mined_negatives: pl.DataFrame,
     qa_splits: pl.DataFrame,
     document_chunks: pl.DataFrame,
@@ -57,6 +59,7 @@ def training_recipe(
     start = time.perf_counter()
     examples = TrainingExamplesConfig(**_op_config(context, "training_examples"))
     model = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
+    index_vectors = base_corpus_vectors(base_chunk_index, base_model.path())
     choice = choose_recipe(
         recipe.preset,
         recipe.candidates(),
@@ -68,6 +71,7 @@ def training_recipe(
         val=validation_set(qa_splits, document_chunks, model.val_distractors, model.seed),
         selection_steps=recipe.selection_steps,
         cache_dir=store.path("recipe_selection"),
+        base_corpus_vectors=index_vectors,
     )
     chosen = PRESETS[choice.chosen]
     value = {
@@ -85,6 +89,8 @@ def training_recipe(
             "chosen": choice.chosen,
             "selected_on": choice.selected_on,
             "labelled_queries_used_for_selection": False,
+            # the base model's validation chunks come from the index's embedding cache
+            "base_val_vectors_from_index": index_vectors is not None,
             **{f"val_ndcg10_{c.preset}": c.val_ndcg10 for c in choice.candidates if c.val_ndcg10 is not None},
             "candidates": dg.MetadataValue.md(_candidates_table(choice)),
             "chosen_settings": dg.MetadataValue.json(value["settings"]),
