@@ -110,6 +110,8 @@ def test_product_bench_runs_the_product_and_scores_both_ways(tmp_path):
         str(budget),
         "--half-split-seed",
         "3",
+        "--work-dir",
+        str(tmp_path / "work"),
     ]
     out = bench.main(args)
     assert out["recipe"]["requested"] == "auto" and out["recipe"]["chosen"] in (
@@ -136,6 +138,15 @@ def test_product_bench_runs_the_product_and_scores_both_ways(tmp_path):
     table = (out_dir / "nftiny-test-product.md").read_text()
     assert "| ours |" in table and "**Whole documents**" in table and "embed_assets run" in table
     assert json.loads((out_dir / "nftiny-test-product.json").read_text())["results"] == out["results"]
+    # The base model's whole-document vectors do not depend on the seed: kept in the home for the
+    # next run (another seed) to read instead of encoding the collection again.
+    import lancedb
+
+    kept = [
+        t for t in lancedb.connect(str(tmp_path / "work" / "home" / "lancedb")).table_names() if "_whole" in t
+    ]
+    assert len(kept) == 1
+    assert lancedb.connect(str(tmp_path / "work" / "home" / "lancedb")).open_table(kept[0]).count_rows() > 40
 
 
 @pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
