@@ -11,6 +11,7 @@ from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache, build_chunk_index, model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
 from embed_assets.models import embedding_dim
+from embed_assets.recipe.selection import CorpusVectors
 
 
 @dg.asset(
@@ -97,7 +98,7 @@ def base_embedding_cache(base_chunk_index: dict, model) -> EmbeddingCache | None
     return EmbeddingCache(base_chunk_index["uri"], key, embedding_dim(model)) if key else None
 
 
-def base_corpus_vectors(base_chunk_index: dict, base_model_path: str):
+def base_corpus_vectors(base_chunk_index: dict, base_model_path: str) -> CorpusVectors | None:
     """A :data:`~embed_assets.recipe.selection.CorpusVectors` that reads the base model's vectors
     of known chunks from the index's embedding cache (the validation chunks were all indexed),
     so scoring the base model on validation embeds only its questions. None when the index was
