@@ -10,6 +10,9 @@ and reports the per-seed spread next to it:
     python benchmarks/bench_nfcorpus.py --seed 1234
     python benchmarks/summarise_seeds.py benchmarks/results/nfcorpus-test.json \
         benchmarks/results/nfcorpus-test-seed7.json benchmarks/results/nfcorpus-test-seed1234.json
+
+The product bench's ``<dataset>-<split>-product[-seedN].json`` files pool the same way, with their
+whole-document scores (means and spreads) and the recipe ``auto`` chose in each run.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def pool(records: list[dict]) -> dict:
     def settings(record: dict) -> dict:
         # The same data folder may be reached by another path (a clone beside a link to it).
         config = {k: v for k, v in record["config"].items() if k not in IGNORED}
-        config["beir_dir"] = os.path.realpath(config["beir_dir"])
+        if "beir_dir" in config:  # the research harness records it; the product bench its dataset
+            config["beir_dir"] = os.path.realpath(config["beir_dir"])
         return config
 
     first = settings(records[0])
@@ -52,43 +56,53 @@ def pool(records: list[dict]) -> dict:
     seeds = [r["config"]["seed"] for r in records]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"the same seed appears twice: {seeds}")
+    if len({r["dataset"] for r in records}) != 1:
+        raise ValueError(f"runs on different datasets: {sorted({r['dataset'] for r in records})}")
     models = list(records[0]["results"])
-    metrics = list(records[0]["results"][models[0]])
-    table = {
-        m: {
-            k: {
-                "mean": round(statistics.mean(r["results"][m][k] for r in records), 4),
-                "sd": round(statistics.stdev(r["results"][m][k] for r in records), 4),
-                "per_seed": [r["results"][m][k] for r in records],
-            }
-            for k in metrics
-        }
-        for m in models
-    }
     averaged = {}
     for m in models:
         queries = set.intersection(*(set(r["per_query_ndcg10"][m]) for r in records))
         averaged[m] = {q: statistics.mean(r["per_query_ndcg10"][m][q] for r in records) for q in queries}
-    return {
+    pooled = {
         "dataset": records[0]["dataset"],
         "split": records[0]["split"],
         "seeds": seeds,
         "commands": [r["command"] for r in records],
-        "results": table,
+        "results": _mean_and_spread(records, "results"),
         "significance_ndcg10": significance(averaged),  # the bench's own comparisons, on seed means
+    }
+    # The product bench also scores whole documents and records the recipe `auto` chose per run.
+    if all("results_whole_document" in r for r in records):
+        pooled["results_whole_document"] = _mean_and_spread(records, "results_whole_document")
+    if all("recipe" in r for r in records):
+        pooled["recipes"] = [r["recipe"]["chosen"] for r in records]
+    return pooled
+
+
+def _mean_and_spread(records: list[dict], key: str) -> dict:
+    """Mean, standard deviation and per-seed values of every model's metrics under ``key``."""
+    models = list(records[0][key])
+    return {
+        m: {
+            k: {
+                "mean": round(statistics.mean(r[key][m][k] for r in records), 4),
+                "sd": round(statistics.stdev(r[key][m][k] for r in records), 4),
+                "per_seed": [r[key][m][k] for r in records],
+            }
+            for k in records[0][key][m]
+        }
+        for m in models
     }
 
 
-def markdown(pooled: dict) -> str:
-    seeds = pooled["seeds"]
+def _table(results: dict) -> list[str]:
+    """Mean ± sd per model and metric, with the change of the mean against base."""
     lines = [
-        f"# {pooled['dataset']} ({pooled['split']}): mean over seeds {', '.join(map(str, seeds))}",
-        "",
-        "| model | " + " | ".join(next(iter(pooled["results"].values()))) + " |",
-        "| --- |" + " --- |" * len(next(iter(pooled["results"].values()))),
+        "| model | " + " | ".join(next(iter(results.values()))) + " |",
+        "| --- |" + " --- |" * len(next(iter(results.values()))),
     ]
-    base = pooled["results"].get("base")
-    for model, row in pooled["results"].items():
+    base = results.get("base")
+    for model, row in results.items():
         cells = []
         for metric, v in row.items():
             cell = f"{v['mean']:.4f} ± {v['sd']:.4f}"
@@ -96,7 +110,15 @@ def markdown(pooled: dict) -> str:
                 cell += f" ({(v['mean'] - base[metric]['mean']) * 100:+.2f})"
             cells.append(cell)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += [
+    return lines
+
+
+def markdown(pooled: dict) -> str:
+    seeds = pooled["seeds"]
+    lines = [
+        f"# {pooled['dataset']} ({pooled['split']}): mean over seeds {', '.join(map(str, seeds))}",
+        "",
+        *_table(pooled["results"]),
         "",
         "(mean ± standard deviation over the seeds; in brackets: change of the mean against base, points ×100)",
         "",
@@ -109,13 +131,17 @@ def markdown(pooled: dict) -> str:
         lines.append(
             f"| {name} | {s['delta']:+.2f} | [{s['ci95_low']:+.2f}, {s['ci95_high']:+.2f}] | {s['p_two_sided']} |"
         )
-    lines += ["", "Per-seed nDCG@10:", "", "| seed | " + " | ".join(pooled["results"]) + " |"]
-    lines.append("| --- |" + " --- |" * len(pooled["results"]))
+    if "results_whole_document" in pooled:
+        lines += ["", "Whole documents:", "", *_table(pooled["results_whole_document"])]
+    recipes = pooled.get("recipes")
+    lines += ["", "Per-seed nDCG@10:", ""]
+    lines.append("| seed | " + " | ".join(pooled["results"]) + (" | recipe chosen |" if recipes else " |"))
+    lines.append("| --- |" + " --- |" * (len(pooled["results"]) + bool(recipes)))
     for i, seed in enumerate(seeds):
         lines.append(
             f"| {seed} | "
             + " | ".join(f"{row['NDCG@10']['per_seed'][i]:.4f}" for row in pooled["results"].values())
-            + " |"
+            + (f" | {recipes[i]} |" if recipes else " |")
         )
     lines += ["", "Commands:", "", *(f"- `{c}`" for c in pooled["commands"]), ""]
     return "\n".join(lines)
@@ -131,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = (
         Path(a.out)
         if a.out
-        else Path(a.results[0]).with_name(f"{pooled['dataset']}-{pooled['split']}-seeds.md")
+        else Path(a.results[0]).with_name(
+            f"{pooled['dataset']}-{pooled['split']}{'-product' if 'recipes' in pooled else ''}-seeds.md"
+        )
     )
     out.write_text(markdown(pooled), encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(pooled, indent=2), encoding="utf-8")

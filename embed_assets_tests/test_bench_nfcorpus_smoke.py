@@ -138,6 +138,20 @@ def test_product_bench_runs_the_product_and_scores_both_ways(tmp_path):
     table = (out_dir / "nftiny-test-product.md").read_text()
     assert "| ours |" in table and "**Whole documents**" in table and "embed_assets run" in table
     assert json.loads((out_dir / "nftiny-test-product.json").read_text())["results"] == out["results"]
+    # summarise_seeds.py pools the product bench's records too (both scorings, the recipe per run):
+    # here the record and the same record labelled with another seed, so every spread is 0.
+    record = json.loads((out_dir / "nftiny-test-product.json").read_text())
+    (out_dir / "nftiny-test-product-seed7.json").write_text(
+        json.dumps({**record, "config": {**record["config"], "seed": 7}})
+    )
+    pooled = _load_script("summarise_seeds").main(
+        [str(out_dir / "nftiny-test-product.json"), str(out_dir / "nftiny-test-product-seed7.json")]
+    )
+    assert pooled["recipes"] == [record["recipe"]["chosen"]] * 2
+    for scoring in ("results", "results_whole_document"):
+        ours = pooled[scoring]["ours"]["NDCG@10"]
+        assert ours["mean"] == pytest.approx(record[scoring]["ours"]["NDCG@10"], abs=1e-4) and ours["sd"] == 0
+    assert "Whole documents" in (out_dir / "nftiny-test-product-seeds.md").read_text()
     # The base model's whole-document vectors do not depend on the seed: kept in the home for the
     # next run (another seed) to read instead of encoding the collection again.
     import lancedb
