@@ -31,7 +31,7 @@ LINEAGE = {
     "qa_quality_scores": {"synthetic_qa", "document_chunks", "base_chunk_index"},
     "qa_splits": {"qa_quality_scores", "document_chunks"},
     "mined_negatives": {"qa_splits", "base_chunk_index"},
-    "training_recipe": {"mined_negatives", "qa_splits", "document_chunks"},
+    "training_recipe": {"base_chunk_index", "mined_negatives", "qa_splits", "document_chunks"},
     "training_examples": {"training_recipe", "mined_negatives", "document_chunks", "qa_splits"},
     "finetuned_model": {"training_recipe", "training_examples", "qa_splits", "document_chunks"},
     "retrieval_eval": {
