@@ -69,3 +69,39 @@ def test_encode_is_unit_normalised_float32(base_model):
 def test_encode_empty_list(base_model):
     out = encode(base_model, [])
     assert out.shape == (0, 384) and out.dtype == np.float32
+
+
+def test_model_key_follows_the_files_contents_through_its_memo(tmp_path):
+    """The key is memoised per folder and file stats, so a rewrite of the weights (even to the
+    same size) must give a new key, and a copy of the files in another folder the same key."""
+    import os
+    import shutil
+
+    from embed_assets.index.chunk_index import model_key
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model_path("all-MiniLM-L6-v2"), folder)
+    first = model_key(folder)
+    assert model_key(folder) == first
+    shutil.copytree(folder, tmp_path / "copy")
+    assert model_key(tmp_path / "copy") == first
+
+    config = folder / "config.json"
+    before = config.stat()
+    text = config.read_text()
+    config.write_text(text.replace('"hidden_act"', '"hidden_ACT"'))  # same size, other bytes
+    os.utime(config, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))  # a later write
+    assert config.stat().st_size == before.st_size
+    assert model_key(folder) != first
+
+
+def test_the_encode_batch_size_does_not_change_the_vectors(base_model):
+    """The product encodes with ENCODE_BATCH_SIZE (chosen for speed, benchmarks/bench_encode_batch.py);
+    vectors must agree with other batch sizes up to float rounding, so caches filled at another
+    size stay valid."""
+    from embed_assets.models import ENCODE_BATCH_SIZE
+
+    texts = [f"SQLSTATE {n}: deadlock detected on relation {n * 7}" for n in range(40)] + ["work_mem"]
+    ours = encode(base_model, texts)
+    for other in (1, 4 * ENCODE_BATCH_SIZE):
+        np.testing.assert_allclose(encode(base_model, texts, batch_size=other), ours, atol=1e-5)

@@ -12,7 +12,7 @@ import torch
 from sentence_transformers.util import semantic_search
 
 from embed_assets.evaluation.metrics import Qrels, Run
-from embed_assets.models import TextEncoder, text_encoder
+from embed_assets.models import ENCODE_BATCH_SIZE, TextEncoder, text_encoder
 
 
 def read_qrels(path: str | Path) -> Qrels:
@@ -127,7 +127,7 @@ def retrieve(
     corpus: dict[str, str],
     queries: dict[str, str],
     top_k: int = 100,
-    batch_size: int = 64,
+    batch_size: int = ENCODE_BATCH_SIZE,
     corpus_vectors: np.ndarray | None = None,
     embed: TextEncoder | None = None,
 ) -> Run:

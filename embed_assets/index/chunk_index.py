@@ -21,7 +21,7 @@ import pyarrow as pa
 from lancedb.index import FTS
 
 from embed_assets.hashing import content_hash
-from embed_assets.models import embedding_dim, encode
+from embed_assets.models import ENCODE_BATCH_SIZE, embedding_dim, encode
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class EmbeddingCache:
         self.computed = 0
         self.reused = 0
 
-    def vectors(self, chunks: pl.DataFrame, model, encode_batch_size: int = 64) -> np.ndarray:
+    def vectors(self, chunks: pl.DataFrame, model, encode_batch_size: int = ENCODE_BATCH_SIZE) -> np.ndarray:
         """Unit-normalised vectors of ``chunks`` (``chunk_id, text``), in row order: read from the
         cache when known, else encoded with ``model`` and added to it."""
         ids = chunks["chunk_id"].to_list()
@@ -106,7 +106,7 @@ class EmbeddingCache:
             else np.zeros((0, self.dim), np.float32)
         )
 
-    def text_vectors(self, texts: list[str], model, encode_batch_size: int = 64) -> np.ndarray:
+    def text_vectors(self, texts: list[str], model, encode_batch_size: int = ENCODE_BATCH_SIZE) -> np.ndarray:
         """:meth:`vectors` for texts without ids (questions), keyed by a hash of the text: the
         questions the quality filter embeds are not embedded again by the miner or the evaluation."""
         ids = [f"text-{content_hash(t)}" for t in texts]
@@ -124,10 +124,20 @@ def model_key(model_path: str | Path) -> str:
         files = sorted(
             p for p in folder.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin", ".json"}
         )
-        return stable_hash(
-            [(str(p.relative_to(folder)), p.stat().st_size, file_sha256(p)) for p in files], 12
-        )
+        # Several stages key on the same folder in one run: its files are read (~90 MB for the
+        # default model) once per content signature, not once per call. A rewrite changes a
+        # file's size or mtime and so misses the memo.
+        stats = [(p, p.stat()) for p in files]
+        signature = (str(folder.resolve()), tuple((str(p), s.st_size, s.st_mtime_ns) for p, s in stats))
+        if signature not in _MODEL_KEYS:
+            _MODEL_KEYS[signature] = stable_hash(
+                [(str(p.relative_to(folder)), s.st_size, file_sha256(p)) for p, s in stats], 12
+            )
+        return _MODEL_KEYS[signature]
     return stable_hash(str(model_path), 12)
+
+
+_MODEL_KEYS: dict[tuple, str] = {}  # model_key's memo: (folder, its files' stats) -> key
 
 
 def build_chunk_index(
@@ -137,7 +147,7 @@ def build_chunk_index(
     *,
     table: str = TABLE_NAME,
     batch_size: int = 256,
-    encode_batch_size: int = 64,
+    encode_batch_size: int = ENCODE_BATCH_SIZE,
     ann_threshold: int = 100_000,
     cache: EmbeddingCache | None = None,
 ) -> ChunkIndex:

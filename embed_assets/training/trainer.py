@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from embed_assets.models import best_device, embedding_dim, resolve_model_path
+from embed_assets.models import ENCODE_BATCH_SIZE, best_device, embedding_dim, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,13 @@ def _val_evaluator(val: ValidationSet):
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
 
     return InformationRetrievalEvaluator(
-        val.queries, val.corpus, val.relevant, name="val", write_csv=False, show_progress_bar=False
+        val.queries,
+        val.corpus,
+        val.relevant,
+        name="val",
+        write_csv=False,
+        show_progress_bar=False,
+        batch_size=ENCODE_BATCH_SIZE,  # the chunk index's, whose vectors stand in for the base's
     )
 
 

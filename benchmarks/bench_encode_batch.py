@@ -1,0 +1,103 @@
+"""Corpus encoding time by encoder batch size, on the product's own chunks and encode path.
+
+Every corpus encoding in the pipeline (the chunk index, the evaluation, validation scoring)
+goes through :func:`embed_assets.models.encode`; sentence-transformers sorts each call's texts
+by length, so a smaller batch pads less while a larger one amortises per-batch overhead. This
+measures which wins on this machine, on the embedded default corpus chunked as the product
+chunks it, with the base model. Batch sizes are interleaved over rounds so that a drift in
+machine speed hits them alike; the table reports each one's median.
+
+    python benchmarks/bench_encode_batch.py --chunks 768 --rounds 2 --batch-sizes 8 16 32 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from embed_assets.ingest.chunking import chunk_documents  # noqa: E402
+from embed_assets.ingest.documents import read_corpus  # noqa: E402
+from embed_assets.models import ENCODE_BATCH_SIZE, encode, load_model  # noqa: E402
+
+
+def matmul_gflops() -> float:
+    """The machine's fp32 matmul speed right now (every long stage of a run scales with it)."""
+    a = torch.randn(1024, 1024)
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    return 20 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", default=str(REPO / "data" / "corpus"))
+    p.add_argument("--chunks", type=int, default=768, help="the first N chunks of the corpus")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--out", default=None, help="write the markdown table here")
+    args = p.parse_args(argv)
+
+    model = load_model("all-MiniLM-L6-v2")
+    chunks = chunk_documents(read_corpus(args.corpus).documents, model.tokenizer)
+    texts = chunks["text"].to_list()[: args.chunks]
+    tokens = [len(ids) for ids in model.tokenizer(texts)["input_ids"]]
+    encode(model, texts[:32])  # warm-up: first-call allocations are not a batch size's cost
+    speed_before = matmul_gflops()
+    seconds: dict[int, list[float]] = {bs: [] for bs in args.batch_sizes}
+    reference = None
+    for _ in range(args.rounds):
+        for bs in args.batch_sizes:
+            start = time.perf_counter()
+            vectors = encode(model, texts, batch_size=bs)
+            seconds[bs].append(time.perf_counter() - start)
+            reference = vectors if reference is None else reference
+            # Padding changes float rounding only: the vectors must agree to the last few digits.
+            drift = float(np.abs(vectors - reference).max())
+            assert drift < 1e-4, f"batch {bs}: vectors differ by {drift}"
+    speed_after = matmul_gflops()
+
+    slowest = max(statistics.median(s) for s in seconds.values())
+    lines = [
+        "# Corpus encoding time by batch size",
+        "",
+        f"Command: `python benchmarks/bench_encode_batch.py --chunks {args.chunks} --rounds {args.rounds} "
+        f"--batch-sizes {' '.join(map(str, args.batch_sizes))}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; fp32 matmul {speed_before:.0f} GFLOP/s before, "
+        f"{speed_after:.0f} after. {len(texts)} chunks of the embedded corpus "
+        f"(mean {statistics.mean(tokens):.0f} tokens, max {max(tokens)}), base model all-MiniLM-L6-v2. "
+        f"The product's default is {ENCODE_BATCH_SIZE}.",
+        "",
+        "| batch size | median seconds | chunks/s | vs slowest | every round (s) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for bs, runs in seconds.items():
+        med = statistics.median(runs)
+        lines.append(
+            f"| {bs} | {med:.2f} | {len(texts) / med:.1f} | {slowest / med:.2f}x | "
+            f"{', '.join(f'{s:.2f}' for s in runs)} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table)
+    return {bs: statistics.median(runs) for bs, runs in seconds.items()}
+
+
+if __name__ == "__main__":
+    main()
