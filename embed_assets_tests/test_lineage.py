@@ -210,6 +210,9 @@ def test_gc_keeps_what_evaluations_use_and_deletes_the_rest(two_runs, capsys):
     orphan_model = home / "models" / "finetuned-orphan"
     orphan_model.mkdir()
     (orphan_model / "modules.json").write_text("[]")
+    # The ONNX exports the runs encoded with are a cache: gc frees them, a run rebuilds them.
+    encoders = sorted((home / "encoders").iterdir())
+    assert any(e.name.startswith("base-") for e in encoders) and len(encoders) >= 2
     assert main(["gc", "--home", str(home), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"would delete {orphan}" in out and f"would delete {orphan_model}" in out
@@ -217,5 +220,6 @@ def test_gc_keeps_what_evaluations_use_and_deletes_the_rest(two_runs, capsys):
     assert main(["gc", "--home", str(home)]) == 0
     capsys.readouterr()
     assert not orphan.exists() and not orphan_model.exists()
+    assert not any(e.exists() for e in encoders)
     assert main(["audit", first.run_id]) == 0  # nothing an evaluation uses was touched
     capsys.readouterr()

@@ -306,6 +306,22 @@ def test_onnx_export_serves_the_finetuned_model(pipeline):
     assert (folder / "tokenizer.json").exists() or (folder / "vocab.txt").exists()
 
 
+def test_corpus_and_questions_are_encoded_with_onnxruntime_on_cpu(pipeline):
+    """On CPU the index and the evaluation embed with onnxruntime on each model's export (kept
+    under encoders/), which the quality filter, miner and evaluation reuse for questions."""
+    result, home, _, _ = pipeline
+    mats = materialized(result)
+    index = result.output_for_node("base_chunk_index")
+    assert mats["base_chunk_index"].metadata["encoder_runtime"].value == "onnxruntime"
+    assert Path(index["encoder_dir"]).parent == home / "encoders"
+    assert (Path(index["encoder_dir"]) / "model.onnx").is_file()
+    evaluation = mats["retrieval_eval"].metadata
+    assert evaluation["fine_tuned_encoder_runtime"].value == "onnxruntime"
+    tuned_export = Path(evaluation["fine_tuned_encoder_export_dir"].value)
+    assert tuned_export.name == Path(result.output_for_node("finetuned_model")["path"]).name
+    assert (tuned_export / "model.onnx").is_file()
+
+
 LABELLED_EVAL = {"labelled_queries_dir": str(MINI_LABELLED), "labelled_queries_split": "test"}
 
 

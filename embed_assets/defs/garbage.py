@@ -7,8 +7,9 @@ Artifacts are immutable and content-addressed, so a home only grows. What is kep
 - the latest value of every asset (``assets/<asset>/latest.json``), which the next run reads;
 - the embedding caches (``lancedb/embeddings_*``): they only save work.
 
-Everything else under ``assets/``, ``models/``, ``beir/``, ``onnx/`` and the ``lancedb/chunks_*``
-tables goes. A folder (a model, a BEIR split, a LanceDB table) is kept whole when any file in
+Everything else under ``assets/``, ``models/``, ``beir/``, ``onnx/``, ``encoders/`` (the ONNX
+exports the pipeline encodes with; a run rebuilds a missing one in seconds) and the
+``lancedb/chunks_*`` tables goes. A folder (a model, a BEIR split, a LanceDB table) is kept whole when any file in
 it is referenced.
 """
 
@@ -23,7 +24,7 @@ import dagster as dg
 
 from embed_assets.defs.audit import ROOT_ASSET, audit_chain, chain_links
 
-FOLDER_KINDS = ("models", "beir", "onnx")
+FOLDER_KINDS = ("models", "beir", "onnx", "encoders")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import pyarrow as pa
 from lancedb.index import FTS
 
 from embed_assets.hashing import content_hash
-from embed_assets.models import ENCODE_BATCH_SIZE, embedding_dim, encode
+from embed_assets.models import ENCODE_BATCH_SIZE, TextEncoder, embedding_dim, encode
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,12 @@ class EmbeddingCache:
         uri: LanceDB folder.
         model_key: identifies the model's weights (see :func:`model_key`); one table per model.
         dim: embedding width.
+        encoder: embeds the texts not cached yet (e.g. onnxruntime, see
+            :func:`embed_assets.export.onnx_encoder.corpus_encoder`); default: the ``model``
+            passed to :meth:`vectors`, in PyTorch.
     """
 
-    def __init__(self, uri: str | Path, model_key: str, dim: int):
+    def __init__(self, uri: str | Path, model_key: str, dim: int, encoder: TextEncoder | None = None):
         self.db = lancedb.connect(str(uri))
         self.table = f"embeddings_{model_key}"
         self.dim = dim
@@ -70,12 +73,13 @@ class EmbeddingCache:
             [pa.field("chunk_id", pa.string()), pa.field("vector", pa.list_(pa.float32(), dim))]
         )
         self.tbl = self.db.create_table(self.table, schema=schema, exist_ok=True)
+        self.encoder = encoder
         self.computed = 0
         self.reused = 0
 
     def vectors(self, chunks: pl.DataFrame, model, encode_batch_size: int = ENCODE_BATCH_SIZE) -> np.ndarray:
         """Unit-normalised vectors of ``chunks`` (``chunk_id, text``), in row order: read from the
-        cache when known, else encoded with ``model`` and added to it."""
+        cache when known, else encoded (with the cache's ``encoder``, or ``model``) and added to it."""
         ids = chunks["chunk_id"].to_list()
         known: dict[str, np.ndarray] = {}
         if ids and self.tbl.count_rows():
@@ -88,7 +92,11 @@ class EmbeddingCache:
         new = dict.fromkeys(ids[i] for i in missing)  # a text repeated in the batch is encoded once
         if new:
             texts = dict(zip(ids, chunks["text"].to_list(), strict=True))
-            vectors = encode(model, [texts[c] for c in new], batch_size=encode_batch_size)
+            missing_texts = [texts[c] for c in new]
+            if self.encoder is not None:
+                vectors = self.encoder(missing_texts)
+            else:
+                vectors = encode(model, missing_texts, batch_size=encode_batch_size)
             self.tbl.add(
                 pa.table(
                     {

@@ -2,6 +2,7 @@
 
 import time
 from functools import partial
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -29,6 +30,7 @@ from embed_assets.evaluation.report import (
     top_movers,
 )
 from embed_assets.evaluation.retrieval import load_beir, retrieve
+from embed_assets.export.onnx_encoder import corpus_encoder
 from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache, model_key, read_vectors
 from embed_assets.lineage import code_version
 from embed_assets.models import embedding_dim, encode, load_model
@@ -125,6 +127,7 @@ def _without_per_query(comparison: dict) -> dict:
         "embed_assets.evaluation.retrieval",
         "embed_assets.evaluation.labelled",
         "embed_assets.evaluation.gate",
+        "embed_assets.export.onnx_encoder",
     ),
     kinds={"beir"},
     description="nDCG@1/5/10, Recall@10/100, MAP@10 and MRR@10 of the base and the fine-tuned model on the "
@@ -182,14 +185,22 @@ def retrieval_eval(
         )
     else:
         base_vectors = encode(base, list(corpus.values()))
+    # On CPU the fine-tuned model embeds with onnxruntime on its ONNX export (what onnx_model
+    # writes for the server, exported the same way): faster, and the served graph is scored.
+    tuned_name = Path(finetuned_model["path"]).name
+    tuned_encoder = corpus_encoder(tuned, finetuned_model["path"], store.path("encoders", tuned_name))
     tuned_cache = EmbeddingCache(
-        base_chunk_index["uri"], model_key(finetuned_model["path"]), embedding_dim(tuned)
+        base_chunk_index["uri"],
+        model_key(finetuned_model["path"]),
+        embedding_dim(tuned),
+        tuned_encoder.encode,
     )
     tuned_vectors = tuned_cache.vectors(
         pl.DataFrame({"chunk_id": list(corpus), "text": list(corpus.values())}), tuned
     )
+    tuned_embed = partial(tuned_cache.text_vectors, model=tuned)
     # (model, its corpus vectors, how it embeds other texts: None encodes them)
-    sides = {"base": (base, base_vectors, base_embed), "fine_tuned": (tuned, tuned_vectors, None)}
+    sides = {"base": (base, base_vectors, base_embed), "fine_tuned": (tuned, tuned_vectors, tuned_embed)}
 
     def run(side, qs, top_k):
         model, vectors, embed = sides[side]
@@ -234,6 +245,7 @@ def retrieval_eval(
             for g, m in by_generator.items()
         },
         "metrics": dg.MetadataValue.md(synthetic["markdown"]),
+        **{f"fine_tuned_{k}": v for k, v in tuned_encoder.metadata().items()},
         "test_queries": len(queries),
         "synthetic_set_version": versions["synthetic"],
         **_summary_metadata("", synthetic),

@@ -8,6 +8,7 @@ import polars as pl
 
 from embed_assets.defs.metadata import stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.export.onnx_encoder import corpus_encoder
 from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache, build_chunk_index, model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
 from embed_assets.models import embedding_dim
@@ -17,11 +18,12 @@ from embed_assets.recipe.selection import CorpusVectors
 @dg.asset(
     group_name="indexing",
     kinds={"lancedb"},
-    code_version=code_version(__name__, "embed_assets.index.chunk_index"),
+    code_version=code_version(__name__, "embed_assets.index.chunk_index", "embed_assets.export.onnx_encoder"),
     description="Base-model embeddings and text of every chunk in a LanceDB table: exact search for small "
     "corpora, an IVF-PQ index above the threshold, and a BM25 full-text index on the text. Used for round-trip "
     "filtering (dense and lexical) and hard-negative mining. One table per chunk set and model, never "
-    "rewritten; vectors are cached by chunk content hash, so unchanged chunks are never embedded again.",
+    "rewritten; vectors are cached by chunk content hash, so unchanged chunks are never embedded again. "
+    "On CPU, embedding runs in onnxruntime on the model's ONNX export (the server's graph).",
 )
 def base_chunk_index(
     context: dg.AssetExecutionContext,
@@ -37,7 +39,8 @@ def base_chunk_index(
         document_chunks.select("chunk_id", "doc_id", "chunk_index", "text"), {"model": key}
     )
     table = f"chunks_{version}"
-    cache = EmbeddingCache(uri, key, embedding_dim(model))
+    encoder = corpus_encoder(model, base_model.path(), store.path("encoders", f"base-{key}"))
+    cache = EmbeddingCache(uri, key, embedding_dim(model), encoder.encode)
     index = ChunkIndex(str(uri), table)
     # The same chunks and model were indexed before: the table is reused as it is. A build
     # killed half-way left fewer rows (or no text index yet): it is built again.
@@ -69,6 +72,8 @@ def base_chunk_index(
             "rows": index.count(),
             "model": base_model.path(),
             "model_key": key,
+            # where the base model's texts are embedded (quality, mining and evaluation use it too)
+            "encoder_dir": str(encoder.export_dir) if encoder.export_dir else None,
         },
         data_version=dg.DataVersion(version),
         metadata={
@@ -83,6 +88,7 @@ def base_chunk_index(
             "ann_index": index.has_ann_index(),
             "text_index": index.has_text_index(),
             "chunks_per_second": round(document_chunks.height / max(seconds, 1e-9), 1),
+            **encoder.metadata(),
             **stage_metrics(start),
         },
     )
@@ -92,10 +98,14 @@ def base_embedding_cache(base_chunk_index: dict, model) -> EmbeddingCache | None
     """The embedding cache of the model ``base_chunk_index`` was built with, for other texts
     (questions, evaluation documents): ``partial(cache.text_vectors, model=model)`` embeds a text
     only the first time any stage or run asks for it (the quality filter's questions are the
-    miner's and the evaluation's). None for an index value that does not name its model's key
-    (callers then encode)."""
+    miner's and the evaluation's), with the encoder the index used. None for an index value
+    that does not name its model's key (callers then encode)."""
     key = base_chunk_index.get("model_key")
-    return EmbeddingCache(base_chunk_index["uri"], key, embedding_dim(model)) if key else None
+    if not key:
+        return None
+    export_dir = base_chunk_index.get("encoder_dir")
+    encoder = corpus_encoder(model, base_chunk_index["model"], export_dir).encode if export_dir else None
+    return EmbeddingCache(base_chunk_index["uri"], key, embedding_dim(model), encoder)
 
 
 def base_corpus_vectors(base_chunk_index: dict, base_model_path: str) -> CorpusVectors | None:
