@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     slowest = max(statistics.median(s) for s in seconds.values())
     lines = [
-        "# Corpus encoding time by batch size",
+        "# Corpus encoding time by runtime and batch size",
         "",
         f"Command: `python benchmarks/bench_encode_batch.py --chunks {args.chunks} --rounds {args.rounds} "
         f"--batch-sizes {' '.join(map(str, args.batch_sizes))}{' --onnx' if args.onnx else ''}`",
