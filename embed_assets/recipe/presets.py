@@ -78,9 +78,9 @@ IDENTIFIER_MANUAL = Preset(
     },
     evidence="Temperature 0.02 (scale 50) and one positive-aware mined negative per row follow E5 and "
     "NV-Retriever (TopK-PercPos 0.95); merge candidates 0/0.5 follow LM-Cocktail. 40 steps are the time "
-    "budget of the embedded PostgreSQL-manual run on 2 CPU cores (15.7 to 17.4 min on the 2026-12-01 "
-    "machine, selection included, as its speed varied), where this recipe gains +10.4 nDCG@10 on held-out questions "
-    "(benchmarks/README.md, 'The default run').",
+    "budget of the embedded PostgreSQL-manual run on 2 CPU cores (15.8 min at 108 GFLOP/s, selection "
+    "included), where this recipe gains +10.4 nDCG@10 on held-out questions (benchmarks/README.md, 'The default "
+    "run').",
 )
 
 TITLED_DOCUMENTS = Preset(
