@@ -12,7 +12,9 @@ and reports the per-seed spread next to it:
         benchmarks/results/nfcorpus-test-seed7.json benchmarks/results/nfcorpus-test-seed1234.json
 
 The product bench's ``<dataset>-<split>-product[-seedN].json`` files pool the same way, with their
-whole-document scores (means and spreads) and the recipe ``auto`` chose in each run.
+whole-document scores (means and spreads), the recipe ``auto`` chose in each run and its gate. They
+add a model ``shipped``: what a user ends up with in each run, the fine-tuned model when the
+no-regression gate passed and the base model when it blocked the export.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def pool(records: list[dict]) -> dict:
         raise ValueError(f"the same seed appears twice: {seeds}")
     if len({r["dataset"] for r in records}) != 1:
         raise ValueError(f"runs on different datasets: {sorted({r['dataset'] for r in records})}")
+    if all("shipped" in r for r in records):
+        records = [_with_shipped(r) for r in records]
     models = list(records[0]["results"])
     averaged = {}
     for m in models:
@@ -76,7 +80,18 @@ def pool(records: list[dict]) -> dict:
         pooled["results_whole_document"] = _mean_and_spread(records, "results_whole_document")
     if all("recipe" in r for r in records):
         pooled["recipes"] = [r["recipe"]["chosen"] for r in records]
+    if all("gate_passed" in r for r in records):
+        pooled["gates"] = [bool(r["gate_passed"]) for r in records]
     return pooled
+
+
+def _with_shipped(record: dict) -> dict:
+    """``record`` with a model ``shipped``: the one its run left the user (see the module doc)."""
+    out = dict(record)
+    for key in ("results", "results_whole_document", "per_query_ndcg10"):
+        if key in record:
+            out[key] = {**record[key], "shipped": record[key][record["shipped"]]}
+    return out
 
 
 def _mean_and_spread(records: list[dict], key: str) -> dict:
@@ -133,16 +148,16 @@ def markdown(pooled: dict) -> str:
         )
     if "results_whole_document" in pooled:
         lines += ["", "Whole documents:", "", *_table(pooled["results_whole_document"])]
-    recipes = pooled.get("recipes")
+    recipes, gates = pooled.get("recipes"), pooled.get("gates")
+    extra = (["recipe chosen"] if recipes else []) + (["gate"] if gates else [])
     lines += ["", "Per-seed nDCG@10:", ""]
-    lines.append("| seed | " + " | ".join(pooled["results"]) + (" | recipe chosen |" if recipes else " |"))
-    lines.append("| --- |" + " --- |" * (len(pooled["results"]) + bool(recipes)))
+    lines.append("| " + " | ".join(["seed", *pooled["results"], *extra]) + " |")
+    lines.append("| --- |" + " --- |" * (len(pooled["results"]) + len(extra)))
     for i, seed in enumerate(seeds):
-        lines.append(
-            f"| {seed} | "
-            + " | ".join(f"{row['NDCG@10']['per_seed'][i]:.4f}" for row in pooled["results"].values())
-            + (f" | {recipes[i]} |" if recipes else " |")
-        )
+        cells = [f"{row['NDCG@10']['per_seed'][i]:.4f}" for row in pooled["results"].values()]
+        cells += [recipes[i]] if recipes else []
+        cells += ["passed" if gates[i] else "blocked the export"] if gates else []
+        lines.append("| " + " | ".join([str(seed), *cells]) + " |")
     lines += ["", "Commands:", "", *(f"- `{c}`" for c in pooled["commands"]), ""]
     return "\n".join(lines)
 

@@ -163,6 +163,56 @@ def test_product_bench_runs_the_product_and_scores_both_ways(tmp_path):
     assert lancedb.connect(str(tmp_path / "work" / "home" / "lancedb")).open_table(kept[0]).count_rows() > 40
 
 
+# A learning rate that wrecks the model, no merge back towards the base and no tolerance: the gate blocks.
+WRECKING_BUDGET = """
+ops:
+  qa_splits: {config: {val_fraction: 0.2, test_fraction: 0.2}}
+  training_examples: {config: {min_batches: 1}}
+  finetuned_model: {config: {batch_size: 8, max_steps: 3, val_distractors: 20, learning_rate: 0.5,
+                             warmup_ratio: 0.0, merge_weights: [0.0]}}
+"""
+
+
+@pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
+def test_a_run_the_gate_blocks_is_a_result_and_ships_the_base(tmp_path):
+    """When the no-regression gate blocks the export, ``embed-assets run`` exits 1 but the run is
+    a product outcome: the bench scores it, records the gate and that the user keeps the base
+    model, and pooling counts the base model's scores as that seed's ``shipped`` result."""
+    bench = _load_script("bench_nfcorpus")
+    beir = _tiny_beir(tmp_path / "nftiny")
+    budget = tmp_path / "wreck.yaml"
+    budget.write_text(WRECKING_BUDGET)
+    out_dir = tmp_path / "results"
+    args = ["--beir-dir", str(beir), "--out-dir", str(out_dir), "--config", str(budget), "--no-peer"]
+    out = bench.main([*args, "--half-split-seed", "3", "--work-dir", str(tmp_path / "work")])
+    assert out["gate_passed"] is False and out["shipped"] == "base"
+    assert bench.gate_blocked(tmp_path / "work" / "product.log")
+    assert (
+        "the export was blocked, so a user keeps the base model"
+        in (out_dir / "nftiny-test-product.md").read_text()
+    )
+    assert set(out["results"]) == {"base", "ours"}  # the blocked model is still scored
+
+    record = json.loads((out_dir / "nftiny-test-product.json").read_text())
+    (out_dir / "nftiny-test-product-seed7.json").write_text(
+        json.dumps({**record, "config": {**record["config"], "seed": 7}})
+    )
+    pooled = _load_script("summarise_seeds").main(
+        [str(out_dir / "nftiny-test-product.json"), str(out_dir / "nftiny-test-product-seed7.json")]
+    )
+    assert pooled["gates"] == [False, False]
+    assert pooled["results"]["shipped"] == pooled["results"]["base"]
+    assert pooled["significance_ndcg10"]["shipped vs base"]["delta"] == 0
+    assert "blocked the export" in (out_dir / "nftiny-test-product-seeds.md").read_text()
+
+    # Any other failure still stops the bench: a log whose failed step is not the gate's.
+    log = tmp_path / "other.log"
+    log.write_text(
+        "  check no_regression_vs_base        FAILED\nstep finetuned_model failed: ValueError: x\n"
+    )
+    assert not bench.gate_blocked(log)
+
+
 @pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
 def test_bench_nfcorpus_smoke(tmp_path):
     bench = _load_bench()
