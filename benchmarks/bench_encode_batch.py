@@ -26,26 +26,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_default_run import matmul_gflops  # noqa: E402  (the default run's speed probe)
 
 from embed_assets.export.onnx_export import export_onnx  # noqa: E402
 from embed_assets.ingest.chunking import chunk_documents  # noqa: E402
 from embed_assets.ingest.documents import read_corpus  # noqa: E402
 from embed_assets.models import ENCODE_BATCH_SIZE, encode, load_model, resolve_model_path  # noqa: E402
 from embed_assets.serving.runtime import OnnxEmbedder  # noqa: E402
-
-
-def matmul_gflops() -> float:
-    """The machine's fp32 matmul speed right now (every long stage of a run scales with it)."""
-    a = torch.randn(1024, 1024)
-    start = time.perf_counter()
-    for _ in range(20):
-        a @ a
-    return 20 * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
 
 
 def main(argv: list[str] | None = None) -> dict:

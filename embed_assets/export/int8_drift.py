@@ -16,7 +16,7 @@ import numpy as np
 
 from embed_assets.evaluation.metrics import ir_metrics
 from embed_assets.evaluation.retrieval import load_beir, retrieve
-from embed_assets.serving.runtime import OnnxEmbedder
+from embed_assets.serving.runtime import OnnxEmbedder, unit_rows
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class _Encoder:
     ) -> np.ndarray:
         vectors = self.embedder.encode(list(texts), batch_size=batch_size)
         if normalize_embeddings:
-            vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+            vectors = unit_rows(vectors)
         return vectors
 
 

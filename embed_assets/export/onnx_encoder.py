@@ -110,13 +110,13 @@ def corpus_encoder(
 
 def onnx_text_encoder(export_dir: Path, batch_size: int = ENCODE_BATCH_SIZE) -> TextEncoder:
     """Unit-normalised vectors from an ``export_onnx`` folder, with onnxruntime on CPU."""
-    from embed_assets.serving.runtime import OnnxEmbedder
+    from embed_assets.serving.runtime import OnnxEmbedder, unit_rows
 
     embedder = OnnxEmbedder(export_dir, providers=["CPUExecutionProvider"])
 
     def onnx_encode(texts: list[str]) -> np.ndarray:
         vectors = embedder.encode(list(texts), batch_size=batch_size)
-        return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        return unit_rows(vectors)
 
     return onnx_encode
 

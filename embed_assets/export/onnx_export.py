@@ -34,6 +34,7 @@ from embed_assets.serving.runtime import (
     OUTPUT_NAME,
     OnnxEmbedder,
     read_descriptor,
+    unit_rows,
 )
 
 DESCRIPTOR_VERSION = 1
@@ -454,7 +455,7 @@ def check_parity(
     ).astype(np.float32)
     got = OnnxEmbedder(onnx_dir, int8=int8).encode(list(texts), batch_size=batch_size)
     # Normalise the ONNX side too, so the check also works for models without a Normalize module.
-    got = got / np.clip(np.linalg.norm(got, axis=1, keepdims=True), 1e-12, None)
+    got = unit_rows(got)
     cos = (ref * got).sum(axis=1)
     worst = float(cos.min())
     return ParityReport(

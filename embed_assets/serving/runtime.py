@@ -144,6 +144,11 @@ class TextTokenizer:
         return ids
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` with every row scaled to unit length (a zero row stays zero)."""
+    return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+
+
 class OnnxEmbedder:
     """Sentence embeddings from an ``export_onnx`` folder with onnxruntime (no torch needed).
 
