@@ -4,7 +4,9 @@
 --labelled-queries <folder> --labelled-split <split>``, with its defaults (``recipe: auto``) and
 nothing else but the seed. The labelled queries only score the models (the product reports
 them beside its synthetic test split and gates on both); they never reach training or the
-recipe choice. This script then reads what the run wrote in its home and adds, in the same run:
+recipe choice, unless ``--selection-split dev`` sets another split of them aside for the
+product's choices (its ``--selection-split``: recipe, checkpoint and merge weight), as a user
+with a few judged queries can. This script then reads what the run wrote in its home and adds, in the same run:
 
 - **peer**: the plain sentence-transformers recipe on the same generated questions: every
   question of the chosen recipe's generators whose document the product trained on,
@@ -24,8 +26,9 @@ tuned on the reported queries.
     python benchmarks/bench_nfcorpus.py --split dev                      # what to tune on
     python benchmarks/bench_nfcorpus.py --beir-dir ../shared/benchmarks/cranfield --half-split-seed 42
     python benchmarks/bench_nfcorpus.py --seed 7                          # pool seeds with summarise_seeds.py
+    python benchmarks/bench_nfcorpus.py --selection-split dev             # dev queries choose, test reports
 
-Writes ``benchmarks/results/<dataset>-<split>-product[-seedN].md`` and ``.json``: both scorings,
+Writes ``benchmarks/results/<dataset>-<split>-product[-seedN][-chosen-on-<split>].md`` and ``.json``: both scorings,
 paired bootstraps, the recipe the product chose and why, wall time, peak RSS and the command.
 """
 
@@ -92,6 +95,7 @@ def run_product(beir_dir: Path, labelled: Path, split: str, work: Path, args) ->
     cmd = [sys.executable, "-m", "embed_assets", "run", "--corpus-jsonl", str(beir_dir / "corpus.jsonl")]
     cmd += ["--labelled-queries", str(labelled), "--labelled-split", split, "--home", str(work / "home")]
     cmd += ["--config", str(work / "run.yaml")] + (["--recipe", args.recipe] if args.recipe else [])
+    cmd += ["--selection-split", args.selection_split] if args.selection_split else []
     env = {**os.environ, "DAGSTER_HOME": str(work / "dagster")}
     (work / "dagster").mkdir(parents=True, exist_ok=True)
     print("[bench] product:", shlex.join(cmd), flush=True)
@@ -218,6 +222,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--seed", type=int, default=42, help="the product's seeds (questions, splits, mining, training)"
     )
     p.add_argument("--recipe", help="a named preset instead of the product's default (auto)")
+    p.add_argument(
+        "--selection-split",
+        help="a qrels split (e.g. dev) the product chooses its recipe, checkpoint and merge on "
+        "(--selection-split); default: none, held-out generated questions choose",
+    )
     p.add_argument("--config", action="append", help="extra run-config YAML (smoke tests only)")
     p.add_argument("--eval-seq-len", type=int, default=256, help="whole-document scoring: tokens kept")
     p.add_argument("--no-peer", action="store_true")
@@ -275,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         config={
             "seed": args.seed,
             "recipe": args.recipe or "auto (product default)",
+            "selection_split": args.selection_split,
             "half_split_seed": args.half_split_seed,
             "eval_seq_len": args.eval_seq_len,
             "extra_config": args.config or [],
@@ -299,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     stem = f"{out['dataset']}-{args.split}-product" + (f"-seed{args.seed}" if args.seed != 42 else "")
     if args.recipe:
         stem += f"-{args.recipe}"
+    if args.selection_split:
+        stem += f"-chosen-on-{args.selection_split}"
     (out_dir / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str))
     (out_dir / f"{stem}.md").write_text(report(out))
     print(report(out))

@@ -69,6 +69,7 @@ def build_run_config(args: argparse.Namespace) -> dict:
         (args.corpus_jsonl, ["ops", "source_documents", "config", "corpus_jsonl"]),
         (args.labelled_queries, ["ops", "retrieval_eval", "config", "labelled_queries_dir"]),
         (args.labelled_split, ["ops", "retrieval_eval", "config", "labelled_queries_split"]),
+        (args.selection_split, ["ops", "finetuned_model", "config", "selection_queries_split"]),
         (args.max_steps, ["ops", "finetuned_model", "config", "max_steps"]),
         (args.recipe, ["resources", "recipe", "config", "preset"]),
     ]
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         "scored and gated on besides the synthetic test split",
     )
     run.add_argument("--labelled-split", help="qrels split of --labelled-queries (default test)")
+    run.add_argument(
+        "--selection-split",
+        help="another qrels split of --labelled-queries (e.g. dev) that chooses the recipe, checkpoint and "
+        "merge weight instead of held-out generated questions (default: none; no choice reads them)",
+    )
     run.add_argument("--config", help="YAML run config ({ops: {<asset>: {config: {...}}}})")
     run.add_argument(
         "--home", default=os.environ.get("EMBED_ASSETS_HOME", ".embed_assets"), help="artifact folder"
@@ -329,6 +335,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
         if labelled := evaluation.get("labelled"):
             print(f"\nBase vs fine-tuned on {labelled['queries']} labelled queries ({labelled['source']}):\n")
             print(labelled["markdown"])
+        if evaluation.get("labelled_queries_used_for_selection"):
+            print(f"\nThe model was chosen on {evaluation['model_selected_on']}.")
         summary = Path(args.home) / "last_run.json"
         summary.write_text(
             json.dumps(

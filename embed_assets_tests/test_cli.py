@@ -79,13 +79,18 @@ def test_flags_override_the_yaml_config_recipe_included(tmp_path):
         corpus_jsonl="docs.jsonl",
         labelled_queries=None,
         labelled_split=None,
+        selection_split="dev",
         max_steps=4,
         recipe="titled-documents",
     )
     run_config = build_run_config(args)
     # A flag replaces its one field; what the YAML sets beside it stays.
     assert run_config["resources"]["recipe"]["config"] == {"preset": "titled-documents", "selection_steps": 3}
-    assert run_config["ops"]["finetuned_model"]["config"] == {"max_steps": 4, "seed": 5}
+    assert run_config["ops"]["finetuned_model"]["config"] == {
+        "max_steps": 4,
+        "seed": 5,
+        "selection_queries_split": "dev",
+    }
     assert run_config["ops"]["source_documents"]["config"] == {"corpus_jsonl": "docs.jsonl"}
     args.recipe = None  # no flag: the YAML's recipe stands
     assert build_run_config(args)["resources"]["recipe"]["config"]["preset"] == "auto"

@@ -199,3 +199,25 @@ def test_every_setting_says_what_it_does():
     for name, cls in [*SETTINGS_BY_ASSET.items(), ("recipe", RecipeSettings)]:
         for field, info in cls.model_fields.items():
             assert info.description and len(info.description) > 10, f"{name}.{field}"
+
+
+def test_labelled_queries_choose_only_from_another_split_than_the_evaluations():
+    """selection_queries_split needs the labelled folder, and may not be the split the
+    evaluation reports (the default one, test, included)."""
+    evaluation = {"labelled_queries_dir": "labelled"}
+    choose = {"finetuned_model": {"config": {"selection_queries_split": "dev"}}}
+    validate_run_config({"ops": {**choose, "retrieval_eval": {"config": evaluation}}})
+    with pytest.raises(RunConfigError) as exc:
+        validate_run_config({"ops": choose})
+    [line] = _lines(exc.value)
+    assert (
+        line.startswith("ops.finetuned_model.config.selection_queries_split")
+        and "labelled_queries_dir" in line
+    )
+    for split in ("test", None):  # None: the evaluation's default split, test
+        config = {**evaluation, **({"labelled_queries_split": split} if split else {})}
+        same = {"finetuned_model": {"config": {"selection_queries_split": "test"}}}
+        with pytest.raises(RunConfigError) as exc:
+            validate_run_config({"ops": {**same, "retrieval_eval": {"config": config}}})
+        [line] = _lines(exc.value)
+        assert "'test' is also labelled_queries_split" in line

@@ -31,9 +31,21 @@ LINEAGE = {
     "qa_quality_scores": {"synthetic_qa", "document_chunks", "base_chunk_index"},
     "qa_splits": {"qa_quality_scores", "document_chunks"},
     "mined_negatives": {"qa_splits", "base_chunk_index"},
-    "training_recipe": {"base_chunk_index", "mined_negatives", "qa_splits", "document_chunks"},
+    "training_recipe": {
+        "base_chunk_index",
+        "mined_negatives",
+        "qa_splits",
+        "document_chunks",
+        "source_documents",
+    },
     "training_examples": {"training_recipe", "mined_negatives", "document_chunks", "qa_splits"},
-    "finetuned_model": {"training_recipe", "training_examples", "qa_splits", "document_chunks"},
+    "finetuned_model": {
+        "training_recipe",
+        "training_examples",
+        "qa_splits",
+        "document_chunks",
+        "source_documents",
+    },
     "retrieval_eval": {
         "finetuned_model",
         "qa_splits",

@@ -54,8 +54,8 @@ def test_fingerprint_follows_the_content(doc_paths, tmp_path):
 
 
 def test_missing_split_names_the_file(doc_paths):
-    with pytest.raises(LabelledQueriesError, match=r"qrels/dev\.tsv"):
-        load_labelled_queries(MINI_LABELLED, "dev", doc_paths)
+    with pytest.raises(LabelledQueriesError, match=r"qrels/train\.tsv"):
+        load_labelled_queries(MINI_LABELLED, "train", doc_paths)
 
 
 def test_malformed_lines_are_named(doc_paths, tmp_path):
@@ -124,3 +124,34 @@ def test_base_model_finds_hand_written_queries_documents(base_model, mini_chunks
     assert next(iter(run["q1"])) == "runtime-config-resource-work-mem.md"
     assert next(iter(run["q3"])) == "runtime-config-client-timeouts.txt"
     assert ir_metrics(labelled.qrels, run)["NDCG@10"] > 0.5
+
+
+def test_a_split_set_aside_for_choosing_is_a_validation_set_over_its_judged_documents(mini_chunks, doc_paths):
+    """The dev split as the validation set that chooses the model: every chunk of a relevant
+    document is relevant, a document judged 0 is in the corpus but not relevant, distractors are
+    sampled from the rest, and the same seed gives the same set."""
+    from embed_assets.training.validation import labelled_validation_set
+
+    dev = load_labelled_queries(MINI_LABELLED, "dev", doc_paths)
+    assert set(dev.queries) == {"d1", "d2", "d3", "d4", "d5"}
+    chunks_of: dict[str, set[str]] = {}
+    for chunk_id, doc in zip(mini_chunks["chunk_id"], mini_chunks["doc_path"], strict=True):
+        chunks_of.setdefault(doc, set()).add(chunk_id)
+    val = labelled_validation_set(dev.queries, dev.qrels, mini_chunks, distractors=3, seed=1)
+    assert val.queries == dev.queries
+    assert val.relevant["d1"] == chunks_of["mvcc-serialization-failure-handling.md"]
+    assert val.relevant["d3"] == chunks_of["runtime-config-custom.html"]  # grade 0 is not relevant...
+    assert chunks_of["sql-altersystem.md"] <= set(val.corpus)  # ...but it is searched
+    judged = set().union(*(chunks_of[d] for q in dev.qrels.values() for d in q))
+    assert judged <= set(val.corpus) and len(val.corpus) == len(judged) + 3
+    assert all(val.corpus[c] for c in val.corpus)
+    again = labelled_validation_set(dev.queries, dev.qrels, mini_chunks, distractors=3, seed=1)
+    assert again == val
+
+    # A budget of chunks takes queries in seeded order while their documents fit; at least one.
+    small = labelled_validation_set(dev.queries, dev.qrels, mini_chunks, distractors=0, seed=1, max_chunks=10)
+    assert 1 <= len(small.queries) < len(val.queries)
+    assert len(small.corpus) <= 10 or len(small.queries) == 1
+    assert all(small.relevant[q] == val.relevant[q] <= set(small.corpus) for q in small.queries)
+    # Judgments on no chunked document leave nothing to choose on.
+    assert labelled_validation_set({"x": "q"}, {"x": {"gone.md": 2}}, mini_chunks, 3, 1) is None

@@ -395,6 +395,61 @@ def test_labelled_queries_are_scored_by_best_chunk_and_gated(pipeline, base_mode
     assert check.metadata["gate_metrics"].value == "NDCG@10, MAP@10"
 
 
+def test_labelled_queries_set_aside_choose_the_model_and_every_stage_says_so(pipeline, base_model):
+    """selection_queries_split: dev. The recipe, the checkpoint and the merge weight are chosen on
+    the dev queries over their judged documents' chunks (the base's score there is what the core
+    gives), the evaluation still reports the test split, and each stage records what chose."""
+    from embed_assets.evaluation.labelled import load_labelled_queries
+    from embed_assets.training.trainer import validation_ndcg10
+    from embed_assets.training.validation import labelled_validation_set
+
+    first, _, instance, resources = pipeline
+    config = tiny_run_config(selection_queries_split="dev")
+    run = dg.materialize(
+        all_assets,
+        selection=["training_recipe", "training_examples", "finetuned_model", "retrieval_eval"],
+        run_config={
+            "resources": config["resources"],
+            "ops": {
+                "training_examples": config["ops"]["training_examples"],
+                "finetuned_model": config["ops"]["finetuned_model"],
+                "retrieval_eval": {"config": LABELLED_EVAL},
+            },
+        },
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,  # the gate's verdict after 6 steps is not what this test is about
+    )
+    mats = materialized(run)
+    assert {"training_recipe", "finetuned_model", "retrieval_eval"} <= set(mats)
+    chunks = first.output_for_node("document_chunks")
+    dev = load_labelled_queries(MINI_LABELLED, "dev", first.output_for_node("source_documents")["doc_path"])
+    val = labelled_validation_set(dev.queries, dev.qrels, chunks, distractors=20, seed=42)
+    base_score = validation_ndcg10(base_model, val)
+
+    recipe = run.output_for_node("training_recipe")
+    meta = mats["training_recipe"].metadata
+    assert recipe["labelled_queries_used"] is True and recipe["selected_on"].endswith("qrels/dev.tsv)")
+    assert meta["labelled_queries_used_for_selection"].value is True
+    assert meta["selection_queries"].value == len(val.queries) == 5
+    assert meta["selection_corpus_chunks"].value == len(val.corpus)
+    trained = [c for c in recipe["candidates"] if c["val_ndcg10"] is not None]
+    assert trained and all(c["base_val_ndcg10"] == pytest.approx(base_score, abs=1e-3) for c in trained)
+
+    model = {k: v.value for k, v in mats["finetuned_model"].metadata.items()}
+    assert model["labelled_queries_used_for_selection"] is True
+    assert model["model_selected_on"] == recipe["selected_on"]
+    assert model["val_ndcg10_base"] == pytest.approx(base_score, abs=1e-3)
+    # Another validation set is another training: not the first run's model.
+    assert model["path"] != first.output_for_node("finetuned_model")["path"]
+
+    evaluation = run.output_for_node("retrieval_eval")
+    assert evaluation["labelled_queries_used_for_selection"] is True
+    assert evaluation["labelled"]["source"].endswith("qrels/test.tsv")
+    assert mats["retrieval_eval"].metadata["model_selected_on"].value == recipe["selected_on"]
+    assert first.output_for_node("retrieval_eval")["labelled_queries_used_for_selection"] is False
+
+
 def test_regressed_model_is_never_exported(pipeline):
     """A destructive learning rate wrecks the model; the blocking gate must stop the export, and
     says which evaluation regressed: the synthetic split and the labelled queries."""

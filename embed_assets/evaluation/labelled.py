@@ -9,7 +9,9 @@ corpus folder, the ``_id`` of a JSON Lines corpus, or a production table's id. T
 searches the chunks, and a document's score is its best chunk's (MaxP, Dai & Callan 2019),
 so a judgment on a document is met by whichever of its chunks ranks highest.
 
-Nothing here ever reaches training: the labelled queries are read only to score models.
+No labelled query reaches training as a training example. They score models; and a split the user
+sets aside for it (``finetuned_model.selection_queries_split``, never the evaluation's split) may
+choose among models: the recipe, the checkpoint and the merge weight.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import polars as pl
 
 from embed_assets.evaluation.metrics import Qrels, Run
 from embed_assets.evaluation.retrieval import read_qrels, read_queries
@@ -127,6 +131,16 @@ def load_labelled_queries(
         skipped=skipped,
         unknown_documents=unknown,
     )
+
+
+def labelled_queries_of(folder: str | Path, split: str, documents: pl.DataFrame) -> LabelledQueries:
+    """:func:`load_labelled_queries` on the documents ``source_documents`` read: its ``doc_path``
+    column, and its ``aliases`` column (the names of the duplicates it skipped) when present."""
+    other_names: dict[str, str] = {}
+    if "aliases" in documents.columns:  # documents read before aliases were kept have none
+        dups = documents.select("doc_path", "aliases").explode("aliases").drop_nulls()
+        other_names = dict(zip(dups["aliases"], dups["doc_path"], strict=True))
+    return load_labelled_queries(folder, split, documents["doc_path"], other_names=other_names)
 
 
 def document_run(chunk_run: Run, chunk_document: Mapping[str, str], top_k: int = 100) -> Run:

@@ -4,7 +4,10 @@ No labelled query is needed: each candidate preset runs the first few steps of i
 (its rows: the train split's questions of its generators; its schedule: warmup and decay planned
 for all of its steps), and all candidates are scored on the same held-out *generated* questions of
 held-out documents (the val split, every generator's questions); the base model is scored once for
-all. The best nDCG@10 wins; a tie keeps the earlier preset.
+all. The best nDCG@10 wins; a tie keeps the earlier preset. A user who holds labelled queries may
+set a split of them aside for choosing (``selection_queries_split``); the validation set is then
+those queries (:func:`embed_assets.training.validation.labelled_validation_set`) and the choice
+records that it read them.
 
 Nothing is spent twice: scores are cached by everything that decides them, and the winner keeps
 a resumable checkpoint that ``finetuned_model`` finishes from (:func:`resume_checkpoint`) instead
@@ -41,6 +44,7 @@ from embed_assets.training.trainer import (
 CorpusVectors = Callable[[Any, dict[str, str]], np.ndarray]
 
 SELECTED_ON = "held-out generated questions of held-out documents (validation split)"
+SELECTED_ON_LABELLED = "labelled queries set aside for choosing ({source})"
 
 
 @dataclass
@@ -65,7 +69,7 @@ class RecipeChoice:
     candidates: list[CandidateScore] = field(default_factory=list)
     selection_steps: int | None = None
     selected_on: str = ""
-    labelled_queries_used: bool = False  # the choice never reads labelled queries
+    labelled_queries_used: bool = False  # only when the user set a split of them aside for choosing
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +86,8 @@ def choose_recipe(
     selection_steps: int,
     cache_dir: Path,
     base_corpus_vectors: CorpusVectors | None = None,
+    selected_on: str = SELECTED_ON,
+    labelled_queries_used: bool = False,
 ) -> RecipeChoice:
     """Pick one of ``presets``.
 
@@ -100,6 +106,10 @@ def choose_recipe(
             and the chosen candidate's checkpoint (the others' are deleted).
         base_corpus_vectors: where the base model's vectors of the validation chunks are read
             (see :func:`base_validation_score`); None encodes them.
+        selected_on: what ``val`` is, for the record (:data:`SELECTED_ON` or
+            :data:`SELECTED_ON_LABELLED`).
+        labelled_queries_used: ``val`` holds labelled queries (the user set a split aside for
+            choosing); recorded so the evaluation can say its queries were not the choice's.
     """
     if len(presets) == 1:
         return RecipeChoice(requested, presets[0].name, selected_on="named by the user")
@@ -130,7 +140,7 @@ def choose_recipe(
         if score is not best:  # only the winner's training goes on
             shutil.rmtree(folder, ignore_errors=True)
             score.resumable = False
-    return RecipeChoice(requested, best.preset, scores, selection_steps, SELECTED_ON)
+    return RecipeChoice(requested, best.preset, scores, selection_steps, selected_on, labelled_queries_used)
 
 
 def base_validation_score(
@@ -251,6 +261,7 @@ def _score(
 
 __all__ = [
     "SELECTED_ON",
+    "SELECTED_ON_LABELLED",
     "CandidateScore",
     "CorpusVectors",
     "RecipeChoice",

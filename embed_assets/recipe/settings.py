@@ -343,6 +343,21 @@ class FinetunedModelSettings(BaseModel):
         default=0.0, ge=0, description="guided_in_batch: the margin of guide_margin_strategy."
     )
     val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
+    selection_queries_split: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Choose the recipe, the checkpoint and the merge weight on labelled queries instead of "
+        "held-out generated questions: this qrels/<split>.tsv of retrieval_eval's labelled_queries_dir (e.g. "
+        "dev). It must differ from labelled_queries_split, so the evaluation stays on queries no choice has "
+        "seen. Unset (the default): no choice reads a labelled query.",
+    )
+    selection_corpus_chunks: int = Field(
+        default=2000,
+        ge=10,
+        description="selection_queries_split: at most this many chunks of judged documents in its corpus "
+        "(queries are taken in seeded order while theirs fit), plus val_distractors; validation runs inside "
+        "training, so its corpus stays small.",
+    )
     warm_start: bool = Field(
         default=False,
         description="Start from the last exported (gate-passing) fine-tuned model instead of the base, and "
@@ -369,7 +384,13 @@ class FinetunedModelSettings(BaseModel):
 
     def to_core(self, preset: Preset) -> TrainingConfig:
         d = self.resolved(preset)
-        for name in ("val_distractors", "warm_start", "refit"):
+        for name in (
+            "val_distractors",
+            "warm_start",
+            "refit",
+            "selection_queries_split",
+            "selection_corpus_chunks",
+        ):
             d.pop(name)
         d["matryoshka_dims"] = tuple(d["matryoshka_dims"])
         d["merge_weights"] = tuple(d["merge_weights"])
@@ -506,6 +527,27 @@ def config_errors(cls: type[BaseModel], values: Mapping[str, Any], where: str) -
     return errors
 
 
+def _selection_split_errors(configs: Mapping[str, Mapping]) -> list[str]:
+    """Labelled queries may choose the model only from their own folder, and never from the split
+    the evaluation reports: a choice made on the evaluation's queries would flatter it."""
+    split = configs.get("finetuned_model", {}).get("selection_queries_split")
+    if not isinstance(split, str) or not split:
+        return []
+    evaluation = configs.get("retrieval_eval", {})
+    where = "ops.finetuned_model.config.selection_queries_split"
+    if not evaluation.get("labelled_queries_dir"):
+        return [
+            f"{where}: needs ops.retrieval_eval.config.labelled_queries_dir (the folder its qrels are in)"
+        ]
+    default = RetrievalEvalSettings.model_fields["labelled_queries_split"].default
+    if split == evaluation.get("labelled_queries_split", default):
+        return [
+            f"{where}: {split!r} is also labelled_queries_split, the split the evaluation reports; "
+            "choose on another split (e.g. dev) so the evaluation stays on queries no choice has seen"
+        ]
+    return []
+
+
 def run_config_errors(run_config: Any, *, embedding_dim: int | None = None) -> list[str]:
     """Every problem with a run config, as ``path: message`` lines (empty when it is valid).
 
@@ -554,6 +596,7 @@ def run_config_errors(run_config: Any, *, embedding_dim: int | None = None) -> l
     )
     if isinstance(recipe, Mapping) and isinstance(recipe.get("config") or {}, Mapping):
         errors += config_errors(RecipeSettings, recipe.get("config") or {}, "resources.recipe.config")
+    errors += _selection_split_errors(configs)
     examples_bs = configs.get("training_examples", {}).get("batch_size")
     model_bs = configs.get("finetuned_model", {}).get("batch_size", 32)
     if examples_bs is not None and examples_bs != model_bs and "finetuned_model" in configs:

@@ -1,7 +1,11 @@
 """The validation set that picks checkpoints, merge weights and the recipe: held-out generated
-questions of held-out documents, searched over their positives plus sampled distractor chunks."""
+questions of held-out documents, searched over their positives plus sampled distractor chunks; or,
+when the user asks for it, a split of labelled queries set aside for choosing."""
 
 from __future__ import annotations
+
+import random
+from collections.abc import Mapping
 
 import polars as pl
 
@@ -30,4 +34,61 @@ def validation_set(
         queries=dict(zip(val["qa_id"], val["question"], strict=True)),
         corpus=corpus,
         relevant={q: set(p) for q, p in zip(val["qa_id"], val["positive_chunk_ids"], strict=True)},
+    )
+
+
+def labelled_validation_set(
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    chunks: pl.DataFrame,
+    distractors: int,
+    seed: int,
+    max_chunks: int = 2000,
+) -> ValidationSet | None:
+    """Labelled queries (a split the user set aside for choosing, never the evaluation's) as a
+    validation set: searched over the chunks of their judged documents plus ``distractors``
+    other chunks sampled with ``seed``; None when no query has a relevant chunk.
+
+    Args:
+        queries: ``{query_id: text}``.
+        qrels: ``{query_id: {doc_path: grade}}``; a document graded above 0 is relevant, one
+            graded 0 is kept in the corpus as a judged non-relevant document.
+        chunks: the pipeline's chunks (``chunk_id``, ``doc_path``, ``text``).
+        distractors: unjudged chunks added to the corpus.
+        seed: seeds the order in which queries are taken and the distractor sample.
+        max_chunks: the judged documents' chunks stop growing past this: queries are taken in
+            seeded order while their documents fit. A corpus of labelled topics often judges most
+            documents (NFCorpus' dev queries judge 3,119 of 3,633), and validation runs inside
+            training, so it has to stay a few thousand chunks on a CPU.
+
+    Relevance is per chunk: every chunk of a relevant document counts, as the evaluator scores
+    chunks (the evaluation scores a document by its best chunk instead).
+    """
+    by_doc: dict[str, list[str]] = {}
+    for chunk_id, doc in zip(chunks["chunk_id"], chunks["doc_path"], strict=True):
+        by_doc.setdefault(doc, []).append(chunk_id)
+    order = sorted(qrels)
+    random.Random(seed).shuffle(order)
+    taken: dict[str, set[str]] = {}
+    judged: set[str] = set()
+    for qid in order:
+        relevant = {c for doc, grade in qrels[qid].items() if grade > 0 for c in by_doc.get(doc, ())}
+        seen = {c for doc in qrels[qid] for c in by_doc.get(doc, ())}
+        if not relevant or qid not in queries:
+            continue
+        if taken and len(judged | seen) > max_chunks:
+            continue  # a smaller topic later in the order may still fit
+        taken[qid] = relevant
+        judged |= seen
+    if not taken:
+        return None
+    texts = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
+    others = chunks.filter(~pl.col("chunk_id").is_in(list(judged)))
+    sample = others.sample(min(distractors, others.height), seed=seed)
+    corpus = {c: texts[c] for c in sorted(judged)}
+    corpus.update(zip(sample["chunk_id"], sample["text"], strict=True))
+    return ValidationSet(
+        queries={q: queries[q] for q in sorted(taken)},
+        corpus=corpus,
+        relevant={q: taken[q] for q in sorted(taken)},
     )

@@ -14,7 +14,7 @@ from embed_assets.defs.metadata import counts_table, image, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.evaluation.gate import no_regression
 from embed_assets.evaluation.general import general_retrieval_set
-from embed_assets.evaluation.labelled import document_run, load_labelled_queries
+from embed_assets.evaluation.labelled import document_run, labelled_queries_of
 from embed_assets.evaluation.metrics import (
     DEFAULT_METRICS,
     compare_runs,
@@ -161,15 +161,8 @@ def retrieval_eval(
     # Read the labelled set first: a naming mistake should fail before minutes of encoding.
     labelled = None
     if config.labelled_queries_dir:
-        other_names = {}
-        if "aliases" in source_documents.columns:  # documents read before aliases were kept have none
-            dups = source_documents.select("doc_path", "aliases").explode("aliases").drop_nulls()
-            other_names = dict(zip(dups["aliases"], dups["doc_path"], strict=True))
-        labelled = load_labelled_queries(
-            config.labelled_queries_dir,
-            config.labelled_queries_split,
-            source_documents["doc_path"],
-            other_names=other_names,
+        labelled = labelled_queries_of(
+            config.labelled_queries_dir, config.labelled_queries_split, source_documents
         )
     # Each model's corpus embeddings are computed once and serve both query sets. The base
     # model's are already in the LanceDB index (same model, same chunk texts), and its query
@@ -231,6 +224,11 @@ def retrieval_eval(
         "beir_dir": str(folder.resolve()),
         "base_model": finetuned_model["base_model"],
         "finetuned_model": finetuned_model["path"],
+        # What chose the fine-tuned model: an honest reading of the figures below needs it.
+        "model_selected_on": finetuned_model.get("model_selected_on", ""),
+        "labelled_queries_used_for_selection": finetuned_model.get(
+            "labelled_queries_used_for_selection", False
+        ),
     }
     # Per question generator: with recipe auto the test split holds every generator's questions,
     # the model trained on the chosen recipe's; this shows which kinds of question gained.
@@ -344,6 +342,8 @@ def retrieval_eval(
             "beir_dir": dg.MetadataValue.path(str(folder.resolve())),
             "finetuned_model_path": dg.MetadataValue.path(finetuned_model["path"]),
             "training_examples_version": finetuned_model.get("training_examples_version", ""),
+            "model_selected_on": value["model_selected_on"],
+            "labelled_queries_used_for_selection": value["labelled_queries_used_for_selection"],
             **stage_metrics(start),
         }
     )

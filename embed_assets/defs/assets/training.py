@@ -8,35 +8,74 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.assets.indexing import base_corpus_vectors
-from embed_assets.defs.configs import FinetunedModelConfig, TrainingExamplesConfig
+from embed_assets.defs.configs import FinetunedModelConfig, RetrievalEvalConfig, TrainingExamplesConfig
 from embed_assets.defs.metadata import image, preview, stage_metrics
 from embed_assets.defs.provenance import previous_materialization, recorded_value, recorded_versions
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, RecipeResource
+from embed_assets.evaluation.labelled import LabelledQueriesError, labelled_queries_of
 from embed_assets.evaluation.report import training_curves_png
 from embed_assets.hashing import stable_hash
 from embed_assets.index.chunk_index import model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
 from embed_assets.recipe.presets import PRESETS, fill, preset_training_rows
 from embed_assets.recipe.selection import (
+    SELECTED_ON,
+    SELECTED_ON_LABELLED,
     base_validation_score,
     choose_recipe,
     drop_checkpoint,
     resume_checkpoint,
 )
 from embed_assets.training.trainer import (
+    ValidationSet,
     finished_training,
     full_batches,
     refit_bi_encoder,
     saw_validation_documents,
     train_bi_encoder,
 )
-from embed_assets.training.validation import validation_set
+from embed_assets.training.validation import labelled_validation_set, validation_set
 
 
 def _op_config(context: dg.AssetExecutionContext, asset: str) -> dict:
     """Another asset's config as this run gives it (its defaults when the run gives none)."""
     ops = (context.run.run_config or {}).get("ops") or {}
     return (ops.get(asset) or {}).get("config") or {}
+
+
+def _selection_set(
+    context: dg.AssetExecutionContext,
+    model: FinetunedModelConfig,
+    qa_splits: pl.DataFrame,
+    document_chunks: pl.DataFrame,
+    source_documents: pl.DataFrame,
+) -> tuple[ValidationSet | None, dict]:
+    """The validation set the recipe, the checkpoint and the merge weight are all chosen on, and
+    what it is: held-out generated questions, or the labelled split the user set aside for it."""
+    split = model.selection_queries_split
+    if not split:
+        val = validation_set(qa_splits, document_chunks, model.val_distractors, model.seed)
+        return val, {"selected_on": SELECTED_ON, "labelled_queries_used_for_selection": False}
+    # The run config's check made sure the folder is set and the split is not the evaluation's.
+    folder = RetrievalEvalConfig(**_op_config(context, "retrieval_eval")).labelled_queries_dir
+    labelled = labelled_queries_of(folder, split, source_documents)
+    val = labelled_validation_set(
+        labelled.queries,
+        labelled.qrels,
+        document_chunks,
+        model.val_distractors,
+        model.seed,
+        model.selection_corpus_chunks,
+    )
+    if val is None:
+        raise LabelledQueriesError(f"{labelled.source}: no query's relevant documents have chunks")
+    return val, {
+        "selected_on": SELECTED_ON_LABELLED.format(source=labelled.source),
+        "labelled_queries_used_for_selection": True,
+        "selection_queries_fingerprint": labelled.fingerprint,
+        "selection_queries": len(val.queries),
+        "selection_corpus_chunks": len(val.corpus),
+    }
 
 
 @dg.asset(
@@ -52,6 +91,7 @@ def training_recipe(
     mined_negatives: pl.DataFrame,
     qa_splits: pl.DataFrame,
     document_chunks: pl.DataFrame,
+    source_documents: pl.DataFrame,
     recipe: RecipeResource,
     base_model: BaseModelResource,
     store: ArtifactStoreResource,
@@ -60,6 +100,7 @@ def training_recipe(
     examples = TrainingExamplesConfig(**_op_config(context, "training_examples"))
     model = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
     index_vectors = base_corpus_vectors(base_chunk_index, base_model.path())
+    val, selection = _selection_set(context, model, qa_splits, document_chunks, source_documents)
     choice = choose_recipe(
         recipe.preset,
         recipe.candidates(),
@@ -68,10 +109,12 @@ def training_recipe(
         ).filter(pl.col("split") == "train"),
         config_for=model.to_core,
         base_model=base_model.path(),
-        val=validation_set(qa_splits, document_chunks, model.val_distractors, model.seed),
+        val=val,
         selection_steps=recipe.selection_steps,
         cache_dir=store.path("recipe_selection"),
         base_corpus_vectors=index_vectors,
+        selected_on=selection["selected_on"],
+        labelled_queries_used=selection["labelled_queries_used_for_selection"],
     )
     chosen = PRESETS[choice.chosen]
     value = {
@@ -87,8 +130,8 @@ def training_recipe(
         metadata={
             "requested": recipe.preset,
             "chosen": choice.chosen,
-            "selected_on": choice.selected_on,
-            "labelled_queries_used_for_selection": False,
+            **selection,
+            "selected_on": choice.selected_on,  # what decided: also "named by the user", "no validation split"
             # the base model's validation chunks come from the index's embedding cache
             "base_val_vectors_from_index": index_vectors is not None,
             **{f"val_ndcg10_{c.preset}": c.val_ndcg10 for c in choice.candidates if c.val_ndcg10 is not None},
@@ -201,6 +244,7 @@ def finetuned_model(
     training_examples: pl.DataFrame,
     qa_splits: pl.DataFrame,
     document_chunks: pl.DataFrame,
+    source_documents: pl.DataFrame,
     base_model: BaseModelResource,
     store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[dict]:
@@ -211,7 +255,7 @@ def finetuned_model(
     start_from = _warm_start_model(context) if config.warm_start else None
     init_model = start_from or base_model.path()
     train = training_examples.filter(pl.col("split") == "train")
-    val = validation_set(qa_splits, document_chunks, config.val_distractors, config.seed)
+    val, selection = _selection_set(context, config, qa_splits, document_chunks, source_documents)
     refit = bool(settings["refit"]) and val is not None and train.height < training_examples.height
     # Everything that decides the weights: the rows, the validation split that picks the
     # checkpoint and merge, the config and the weights training starts from.
@@ -222,6 +266,12 @@ def finetuned_model(
             "config": settings,
             "refit": refit,
             "base": model_key(init_model),
+            # labelled queries that choose: their content too (the default run's key is unchanged)
+            **(
+                {"selection": selection["selection_queries_fingerprint"]}
+                if selection["labelled_queries_used_for_selection"]
+                else {}
+            ),
         }
     )
     out_dir = store.path("models", f"finetuned-{run_key}")
@@ -242,6 +292,8 @@ def finetuned_model(
         "dagster_run_id": context.run_id,
         "started_from": init_model,
         "saw_validation_documents": refit or validation_optimistic,
+        "model_selected_on": selection["selected_on"],
+        "labelled_queries_used_for_selection": selection["labelled_queries_used_for_selection"],
     }
     result = finished_training(out_dir)
     reused = result is not None
