@@ -139,15 +139,17 @@ def test_a_jsonl_corpus_and_labelled_queries(tmp_path):
     source = CorpusSourceResource(
         corpus_jsonl=str(corpus),
         labelled_queries_dir=str(tmp_path / "labelled"),
-        labelled_queries_split="dev",
+        labelled_queries_split="test",
+        selection_queries_split="dev",
     )
     first, cursor = _tick(source, None)
     ops = first.run_config["ops"]
     assert ops["source_documents"]["config"] == {"corpus_jsonl": str(corpus)}
     assert ops["retrieval_eval"]["config"] == {
         "labelled_queries_dir": str(tmp_path / "labelled"),
-        "labelled_queries_split": "dev",
+        "labelled_queries_split": "test",
     }
+    assert ops["finetuned_model"]["config"] == {"selection_queries_split": "dev"}
     validate_run_config(first.run_config)
     assert isinstance(_tick(source, cursor)[0], dg.SkipReason)
     corpus.write_text(corpus.read_text() + '{"_id": "b", "text": "`shared_buffers` sets memory"}\n')

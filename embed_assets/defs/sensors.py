@@ -90,6 +90,11 @@ class CorpusSourceResource(dg.ConfigurableResource):
     )
     labelled_queries_dir: str | None = Field(default=os.environ.get("EMBED_ASSETS_LABELLED_QUERIES"))
     labelled_queries_split: str | None = Field(default=os.environ.get("EMBED_ASSETS_LABELLED_SPLIT"))
+    selection_queries_split: str | None = Field(
+        default=os.environ.get("EMBED_ASSETS_SELECTION_SPLIT"),
+        description="Another split of labelled_queries_dir that chooses the recipe, checkpoint and merge "
+        "weight (finetuned_model.selection_queries_split).",
+    )
 
     def describe(self) -> str:
         if self.lancedb_uri:
@@ -143,6 +148,9 @@ class CorpusSourceResource(dg.ConfigurableResource):
             evaluation["labelled_queries_dir"] = self.labelled_queries_dir
             if self.labelled_queries_split:
                 evaluation["labelled_queries_split"] = self.labelled_queries_split
+            if self.selection_queries_split:
+                training = ops.setdefault("finetuned_model", {}).setdefault("config", {})
+                training["selection_queries_split"] = self.selection_queries_split
         return config
 
 
