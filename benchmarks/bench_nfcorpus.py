@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     scores = score_both_ways(models, home, beir_dir, labelled, args.split, args.eval_seq_len, product)
     out["timings_s"]["scoring"] = round(time.perf_counter() - t, 1)
     out["timings_s"]["total"] = round(time.perf_counter() - started, 1)
+    passed = gate_passed(work / "product.log")
     out.update(
         dataset=beir_dir.name,
         split=args.split,
@@ -298,9 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         synthetic={side: product["summary"].get(side, {}) for side in ("base", "fine_tuned")},
         synthetic_by_generator=product["summary"].get("synthetic_by_generator", {}),
-        gate_passed=gate_passed(work / "product.log"),
+        gate_passed=passed,
         # what a user of the product ends up with: the fine-tuned model, or the base when the gate blocked it
-        shipped="ours" if gate_passed(work / "product.log") else "base",
+        shipped="ours" if passed else "base",
         command="python benchmarks/bench_nfcorpus.py "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
     )

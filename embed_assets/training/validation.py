@@ -71,10 +71,10 @@ def labelled_validation_set(
     random.Random(seed).shuffle(order)
     taken: dict[str, set[str]] = {}
     judged: set[str] = set()
-    for qid in order:
+    for qid in (q for q in order if q in queries):
         relevant = {c for doc, grade in qrels[qid].items() if grade > 0 for c in by_doc.get(doc, ())}
         seen = {c for doc in qrels[qid] for c in by_doc.get(doc, ())}
-        if not relevant or qid not in queries:
+        if not relevant:
             continue
         if taken and len(judged | seen) > max_chunks:
             continue  # a smaller topic later in the order may still fit
