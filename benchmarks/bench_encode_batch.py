@@ -42,6 +42,12 @@ from embed_assets.serving.runtime import OnnxEmbedder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
+    # The ONNX export (about 90 MB) is scratch: it goes when the measurement ends, even on failure.
+    with tempfile.TemporaryDirectory(prefix="bench-encode-onnx-") as scratch:
+        return _measure(argv, Path(scratch))
+
+
+def _measure(argv: list[str] | None, scratch: Path) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default=str(REPO / "data" / "corpus"))
     p.add_argument("--chunks", type=int, default=768, help="the first N chunks of the corpus")
@@ -57,9 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = [len(ids) for ids in model.tokenizer(texts)["input_ids"]]
     runtimes = {"torch": lambda batch, bs: encode(model, batch, batch_size=bs)}
     if args.onnx:
-        export_dir = Path(tempfile.mkdtemp(prefix="bench-encode-onnx-"))
-        export_onnx(resolve_model_path("all-MiniLM-L6-v2"), export_dir)
-        onnx = OnnxEmbedder(export_dir)
+        export_onnx(resolve_model_path("all-MiniLM-L6-v2"), scratch)
+        onnx = OnnxEmbedder(scratch)
         runtimes["onnxruntime"] = lambda batch, bs: onnx.encode(batch, batch_size=bs)
     for run in runtimes.values():
         run(texts[:32], 16)  # warm-up: first-call allocations are not a batch size's cost
