@@ -10,6 +10,7 @@ from embed_assets.evaluation.labelled import (
     document_aliases,
     document_run,
     load_labelled_queries,
+    without_queries_that_chose,
 )
 from embed_assets.evaluation.metrics import ir_metrics
 from embed_assets.evaluation.retrieval import retrieve
@@ -51,6 +52,21 @@ def test_fingerprint_follows_the_content(doc_paths, tmp_path):
     qrels = (MINI_LABELLED / "qrels" / "test.tsv").read_text()
     b = load_labelled_queries(write_set(tmp_path, queries, qrels), "test", doc_paths)
     assert b.fingerprint != a.fingerprint
+
+
+def test_queries_that_chose_the_model_are_left_out_of_its_evaluation(doc_paths):
+    """A query with the same id and text as one that chose the model is dropped and counted;
+    the same id with other text is another query and stays; when none is left, the error names
+    the file."""
+    labelled = load_labelled_queries(MINI_LABELLED, "test", doc_paths)
+    chose = {"q1": labelled.queries["q1"], "q2": labelled.queries["q2"], "q3": "some other question"}
+    left = without_queries_that_chose(labelled, chose)
+    assert sorted(left.queries) == sorted(set(labelled.queries) - {"q1", "q2"}) == sorted(left.qrels)
+    assert left.skipped == {**labelled.skipped, "query_chose_the_model": 2}
+    assert left.fingerprint != labelled.fingerprint and left.source == labelled.source
+    assert without_queries_that_chose(labelled, {}) is labelled
+    with pytest.raises(LabelledQueriesError, match=r"qrels/test\.tsv: all 7 of them chose"):
+        without_queries_that_chose(labelled, labelled.queries)
 
 
 def test_missing_split_names_the_file(doc_paths):

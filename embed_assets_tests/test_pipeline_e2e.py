@@ -449,6 +449,22 @@ def test_labelled_queries_set_aside_choose_the_model_and_every_stage_says_so(pip
     assert mats["retrieval_eval"].metadata["model_selected_on"].value == recipe["selected_on"]
     assert first.output_for_node("retrieval_eval")["labelled_queries_used_for_selection"] is False
 
+    # A later run that evaluates this model on the queries that chose it is refused, by name.
+    assert run.output_for_node("finetuned_model")["selection_query_texts"] == val.queries
+    again = dg.materialize(
+        all_assets,
+        selection=["retrieval_eval"],
+        run_config={
+            "ops": {"retrieval_eval": {"config": {**LABELLED_EVAL, "labelled_queries_split": "dev"}}}
+        },
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not again.success
+    failure = next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "qrels/dev.tsv: all 5 of them chose the fine-tuned model" in str(failure.event_specific_data.error)
+
 
 def test_regressed_model_is_never_exported(pipeline):
     """A destructive learning rate wrecks the model; the blocking gate must stop the export, and

@@ -17,7 +17,7 @@ choose among models: the recipe, the checkpoint and the merge weight.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -130,6 +130,37 @@ def load_labelled_queries(
         fingerprint=stable_hash({"queries": queries, "qrels": qrels}),
         skipped=skipped,
         unknown_documents=unknown,
+    )
+
+
+def without_queries_that_chose(labelled: LabelledQueries, chose: Mapping[str, str]) -> LabelledQueries:
+    """``labelled`` less the queries that chose the model being evaluated (the same id with the
+    same text), counted in ``skipped`` as ``query_chose_the_model``: a query that picked the
+    recipe, checkpoint or merge weight would flatter the model it picked.
+
+    One run config cannot evaluate on its own selection split (``run_config_errors`` refuses
+    it); this covers a later run that evaluates an earlier run's model, whose value records the
+    queries that chose it (``selection_query_texts``).
+
+    Raises:
+        LabelledQueriesError: every query chose the model, so none is left to evaluate on.
+    """
+    overlap = {q for q, text in labelled.queries.items() if chose.get(q) == text}
+    if not overlap:
+        return labelled
+    if overlap == set(labelled.queries):
+        raise LabelledQueriesError(
+            f"labelled queries in {labelled.source}: all {len(overlap)} of them chose the fine-tuned model "
+            "(finetuned_model.selection_queries_split); evaluate on another split"
+        )
+    queries = {q: t for q, t in labelled.queries.items() if q not in overlap}
+    qrels = {q: labelled.qrels[q] for q in queries}
+    return replace(
+        labelled,
+        queries=queries,
+        qrels=qrels,
+        fingerprint=stable_hash({"queries": queries, "qrels": qrels}),
+        skipped={**labelled.skipped, "query_chose_the_model": len(overlap)},
     )
 
 

@@ -14,7 +14,7 @@ from embed_assets.defs.metadata import counts_table, image, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.evaluation.gate import no_regression
 from embed_assets.evaluation.general import general_retrieval_set
-from embed_assets.evaluation.labelled import document_run, labelled_queries_of
+from embed_assets.evaluation.labelled import document_run, labelled_queries_of, without_queries_that_chose
 from embed_assets.evaluation.metrics import (
     DEFAULT_METRICS,
     compare_runs,
@@ -161,9 +161,16 @@ def retrieval_eval(
     # Read the labelled set first: a naming mistake should fail before minutes of encoding.
     labelled = None
     if config.labelled_queries_dir:
-        labelled = labelled_queries_of(
-            config.labelled_queries_dir, config.labelled_queries_split, source_documents
+        labelled = without_queries_that_chose(
+            labelled_queries_of(config.labelled_queries_dir, config.labelled_queries_split, source_documents),
+            finetuned_model.get("selection_query_texts") or {},
         )
+        if chose := labelled.skipped.get("query_chose_the_model"):
+            context.log.warning(
+                "%d labelled queries of %s chose the fine-tuned model: they are left out of its evaluation",
+                chose,
+                labelled.source,
+            )
     # Each model's corpus embeddings are computed once and serve both query sets. The base
     # model's are already in the LanceDB index (same model, same chunk texts), and its query
     # vectors in the index's embedding cache; the fine-tuned model's are cached by chunk content

@@ -347,6 +347,10 @@ def finetuned_model(
             "base_model": base_model.path(),
             **lineage,
             "steps": result.steps,
+            # the labelled queries that chose this model, so a later evaluation leaves them out
+            "selection_query_texts": dict(val.queries)
+            if selection["labelled_queries_used_for_selection"]
+            else {},
         },
         data_version=dg.DataVersion(run_key),
         metadata={
