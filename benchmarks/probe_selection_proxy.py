@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--home", required=True, type=Path, help="a finished run's artifact home")
-    parser.add_argument("--labelled", required=True, type=Path, help="a BEIR folder of the same corpus")
+    parser.add_argument(
+        "--labelled", type=Path, default=None, help="a BEIR folder of the same corpus, if any"
+    )
     parser.add_argument("--split", default="dev", help="the labelled split to compare with (never test)")
     parser.add_argument("--seed", type=int, default=42, help="finetuned_model.seed of the run")
     parser.add_argument("--steps", type=int, default=16, help="recipe.selection_steps")
@@ -73,22 +75,22 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, **({"batch_size": args.batch_size} if args.batch_size else {})
     )
     val = validation_set(splits, chunks, model.val_distractors, model.seed)
-    labelled = labelled_queries_of(args.labelled, args.split, documents)
-    dev = labelled_validation_set(
-        labelled.queries,
-        labelled.qrels,
-        chunks,
-        model.val_distractors,
-        model.seed,
-        model.selection_corpus_chunks,
-    )
     val_rows = splits.filter(pl.col("split") == "val")
     sets = {"generated (all)": val}
     for generator in sorted(set(val_rows["generator"])):
         sets[f"generated ({generator})"] = only(
             val, set(val_rows.filter(pl.col("generator") == generator)["qa_id"])
         )
-    sets[f"labelled ({args.split})"] = dev
+    if args.labelled:
+        labelled = labelled_queries_of(args.labelled, args.split, documents)
+        sets[f"labelled ({args.split})"] = labelled_validation_set(
+            labelled.queries,
+            labelled.qrels,
+            chunks,
+            model.val_distractors,
+            model.seed,
+            model.selection_corpus_chunks,
+        )
 
     def scores(encoder) -> dict[str, float]:
         return {name: validation_ndcg10(encoder, s) for name, s in sets.items()}
@@ -102,14 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         config = model.to_core(preset)
         steps = min(args.steps, planned_steps(rows.height, config))
-        prefix = train_prefix(base_path, rows, work / preset.name, config, val, steps)
+        try:
+            prefix = train_prefix(base_path, rows, work / preset.name, config, val, steps)
+        except ValueError as e:  # too few rows for a batch: the product records the same and skips it
+            table[preset.name] = {"note": str(e)}
+            continue
         # the prefix's weights at ``steps`` are the model the product scored (no merge)
         checkpoint = work / preset.name / "checkpoints" / f"checkpoint-{prefix.steps}"
         table[preset.name] = scores(load_model(str(checkpoint)))
         table[preset.name]["product's own score"] = prefix.val_ndcg10
     sizes = {name: len(s.queries) for name, s in sets.items()}
     gens = [n for n in sets if n.startswith("generated (") and n != "generated (all)"]
-    for row in table.values():
+    for row in (r for r in table.values() if "note" not in r):
         row["generated (macro)"] = sum(row[g] for g in gens) / len(gens)
     record = {
         "command": " ".join(["python", *sys.argv]),

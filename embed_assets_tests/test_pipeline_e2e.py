@@ -274,6 +274,35 @@ def test_explore_preset_generators_scores_variants_on_a_kept_home(pipeline, tmp_
     assert record["chosen"] in scores
 
 
+def test_probe_selection_proxy_rescores_each_candidates_prefix_on_every_set(pipeline, tmp_path):
+    """Smoke test of benchmarks/probe_selection_proxy.py: it retrains each preset's selection
+    prefix from a kept home and scores it per generator and on a labelled tuning split; its
+    rescoring of the saved prefix agrees with the score the product's own selection computed."""
+    import importlib.util
+
+    _, home, _, _ = pipeline
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_selection_proxy.py"
+    spec = importlib.util.spec_from_file_location("probe_selection_proxy", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "probe.json"
+    argv = ["--home", str(home), "--labelled", str(MINI_LABELLED), "--split", "dev", "--steps", "2"]
+    assert (
+        module.main([*argv, "--batch-size", "4", "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+        == 0
+    )
+    record = json.loads(out.read_text())
+    assert set(record["ndcg10"]) == {"base", "identifier-manual", "titled-documents"}
+    assert record["queries"]["labelled (dev)"] == 5
+    generators = [k for k in record["queries"] if k.startswith("generated (") and k != "generated (all)"]
+    assert sorted(generators) == ["generated (structure-v1)", "generated (template-v1)"]
+    assert sum(record["queries"][g] for g in generators) == record["queries"]["generated (all)"]
+    for preset in ("identifier-manual", "titled-documents"):
+        row = record["ndcg10"][preset]
+        assert row["generated (all)"] == pytest.approx(row["product's own score"], abs=1e-4)
+        assert row["generated (macro)"] == pytest.approx(sum(row[g] for g in generators) / 2)
+
+
 def test_evaluation_and_model_card_record_lineage(pipeline):
     result, _, _, _ = pipeline
     evaluation = result.output_for_node("retrieval_eval")
