@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import polars as pl
 
 from embed_assets.evaluation.labelled import labelled_queries_of
-from embed_assets.models import DEFAULT_BASE_MODEL, load_model, resolve_model_path
+from embed_assets.models import DEFAULT_BASE_MODEL, encode, load_model, resolve_model_path
 from embed_assets.recipe.presets import PRESETS, preset_training_rows
 from embed_assets.recipe.settings import FinetunedModelSettings, TrainingExamplesSettings
 from embed_assets.training.trainer import ValidationSet, planned_steps, train_prefix, validation_ndcg10
@@ -93,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     def scores(encoder) -> dict[str, float]:
-        return {name: validation_ndcg10(encoder, s) for name, s in sets.items()}
+        # The generated sets share one corpus: embed it once per model.
+        shared = encode(encoder, list(val.corpus.values()))
+        return {
+            name: validation_ndcg10(encoder, s, shared if s.corpus is val.corpus else None)
+            for name, s in sets.items()
+        }
 
     base_path = resolve_model_path(DEFAULT_BASE_MODEL)
     start = time.perf_counter()
