@@ -56,6 +56,8 @@ sys.path.insert(0, str(REPO))
 import polars as pl  # noqa: E402
 import yaml  # noqa: E402
 
+from embed_assets.defs.io_manager import latest_value  # noqa: E402  (the product's own reader)
+
 METRICS = ("NDCG@10", "Recall@10", "Recall@100", "MAP@10")
 DEFAULT_BEIR_DIR = REPO.parent / "shared" / "benchmarks" / "nfcorpus"
 SEEDED = ("synthetic_qa", "qa_splits", "mined_negatives", "finetuned_model")  # the configs with a seed
@@ -76,13 +78,6 @@ def half_split(beir_dir: Path, dst: Path, seed: int) -> Path:
         chosen = [x for x in rows if keep(x.split("\t")[0])]
         (dst / "qrels" / f"{split}.tsv").write_text("\n".join([header, *chosen]) + "\n", encoding="utf-8")
     return dst
-
-
-def read_asset(home: Path, asset: str):
-    """The latest value the product's IO manager wrote for ``asset`` (a frame or a JSON value)."""
-    folder = home / "assets" / asset
-    file = folder / json.loads((folder / "latest.json").read_text())["file"]
-    return pl.read_parquet(file) if file.suffix == ".parquet" else json.loads(file.read_text())
 
 
 def run_product(beir_dir: Path, labelled: Path, split: str, work: Path, args) -> dict:
@@ -123,7 +118,7 @@ def peer_rows(home: Path, recipe: dict, trained_splits: set[str]) -> pl.DataFram
     from embed_assets.recipe.presets import PRESETS, questions_from_title
     from embed_assets.training.examples import unroll_examples
 
-    chunks, qa, splits = (read_asset(home, a) for a in ("document_chunks", "synthetic_qa", "qa_splits"))
+    chunks, qa, splits = (latest_value(home, a) for a in ("document_chunks", "synthetic_qa", "qa_splits"))
     held_out = {
         d
         for ids, s in zip(splits["doc_ids"], splits["split"], strict=True)
@@ -159,7 +154,7 @@ def score_both_ways(
     from embed_assets.index.chunk_index import EmbeddingCache, model_key
     from embed_assets.models import embedding_dim, load_model
 
-    chunks, sources = read_asset(home, "document_chunks"), read_asset(home, "source_documents")
+    chunks, sources = latest_value(home, "document_chunks"), latest_value(home, "source_documents")
     other = {}
     if "aliases" in sources.columns:
         dups = sources.select("doc_path", "aliases").explode("aliases").drop_nulls()
@@ -245,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     product = run_product(beir_dir, labelled, args.split, work, args)
     home = work / "home"
-    recipe, model = read_asset(home, "training_recipe"), read_asset(home, "finetuned_model")
+    recipe, model = latest_value(home, "training_recipe"), latest_value(home, "finetuned_model")
     models = {"base": model["base_model"], "ours": model["path"]}
     out: dict = {"product": product, "recipe": recipe, "timings_s": {"product run": product["wall_seconds"]}}
     if not args.no_peer:
@@ -340,7 +335,7 @@ def gate_blocked(log: Path) -> bool:
 
 def model_refit(home: Path) -> bool:
     """Whether the product's model was refit on train + validation questions."""
-    card = Path(read_asset(home, "finetuned_model")["path"]) / "embed_assets_training.json"
+    card = Path(latest_value(home, "finetuned_model")["path"]) / "embed_assets_training.json"
     return bool(json.loads(card.read_text())["result"].get("refit"))
 
 

@@ -25,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import polars as pl
 
+from embed_assets.defs.io_manager import latest_value
 from embed_assets.models import DEFAULT_BASE_MODEL, resolve_model_path
 from embed_assets.recipe.presets import IDENTIFIER_MANUAL, TITLED_DOCUMENTS, Preset, preset_training_rows
 from embed_assets.recipe.selection import choose_recipe
@@ -41,11 +42,6 @@ VARIANTS: dict[str, Preset] = {
         TITLED_DOCUMENTS, name="titled-documents+template", generators=("structure", "template")
     ),
 }
-
-
-def latest(home: Path, asset: str) -> pl.DataFrame:
-    folder = home / "assets" / asset
-    return pl.read_parquet(folder / json.loads((folder / "latest.json").read_text())["file"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    mined = latest(args.home, "mined_negatives")
-    splits = latest(args.home, "qa_splits")
-    chunks = latest(args.home, "document_chunks")
+    mined = latest_value(args.home, "mined_negatives")
+    splits = latest_value(args.home, "qa_splits")
+    chunks = latest_value(args.home, "document_chunks")
     examples = TrainingExamplesSettings()
     model = FinetunedModelSettings(**({"batch_size": args.batch_size} if args.batch_size else {}))
 

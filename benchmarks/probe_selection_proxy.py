@@ -30,17 +30,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import polars as pl
 
+from embed_assets.defs.io_manager import latest_value
 from embed_assets.evaluation.labelled import labelled_queries_of
 from embed_assets.models import DEFAULT_BASE_MODEL, encode, load_model, resolve_model_path
 from embed_assets.recipe.presets import PRESETS, preset_training_rows
 from embed_assets.recipe.settings import FinetunedModelSettings, TrainingExamplesSettings
 from embed_assets.training.trainer import ValidationSet, planned_steps, train_prefix, validation_ndcg10
 from embed_assets.training.validation import labelled_validation_set, validation_set
-
-
-def latest(home: Path, asset: str) -> pl.DataFrame:
-    folder = home / "assets" / asset
-    return pl.read_parquet(folder / json.loads((folder / "latest.json").read_text())["file"])
 
 
 def only(val: ValidationSet, qa_ids: set[str]) -> ValidationSet:
@@ -68,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--split test: the test split only scores; choose on another split")
     work = args.work_dir or args.home.parent / "probe_selection_proxy"
 
-    mined, splits = latest(args.home, "mined_negatives"), latest(args.home, "qa_splits")
-    chunks, documents = latest(args.home, "document_chunks"), latest(args.home, "source_documents")
+    mined, splits = latest_value(args.home, "mined_negatives"), latest_value(args.home, "qa_splits")
+    chunks, documents = (
+        latest_value(args.home, "document_chunks"),
+        latest_value(args.home, "source_documents"),
+    )
     examples = TrainingExamplesSettings()
     model = FinetunedModelSettings(
         seed=args.seed, **({"batch_size": args.batch_size} if args.batch_size else {})

@@ -11,29 +11,20 @@ this checks the wiring, the table and the files, not the scores.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from embed_assets_tests.benchmark_scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 NFCORPUS = REPO.parent / "shared" / "benchmarks" / "nfcorpus"
 METRICS = ("NDCG@10", "Recall@10", "Recall@100", "MAP@10")
 
 
-def _load_script(name: str):
-    """A script of ``benchmarks/`` as a module (they are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def _load_bench():
-    return _load_script("explore_core_recipe")
+    return load_benchmark("explore_core_recipe")
 
 
 def _tiny_beir(dst: Path, n_queries: int = 10, n_docs: int = 40) -> Path:
@@ -96,7 +87,7 @@ def test_product_bench_runs_the_product_and_scores_both_ways(tmp_path):
     """``bench_nfcorpus.py`` runs ``embed-assets run`` (recipe auto) on the BEIR folder with its
     queries as labelled queries, trains the peer on the same questions, and scores base, peer and
     ours chunked and by whole document; its chunked scores of base and ours are the product's own."""
-    bench = _load_script("bench_nfcorpus")
+    bench = load_benchmark("bench_nfcorpus")
     beir = _tiny_beir(tmp_path / "nftiny")
     budget = tmp_path / "tiny.yaml"
     budget.write_text(TINY_BUDGET)
@@ -144,7 +135,7 @@ def test_product_bench_runs_the_product_and_scores_both_ways(tmp_path):
     (out_dir / "nftiny-test-product-seed7.json").write_text(
         json.dumps({**record, "config": {**record["config"], "seed": 7}})
     )
-    pooled = _load_script("summarise_seeds").main(
+    pooled = load_benchmark("summarise_seeds").main(
         [str(out_dir / "nftiny-test-product.json"), str(out_dir / "nftiny-test-product-seed7.json")]
     )
     assert pooled["recipes"] == [record["recipe"]["chosen"]] * 2
@@ -178,7 +169,7 @@ def test_a_run_the_gate_blocks_is_a_result_and_ships_the_base(tmp_path):
     """When the no-regression gate blocks the export, ``embed-assets run`` exits 1 but the run is
     a product outcome: the bench scores it, records the gate and that the user keeps the base
     model, and pooling counts the base model's scores as that seed's ``shipped`` result."""
-    bench = _load_script("bench_nfcorpus")
+    bench = load_benchmark("bench_nfcorpus")
     beir = _tiny_beir(tmp_path / "nftiny")
     budget = tmp_path / "wreck.yaml"
     budget.write_text(WRECKING_BUDGET)
@@ -197,7 +188,7 @@ def test_a_run_the_gate_blocks_is_a_result_and_ships_the_base(tmp_path):
     (out_dir / "nftiny-test-product-seed7.json").write_text(
         json.dumps({**record, "config": {**record["config"], "seed": 7}})
     )
-    pooled = _load_script("summarise_seeds").main(
+    pooled = load_benchmark("summarise_seeds").main(
         [str(out_dir / "nftiny-test-product.json"), str(out_dir / "nftiny-test-product-seed7.json")]
     )
     assert pooled["gates"] == [False, False]
@@ -315,7 +306,7 @@ def test_bench_nfcorpus_with_an_llm_generator_on_loopback(tmp_path, server, monk
 def test_seeded_runs_with_guided_training_pool_into_one_table(tmp_path):
     """Two ``--guided`` runs that differ only in ``--seed`` write separate files and pool into
     seed means, spreads and a seed-averaged bootstrap; runs that differ otherwise are refused."""
-    bench, summarise = _load_bench(), _load_script("summarise_seeds")
+    bench, summarise = _load_bench(), load_benchmark("summarise_seeds")
     beir = _tiny_beir(tmp_path / "nftiny")
     out_dir = tmp_path / "results"
     args = ["--beir-dir", str(beir), "--out-dir", str(out_dir), "--guided", "--max-steps", "2"]
@@ -344,7 +335,7 @@ def test_seeded_runs_with_guided_training_pool_into_one_table(tmp_path):
 
 @pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
 def test_probe_trains_on_one_split_of_real_queries_and_scores_on_another(tmp_path):
-    probe = _load_script("probe_real_query_ceiling")
+    probe = load_benchmark("probe_real_query_ceiling")
     beir = _tiny_beir(tmp_path / "nftiny")
     # Half of the tiny folder's judged queries become a "dev" split that trains the probe.
     lines = (beir / "qrels" / "test.tsv").read_text().splitlines()
@@ -386,7 +377,7 @@ def test_probe_trains_on_one_split_of_real_queries_and_scores_on_another(tmp_pat
 
 
 def test_probe_rows_are_the_judged_pairs_at_or_above_the_grade():
-    probe = _load_script("probe_real_query_ceiling")
+    probe = load_benchmark("probe_real_query_ceiling")
     queries = {"q1": "statins and breast cancer", "q2": "eye parasites"}
     corpus = {"d1": "statin study", "d2": "tamoxifen trial", "d3": "acanthamoeba keratitis"}
     qrels = {"q1": {"d1": 2, "d2": 1}, "q2": {"d3": 1, "d9": 2}, "q3": {"d1": 2}}

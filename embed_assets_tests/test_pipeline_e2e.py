@@ -17,6 +17,7 @@ import pytest
 
 from embed_assets.defs.definitions import all_assets, build_resources, defs
 from embed_assets.training.trainer import saw_validation_documents
+from embed_assets_tests.benchmark_scripts import load_benchmark
 
 MINI_CORPUS = Path(__file__).parent / "fixtures" / "mini_corpus"
 MINI_LABELLED = Path(__file__).parent / "fixtures" / "mini_labelled"
@@ -250,13 +251,8 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
 def test_explore_preset_generators_scores_variants_on_a_kept_home(pipeline, tmp_path):
     """Smoke test of benchmarks/explore_preset_generators.py: it reads a finished run's home and
     scores preset variants with the product's own recipe selection (tiny budget: wiring only)."""
-    import importlib.util
-
     _, home, _, _ = pipeline
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "explore_preset_generators.py"
-    spec = importlib.util.spec_from_file_location("explore_preset_generators", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("explore_preset_generators")
     out = tmp_path / "scores.json"
     argv = ["--home", str(home), "--steps", "2", "--batch-size", "8", "--work-dir", str(tmp_path / "work")]
     assert (
@@ -278,13 +274,8 @@ def test_probe_selection_proxy_rescores_each_candidates_prefix_on_every_set(pipe
     """Smoke test of benchmarks/probe_selection_proxy.py: it retrains each preset's selection
     prefix from a kept home and scores it per generator and on a labelled tuning split; its
     rescoring of the saved prefix agrees with the score the product's own selection computed."""
-    import importlib.util
-
     _, home, _, _ = pipeline
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_selection_proxy.py"
-    spec = importlib.util.spec_from_file_location("probe_selection_proxy", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("probe_selection_proxy")
     out = tmp_path / "probe.json"
     argv = ["--home", str(home), "--labelled", str(MINI_LABELLED), "--split", "dev", "--steps", "2"]
     assert (

@@ -23,6 +23,17 @@ from embed_assets.lineage import build_info, file_sha256
 LATEST = "latest.json"  # per asset folder: which file the last materialization wrote
 
 
+def read_value(path: Path):
+    """A value file as :class:`PolarsJsonIOManager` wrote it: a frame (``.parquet``) or JSON."""
+    return pl.read_parquet(path) if path.suffix == ".parquet" else json.loads(path.read_text())
+
+
+def latest_value(home: str | Path, asset: str):
+    """The value the last materialization of ``asset`` left in the artifact home ``home`` (what
+    the next run reads), for scripts that study a finished run."""
+    return read_value(PolarsJsonIOManager(home_dir=str(home)).latest_path(dg.AssetKey(asset)))
+
+
 class PolarsJsonIOManager(dg.ConfigurableIOManager):
     """Writes ``pl.DataFrame`` values to ``<home_dir>/assets/<asset>/<sha256[:16]>.parquet`` and
     anything JSON-serialisable to ``.../<sha256[:16]>.json``, named by the file's own hash, and
@@ -110,7 +121,4 @@ class PolarsJsonIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext):
-        path = self.latest_path(context.upstream_output.asset_key)
-        if path.suffix == ".parquet":
-            return pl.read_parquet(path)
-        return json.loads(path.read_text())
+        return read_value(self.latest_path(context.upstream_output.asset_key))
