@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -149,7 +150,7 @@ def _wait_for_assets(url: str, proc: subprocess.Popen, timeout_s: float = 240.0)
     raise AssertionError(f"webserver never served the assets: {last_error!r}")
 
 
-def test_ui_lists_every_asset_with_lineage_and_checks_and_the_daemon_runs(entrypoint):
+def test_ui_lists_every_asset_with_lineage_and_checks_and_the_daemon_runs(entrypoint, tmp_path):
     url, proc = entrypoint
     data = _wait_for_assets(url, proc)
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
@@ -172,3 +173,49 @@ def test_ui_lists_every_asset_with_lineage_and_checks_and_the_daemon_runs(entryp
     assert "embed_assets_pipeline" in {j["name"] for r in repos for j in r["jobs"]}
     children = {" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(recursive=True)}
     assert any("dagster-daemon" in c for c in children), children
+    # Both processes opened the fresh instance without each stamping its schema (one alembic head).
+    assert len(_alembic_versions(tmp_path / "dagster" / "schedules" / "schedules.db")) == 1
+
+
+def _alembic_versions(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+
+
+def test_the_entrypoint_creates_the_instance_before_starting_the_daemon_and_webserver(tmp_path):
+    """Started together on an empty DAGSTER_HOME, the daemon and the webserver both create the SQLite
+    storage, and can leave two alembic heads that neither can open again (dagster-io/dagster#27390;
+    seen here once when CI shared the cores). The entrypoint creates it first, with the real
+    ``dagster instance migrate``; stand-ins for the two long-running processes record whether the
+    storage was there when they started, and then exit, which ends the entrypoint."""
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    for name in ("dagster-daemon", "dagster-webserver"):
+        script = stand_ins / name
+        script.write_text(
+            "#!/bin/sh\n"
+            f'test -f "$DAGSTER_HOME/schedules/schedules.db" && echo ready > "{tmp_path}/{name}.seen"\n'
+        )
+        script.chmod(0o755)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("", encoding="utf-8")
+    env = {
+        **os.environ,
+        "WORKSPACE": str(REPO / "workspace.yaml"),
+        "DAGSTER_HOME": str(home),
+        "PATH": os.pathsep.join(
+            [str(stand_ins), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+        ),
+    }
+    done = subprocess.run(
+        ["sh", str(REPO / "scripts" / "docker-entrypoint.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr  # it exits when either process ends, for the restart policy
+    for name in ("dagster-daemon", "dagster-webserver"):
+        assert (tmp_path / f"{name}.seen").is_file(), f"{name} started before the instance storage existed"
+    assert len(_alembic_versions(home / "schedules" / "schedules.db")) == 1

@@ -3,6 +3,12 @@
 # WORKSPACE, HOST and PORT can be overridden (the test suite runs this script on loopback).
 set -eu
 workspace="${WORKSPACE:-/app/workspace.yaml}"
+# Create the instance's SQLite storage once, before the two processes start: started together on an
+# empty DAGSTER_HOME they both stamp its schema and can leave two alembic heads, after which neither
+# can open the instance again (dagster-io/dagster#27390). Idempotent on an existing instance.
+if [ -n "${DAGSTER_HOME:-}" ]; then
+    dagster instance migrate >/dev/null
+fi
 dagster-daemon run -w "$workspace" &
 daemon=$!
 trap 'kill "$daemon" 2>/dev/null' EXIT INT TERM
