@@ -7,6 +7,7 @@ against ``dagster-webserver -w workspace.yaml``, started by ``scripts/docker-ent
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -178,7 +179,7 @@ def test_ui_lists_every_asset_with_lineage_and_checks_and_the_daemon_runs(entryp
 
 
 def _alembic_versions(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # sqlite3's own context manager does not close
         return [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
 
 
