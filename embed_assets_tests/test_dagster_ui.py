@@ -93,23 +93,33 @@ def _graphql(url: str, query: str) -> dict:
         return json.loads(resp.read())
 
 
+def _entrypoint_env(tmp_path: Path, *path_first: Path, **extra: str) -> dict[str, str]:
+    """The entrypoint's environment over an empty Dagster instance at ``tmp_path/dagster``; the
+    virtualenv's commands on PATH, after ``path_first``."""
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text("", encoding="utf-8")
+    path = [*map(str, path_first), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+    return {
+        **os.environ,
+        "WORKSPACE": str(REPO / "workspace.yaml"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "PATH": os.pathsep.join(path),
+        **extra,
+    }
+
+
 @pytest.fixture
 def entrypoint(tmp_path):
     """``scripts/docker-entrypoint.sh`` on a free loopback port; yields (url, process)."""
     port = _free_port()
-    (tmp_path / "dagster").mkdir()
-    (tmp_path / "dagster" / "dagster.yaml").write_text("", encoding="utf-8")
-    env = {
-        **os.environ,
-        "WORKSPACE": str(REPO / "workspace.yaml"),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DAGSTER_HOME": str(tmp_path / "dagster"),
-        "EMBED_ASSETS_HOME": str(tmp_path / "home"),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "HF_HUB_OFFLINE": "1",
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    }
+    env = _entrypoint_env(
+        tmp_path,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        EMBED_ASSETS_HOME=str(tmp_path / "home"),
+        HF_HUB_OFFLINE="1",
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+    )
     log = (tmp_path / "entrypoint.log").open("w")
     proc = subprocess.Popen(
         ["sh", str(REPO / "scripts" / "docker-entrypoint.sh")],
@@ -198,20 +208,9 @@ def test_the_entrypoint_creates_the_instance_before_starting_the_daemon_and_webs
             f'test -f "$DAGSTER_HOME/schedules/schedules.db" && echo ready > "{tmp_path}/{name}.seen"\n'
         )
         script.chmod(0o755)
-    home = tmp_path / "dagster"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("", encoding="utf-8")
-    env = {
-        **os.environ,
-        "WORKSPACE": str(REPO / "workspace.yaml"),
-        "DAGSTER_HOME": str(home),
-        "PATH": os.pathsep.join(
-            [str(stand_ins), str(Path(sys.executable).parent), os.environ.get("PATH", "")]
-        ),
-    }
     done = subprocess.run(
         ["sh", str(REPO / "scripts" / "docker-entrypoint.sh")],
-        env=env,
+        env=_entrypoint_env(tmp_path, stand_ins),
         capture_output=True,
         text=True,
         timeout=120,
@@ -219,4 +218,4 @@ def test_the_entrypoint_creates_the_instance_before_starting_the_daemon_and_webs
     assert done.returncode == 1, done.stderr  # it exits when either process ends, for the restart policy
     for name in ("dagster-daemon", "dagster-webserver"):
         assert (tmp_path / f"{name}.seen").is_file(), f"{name} started before the instance storage existed"
-    assert len(_alembic_versions(home / "schedules" / "schedules.db")) == 1
+    assert len(_alembic_versions(tmp_path / "dagster" / "schedules" / "schedules.db")) == 1
