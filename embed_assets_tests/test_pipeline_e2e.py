@@ -29,6 +29,7 @@ ASSETS = {
     "qa_quality_scores",
     "qa_splits",
     "mined_negatives",
+    "teacher_labels",
     "training_recipe",
     "training_examples",
     "finetuned_model",

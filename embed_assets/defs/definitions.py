@@ -18,6 +18,7 @@ from embed_assets.defs.assets import (  # noqa: E402
     mining,
     quality,
     splitting,
+    teacher,
     training,
 )
 from embed_assets.defs.io_manager import PolarsJsonIOManager  # noqa: E402
@@ -27,6 +28,7 @@ from embed_assets.defs.resources import (  # noqa: E402
     BaseModelResource,
     QuestionGeneratorResource,
     RecipeResource,
+    TeacherResource,
 )
 from embed_assets.defs.sensors import CorpusSourceResource, corpus_change_sensor  # noqa: E402
 
@@ -37,6 +39,7 @@ ALL_ASSET_MODULES = [
     quality,
     splitting,
     mining,
+    teacher,
     training,
     evaluation,
     export,
@@ -47,6 +50,7 @@ def build_resources(
     root_dir: str | None = None,
     base_model: str | None = None,
     generator: QuestionGeneratorResource | None = None,
+    teacher: str | None = None,
 ) -> dict:
     """Resources for the Definitions object, the CLI and the tests."""
     store = ArtifactStoreResource(root_dir=root_dir) if root_dir else ArtifactStoreResource()
@@ -56,6 +60,7 @@ def build_resources(
         "base_model": BaseModelResource(name_or_path=base_model) if base_model else BaseModelResource(),
         "question_generator": generator or QuestionGeneratorResource(),
         "recipe": RecipeResource(),  # a recipe other than auto comes in the run config (--recipe)
+        "teacher": TeacherResource(name_or_path=teacher) if teacher else TeacherResource(),
         "corpus_source": CorpusSourceResource(),
     }
 

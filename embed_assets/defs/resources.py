@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +13,7 @@ from pydantic import Field
 from embed_assets.generation.base import QuestionGenerator
 from embed_assets.models import DEFAULT_BASE_MODEL, load_model, resolve_model_path
 from embed_assets.recipe.presets import Preset, candidates, generators_for
-from embed_assets.recipe.settings import RecipeSettings
+from embed_assets.recipe.settings import RecipeSettings, TeacherSettings
 
 
 class BaseModelResource(dg.ConfigurableResource):
@@ -57,6 +58,24 @@ class RecipeResource(RecipeSettings, dg.ConfigurableResource):
 
     def generators(self) -> tuple[str, ...]:
         return generators_for(self.preset)
+
+
+class TeacherResource(TeacherSettings, dg.ConfigurableResource):
+    """The teacher that labels training triples and is scored beside the models (``none``: no teacher).
+
+    Fields are defined once in :class:`embed_assets.recipe.settings.TeacherSettings`.
+    """
+
+    def load(self):
+        """The loaded teacher (one per process and setting: training and evaluation share it)."""
+        return _load_teacher(self.name_or_path, self.kind, self.batch_size, self.max_length)
+
+
+@lru_cache(maxsize=2)
+def _load_teacher(name_or_path: str, kind: str, batch_size: int, max_length: int | None):
+    from embed_assets.teacher.scorer import load_teacher
+
+    return load_teacher(name_or_path, kind, batch_size=batch_size, max_length=max_length)
 
 
 class QuestionGeneratorResource(dg.ConfigurableResource):

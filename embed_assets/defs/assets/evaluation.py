@@ -9,9 +9,10 @@ import polars as pl
 
 from embed_assets.defs.assets.indexing import base_embedding_cache
 from embed_assets.defs.assets.splitting import beir_dir
+from embed_assets.defs.assets.teacher import teacher_cache
 from embed_assets.defs.configs import RetrievalEvalConfig
 from embed_assets.defs.metadata import counts_table, image, stage_metrics
-from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, TeacherResource
 from embed_assets.evaluation.gate import no_regression
 from embed_assets.evaluation.general import general_retrieval_set
 from embed_assets.evaluation.labelled import document_run, labelled_queries_of, without_queries_that_chose
@@ -34,6 +35,49 @@ from embed_assets.export.onnx_encoder import corpus_encoder
 from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache, model_key, read_vectors
 from embed_assets.lineage import code_version
 from embed_assets.models import embedding_dim, encode, load_model
+from embed_assets.teacher.evaluation import teacher_run
+
+
+def _teacher_side(
+    teacher: TeacherResource, store: ArtifactStoreResource, base_chunk_index: dict, corpus: dict
+):
+    """``score(queries, candidates, depth) -> run`` for the teacher, zero-shot (None without one).
+
+    A bi-encoder teacher's vectors of the corpus and queries are cached by content like the
+    models'; a cross-encoder reranks the base model's candidates, its scores in the teacher cache."""
+    if not teacher.enabled:
+        return None
+    model = teacher.load()
+    scores = teacher_cache(store)
+    vectors = EmbeddingCache(base_chunk_index["uri"], model.key, embedding_dim(model.model))
+    chunks = pl.DataFrame({"chunk_id": list(corpus), "text": list(corpus.values())})
+
+    def score(queries: dict, candidates: dict, depth: int) -> dict:
+        return teacher_run(
+            model,
+            scores,
+            corpus,
+            queries,
+            depth,
+            candidates=candidates,
+            corpus_vectors=lambda: vectors.vectors(chunks, model.model),
+            embed=partial(vectors.text_vectors, model=model.model),
+        )
+
+    return score
+
+
+def _teacher_markdown(scores: dict[str, dict[str, dict[str, float]]]) -> str:
+    rows = [
+        "| query set | model | " + " | ".join(DEFAULT_METRICS) + " |",
+        "|---" * (2 + len(DEFAULT_METRICS)) + "|",
+    ]
+    for query_set, models in scores.items():
+        for name, metrics in models.items():
+            rows.append(
+                f"| {query_set} | {name} | " + " | ".join(f"{metrics[m]:.4f}" for m in DEFAULT_METRICS) + " |"
+            )
+    return "\n".join(rows)
 
 
 def _summary_metadata(prefix: str, comparison: dict) -> dict:
@@ -153,6 +197,7 @@ def retrieval_eval(
     document_chunks: pl.DataFrame,
     base_chunk_index: dict,
     base_model: BaseModelResource,
+    teacher: TeacherResource,
     store: ArtifactStoreResource,
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
     start = time.perf_counter()
@@ -212,6 +257,15 @@ def retrieval_eval(
     )
     synthetic = compare_runs(qrels, *synthetic_runs)
     evaluations = {"synthetic test split": synthetic}
+    # The teacher, zero-shot on the same queries: not gated, it shows how far the student got.
+    teacher_score = _teacher_side(teacher, store, base_chunk_index, corpus)
+    teacher_scores: dict[str, dict[str, dict[str, float]]] = {}
+    if teacher_score is not None:
+        teacher_scores["synthetic test split"] = {
+            "base": synthetic["base"],
+            "fine-tuned": synthetic["fine_tuned"],
+            "teacher": ir_metrics(qrels, teacher_score(queries, synthetic_runs[0], config.top_k)),
+        }
     versions = {"synthetic": query_set_version(queries, qrels, list(corpus))}
     frames = {
         "synthetic test split": per_query_frame(
@@ -262,11 +316,23 @@ def retrieval_eval(
         # Several chunks of one document collapse into one hit: rank chunks 10x deeper than
         # the documents kept, so that top_k distinct documents are still there.
         depth = min(len(corpus), 10 * config.top_k)
+        base_chunks = run("base", labelled.queries, depth)
         labelled_runs = (
-            document_run(run("base", labelled.queries, depth), chunk_document, config.top_k),
+            document_run(base_chunks, chunk_document, config.top_k),
             document_run(run("fine_tuned", labelled.queries, depth), chunk_document, config.top_k),
         )
         real = compare_runs(labelled.qrels, *labelled_runs)
+        if teacher_score is not None:
+            # a cross-encoder reranks the base's top_k chunks (as deep a pool as a reranker gets)
+            pool = {q: dict(list(hits.items())[: config.top_k]) for q, hits in base_chunks.items()}
+            teacher_chunks = teacher_score(labelled.queries, pool, depth)
+            teacher_scores["labelled queries"] = {
+                "base": real["base"],
+                "fine-tuned": real["fine_tuned"],
+                "teacher": ir_metrics(
+                    labelled.qrels, document_run(teacher_chunks, chunk_document, config.top_k)
+                ),
+            }
         versions["labelled"] = query_set_version(labelled.queries, labelled.qrels, list(corpus))
         frames["labelled queries"] = per_query_frame(
             "labelled", labelled.queries, labelled.qrels, *labelled_runs, real["per_query"]
@@ -301,6 +367,22 @@ def retrieval_eval(
                 **_movers_metadata("labelled_", frames["labelled queries"]),
             }
         )
+    if teacher_scores:
+        value["teacher"] = {
+            "name": teacher.name_or_path,
+            "kind": teacher.load().kind,
+            **{name: sides["teacher"] for name, sides in teacher_scores.items()},
+        }
+        metadata["teacher_vs_models"] = dg.MetadataValue.md(_teacher_markdown(teacher_scores))
+        metadata["teacher"] = teacher.name_or_path
+        for name, key in (("synthetic test split", "synthetic"), ("labelled queries", "labelled")):
+            if name in teacher_scores:
+                at = f"@{key}-{versions[key]}"
+                teacher_ndcg = teacher_scores[name]["teacher"]["NDCG@10"]
+                metadata[f"ndcg10_teacher{at}"] = dg.MetadataValue.float(round(teacher_ndcg, 4))
+                metadata[f"ndcg10_student_minus_teacher_points{at}"] = dg.MetadataValue.float(
+                    round((teacher_scores[name]["fine-tuned"]["NDCG@10"] - teacher_ndcg) * 100, 2)
+                )
     # Forgetting: both models on a small general-domain set that ships with Python.
     general_set = general_retrieval_set()
     general_scores = {

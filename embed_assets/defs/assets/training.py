@@ -17,7 +17,7 @@ from embed_assets.evaluation.report import training_curves_png
 from embed_assets.hashing import stable_hash
 from embed_assets.index.chunk_index import model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
-from embed_assets.recipe.presets import PRESETS, fill, preset_training_rows
+from embed_assets.recipe.presets import PRESETS, fill, negatives_per_example, preset_training_rows
 from embed_assets.recipe.selection import (
     SELECTED_ON,
     SELECTED_ON_LABELLED,
@@ -89,6 +89,7 @@ def training_recipe(
     context: dg.AssetExecutionContext,
     base_chunk_index: dict,
     mined_negatives: pl.DataFrame,
+    teacher_labels: pl.DataFrame,
     qa_splits: pl.DataFrame,
     document_chunks: pl.DataFrame,
     source_documents: pl.DataFrame,
@@ -105,7 +106,7 @@ def training_recipe(
         recipe.preset,
         recipe.candidates(),
         rows_for=lambda p: preset_training_rows(
-            p, examples, mined_negatives, qa_splits, document_chunks
+            p, examples, mined_negatives, qa_splits, document_chunks, teacher_labels
         ).filter(pl.col("split") == "train"),
         config_for=model.to_core,
         base_model=base_model.path(),
@@ -172,18 +173,29 @@ def training_examples(
     config: TrainingExamplesConfig,
     training_recipe: dict,
     mined_negatives: pl.DataFrame,
+    teacher_labels: pl.DataFrame,
     document_chunks: pl.DataFrame,
     qa_splits: pl.DataFrame,
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
     start = time.perf_counter()
     preset = PRESETS[training_recipe["chosen"]]
-    rows = preset_training_rows(preset, config, mined_negatives, qa_splits, document_chunks)
+    rows = preset_training_rows(preset, config, mined_negatives, qa_splits, document_chunks, teacher_labels)
     train = rows.filter(pl.col("split") == "train")
     # The trainer's own rule: full batches in which no text repeats, at the trainer's seed.
     trainer_config = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
     batch_size = config.batch_size or trainer_config.batch_size
     batches = full_batches(train, batch_size, trainer_config.seed)
     settings = fill("training_examples", config.model_dump(), preset)
+    settings["negatives_per_example"] = negatives_per_example(preset, config, teacher_labels.height > 0)
+    teacher = (
+        {
+            "teacher_labelled": True,
+            "false_negatives_dropped": int(rows["false_negatives_dropped"].sum()),
+            "teacher_margin_mean": round(float(rows["label"].explode().mean() or 0.0), 4),
+        }
+        if "label" in rows.columns
+        else {"teacher_labelled": False}
+    )
     return dg.MaterializeResult(
         value=rows,
         data_version=dg.DataVersion(data_version(rows, settings)),
@@ -197,7 +209,12 @@ def training_examples(
             "dropped_queries_short_of_negatives": mined_negatives.height - rows["qa_id"].n_unique(),
             "rows_without_title_header": int(rows["untitled"].sum()),
             "full_batches_without_repeats": batches,
-            "preview": preview(train.drop("qa_id", "positive_id", "split", "untitled")),
+            **teacher,
+            "preview": preview(
+                train.drop(
+                    "qa_id", "positive_id", "split", "untitled", "false_negatives_dropped", strict=False
+                )
+            ),
             **stage_metrics(start),
         },
         check_results=[
