@@ -72,7 +72,7 @@ def half_split(beir_dir: Path, dst: Path, seed: int) -> Path:
     qids = sorted({x.split("\t")[0] for x in rows})
     random.Random(seed).shuffle(qids)
     dev = set(qids[: len(qids) // 2])
-    (dst / "qrels").mkdir(parents=True)
+    (dst / "qrels").mkdir(parents=True, exist_ok=True)  # a kept --work-dir is run again
     (dst / "queries.jsonl").write_bytes((beir_dir / "queries.jsonl").read_bytes())
     for split, keep in (("dev", lambda q: q in dev), ("test", lambda q: q not in dev)):
         chosen = [x for x in rows if keep(x.split("\t")[0])]
@@ -91,6 +91,7 @@ def run_product(beir_dir: Path, labelled: Path, split: str, work: Path, args) ->
     cmd += ["--labelled-queries", str(labelled), "--labelled-split", split, "--home", str(work / "home")]
     cmd += ["--config", str(work / "run.yaml")] + (["--recipe", args.recipe] if args.recipe else [])
     cmd += ["--selection-split", args.selection_split] if args.selection_split else []
+    cmd += ["--teacher", args.teacher] if args.teacher else []
     env = {**os.environ, "DAGSTER_HOME": str(work / "dagster")}
     (work / "dagster").mkdir(parents=True, exist_ok=True)
     print("[bench] product:", shlex.join(cmd), flush=True)
@@ -222,6 +223,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="a qrels split (e.g. dev) the product chooses its recipe, checkpoint and merge on "
         "(--selection-split); default: none, held-out generated questions choose",
     )
+    p.add_argument(
+        "--teacher",
+        help="the product's --teacher (e.g. all-mpnet-base-v2, the offline teacher); its zero-shot "
+        "scores join the table",
+    )
     p.add_argument("--config", action="append", help="extra run-config YAML (smoke tests only)")
     p.add_argument("--eval-seq-len", type=int, default=256, help="whole-document scoring: tokens kept")
     p.add_argument("--no-peer", action="store_true")
@@ -283,6 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
             "selection_split": args.selection_split,
             "half_split_seed": args.half_split_seed,
             "eval_seq_len": args.eval_seq_len,
+            "teacher": args.teacher,
             "extra_config": args.config or [],
         },
         results={k: _public(scores["chunked"][k]) for k in models},
@@ -295,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
         synthetic={side: product["summary"].get(side, {}) for side in ("base", "fine_tuned")},
         synthetic_by_generator=product["summary"].get("synthetic_by_generator", {}),
         gate_passed=passed,
+        # the teacher zero-shot, scored by the product beside base and fine-tuned (chunked scoring)
+        teacher=(latest_value(home, "retrieval_eval") or {}).get("teacher"),
         # what a user of the product ends up with: the fine-tuned model, or the base when the gate blocked it
         shipped="ours" if passed else "base",
         command="python benchmarks/bench_nfcorpus.py "
@@ -307,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
         stem += f"-{args.recipe}"
     if args.selection_split:
         stem += f"-chosen-on-{args.selection_split}"
+    if args.teacher:
+        stem += f"-teacher-{Path(args.teacher).name}"
     (out_dir / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str))
     (out_dir / f"{stem}.md").write_text(report(out))
     print(report(out))
@@ -341,6 +352,16 @@ def model_refit(home: Path) -> bool:
 
 def _public(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "per_query_ndcg10"}
+
+
+def teacher_row(out: dict) -> list[str]:
+    """The teacher's zero-shot line under the chunked table (the product's own scoring of it)."""
+    scores = (out.get("teacher") or {}).get("labelled queries")
+    if not scores:
+        return []
+    base = out["results"]["base"]
+    cells = [f"{scores[k]:.4f} ({(scores[k] - base[k]) * 100:+.2f})" for k in METRICS]
+    return [f"| teacher {out['teacher']['name']} (zero-shot) | " + " | ".join(cells) + " |"]
 
 
 def report(out: dict) -> str:
@@ -386,6 +407,7 @@ def report(out: dict) -> str:
         "change against base in points:",
         "",
         *table(out["results"]),
+        *teacher_row(out),
         "",
         *bootstrap(out["significance_ndcg10"]),
         "",

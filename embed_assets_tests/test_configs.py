@@ -221,3 +221,37 @@ def test_labelled_queries_choose_only_from_another_split_than_the_evaluations():
             validate_run_config({"ops": {**same, "retrieval_eval": {"config": config}}})
         [line] = _lines(exc.value)
         assert "'test' is also labelled_queries_split" in line
+
+
+@pytest.mark.parametrize(
+    ("teacher", "field"),
+    [
+        ({"min_auc": 0.3}, "resources.teacher.config.min_auc"),
+        ({"kind": "reranker"}, "resources.teacher.config.kind"),
+        ({"batch": 8}, "resources.teacher.config.batch: unknown field; did you mean 'batch_size'?"),
+    ],
+)
+def test_bad_teacher_settings_are_named(teacher, field):
+    with pytest.raises(RunConfigError) as exc:
+        validate_run_config({"resources": {"teacher": {"config": teacher}}})
+    [line] = _lines(exc.value)
+    assert line.startswith(field), line
+
+
+def test_a_teacher_needs_a_negative_per_row():
+    from embed_assets.recipe.presets import TITLED_DOCUMENTS, negatives_per_example
+    from embed_assets.recipe.settings import TrainingExamplesSettings
+
+    assert negatives_per_example(TITLED_DOCUMENTS, TrainingExamplesSettings(), teacher=False) == 0
+    assert negatives_per_example(TITLED_DOCUMENTS, TrainingExamplesSettings(), teacher=True) == 1
+    assert (
+        negatives_per_example(TITLED_DOCUMENTS, TrainingExamplesSettings(negatives_per_example=3), True) == 3
+    )
+    with pytest.raises(ValueError, match="ops.training_examples.config.negatives_per_example is 0"):
+        negatives_per_example(TITLED_DOCUMENTS, TrainingExamplesSettings(negatives_per_example=0), True)
+
+
+def test_the_gate_watches_recall_at_100_by_default():
+    from embed_assets.recipe.settings import RetrievalEvalSettings
+
+    assert RetrievalEvalSettings().gate_metrics == ["NDCG@10", "Recall@100"]

@@ -33,14 +33,22 @@ LINEAGE = {
     "qa_quality_scores": {"synthetic_qa", "document_chunks", "base_chunk_index"},
     "qa_splits": {"qa_quality_scores", "document_chunks"},
     "mined_negatives": {"qa_splits", "base_chunk_index"},
+    "teacher_labels": {"mined_negatives", "qa_splits", "document_chunks"},
     "training_recipe": {
         "base_chunk_index",
         "mined_negatives",
+        "teacher_labels",
         "qa_splits",
         "document_chunks",
         "source_documents",
     },
-    "training_examples": {"training_recipe", "mined_negatives", "document_chunks", "qa_splits"},
+    "training_examples": {
+        "training_recipe",
+        "mined_negatives",
+        "teacher_labels",
+        "document_chunks",
+        "qa_splits",
+    },
     "finetuned_model": {
         "training_recipe",
         "training_examples",

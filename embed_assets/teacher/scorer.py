@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +74,8 @@ class Teacher:
         key: identifies its weights (cache keys and lineage).
         model: the sentence-transformers model.
         batch_size: pairs (cross-encoder) or texts (bi-encoder) per forward pass.
+        embed: a bi-encoder's unit-normalised vectors of texts, e.g. through an embedding cache
+            (:meth:`with_embedding_cache`); None encodes them.
     """
 
     name: str
@@ -81,13 +84,25 @@ class Teacher:
     key: str
     model: Any
     batch_size: int = ENCODE_BATCH_SIZE
+    embed: Callable[[list[str]], np.ndarray] | None = None
+
+    def with_embedding_cache(self, lancedb_uri: str | Path) -> Teacher:
+        """This teacher embedding through a content-hash cache in ``lancedb_uri`` (bi-encoders: a
+        chunk the labelling embedded is not embedded again by the evaluation, nor by a rerun)."""
+        if self.kind != "bi-encoder":
+            return self
+        from embed_assets.index.chunk_index import EmbeddingCache
+        from embed_assets.models import embedding_dim
+
+        cache = EmbeddingCache(lancedb_uri, self.key, embedding_dim(self.model))
+        return replace(
+            self, embed=partial(cache.text_vectors, model=self.model, encode_batch_size=self.batch_size)
+        )
 
     @property
     def max_length(self) -> int:
         """Tokens the teacher reads per input (pair for a cross-encoder, text for a bi-encoder)."""
-        if self.kind == "cross-encoder":
-            return int(getattr(self.model, "max_length", None) or self.model.tokenizer.model_max_length)
-        return int(self.model.max_seq_length)
+        return int(self.model.max_seq_length or self.model.tokenizer.model_max_length)
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         tokenizer = self.model.tokenizer
@@ -110,13 +125,16 @@ class Teacher:
         # Each distinct text is embedded once: a query meets several passages, a chunk many queries.
         texts = list(dict.fromkeys([*queries, *passages]))
         row = {t: i for i, t in enumerate(texts)}
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        ).astype(np.float32)
+        if self.embed is not None:
+            vectors = self.embed(texts)
+        else:
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ).astype(np.float32)
         q = vectors[[row[t] for t in queries]]
         p = vectors[[row[t] for t in passages]]
         return np.einsum("ij,ij->i", q, p)
@@ -159,13 +177,13 @@ def load_teacher(
         if chosen == "cross-encoder":
             from sentence_transformers import CrossEncoder
 
-            model = CrossEncoder(path, device=device, max_length=max_length)
+            model = CrossEncoder(path, device=device)
         else:
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(path, device=device)
-            if max_length:
-                model.max_seq_length = max_length
+        if max_length:
+            model.max_seq_length = max_length
     except (ModelNotFoundError, OSError, ValueError, RuntimeError) as exc:
         raise TeacherError(f"{SETTING}: teacher {name_or_path!r} could not be loaded: {exc}") from exc
     model.eval()
@@ -226,7 +244,7 @@ class TeacherScoreCache:
             )
             known.update(rows.fetchall())
         todo = {k: i for i, k in enumerate(keys) if k not in known}  # one text pair scored once
-        self.hits += len(keys) - sum(1 for k in keys if k in todo)
+        self.hits += len(keys) - len(todo)  # a pair asked for twice is scored once: the second is a hit
         order = list(todo)
         for start in range(0, len(order), self.batch_size):
             part = order[start : start + self.batch_size]

@@ -43,14 +43,13 @@ def _teacher_side(
 ):
     """``score(queries, candidates, depth) -> run`` for the teacher, zero-shot (None without one).
 
-    A bi-encoder teacher's vectors of the corpus and queries are cached by content like the
-    models'; a cross-encoder reranks the base model's candidates, its scores in the teacher cache."""
+    A bi-encoder teacher's vectors of the corpus and queries come from the content-hash cache its
+    labelling filled; a cross-encoder reranks the base model's candidates, its scores in the
+    teacher cache."""
     if not teacher.enabled:
         return None
-    model = teacher.load()
+    model = teacher.load().with_embedding_cache(store.path("lancedb"))
     scores = teacher_cache(store)
-    vectors = EmbeddingCache(base_chunk_index["uri"], model.key, embedding_dim(model.model))
-    chunks = pl.DataFrame({"chunk_id": list(corpus), "text": list(corpus.values())})
 
     def score(queries: dict, candidates: dict, depth: int) -> dict:
         return teacher_run(
@@ -60,8 +59,8 @@ def _teacher_side(
             queries,
             depth,
             candidates=candidates,
-            corpus_vectors=lambda: vectors.vectors(chunks, model.model),
-            embed=partial(vectors.text_vectors, model=model.model),
+            corpus_vectors=lambda: model.embed(list(corpus.values())),
+            embed=model.embed,
         )
 
     return score

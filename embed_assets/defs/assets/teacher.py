@@ -44,7 +44,7 @@ def teacher_labels(
             data_version=dg.DataVersion(data_version(labels, {"teacher": "none"})),
             metadata={"teacher": "none", "triples": 0, **stage_metrics(start)},
         )
-    model = teacher.load()
+    model = teacher.load().with_embedding_cache(store.path("lancedb"))
     cache = teacher_cache(store)
     try:
         result = label_triples(
