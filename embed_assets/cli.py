@@ -347,6 +347,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
         if labelled := evaluation.get("labelled"):
             print(f"\nBase vs fine-tuned on {labelled['queries']} labelled queries ({labelled['source']}):\n")
             print(labelled["markdown"])
+        if teacher := evaluation.get("teacher"):
+            print(f"\nThe teacher {teacher['name']} ({teacher['kind']}) zero-shot, nDCG@10:")
+            for query_set in ("synthetic test split", "labelled queries"):
+                if query_set in teacher:
+                    print(f"  {query_set:<22} {teacher[query_set]['NDCG@10']:.4f}")
         if evaluation.get("labelled_queries_used_for_selection"):
             print(f"\nThe model was chosen on {evaluation['model_selected_on']}.")
         summary = Path(args.home) / "last_run.json"

@@ -5,7 +5,8 @@ Artifacts are immutable and content-addressed, so a home only grows. What is kep
 - every file in the audited chain of every ``retrieval_eval`` materialization the Dagster
   instance records (an evaluation can always be audited and reproduced);
 - the latest value of every asset (``assets/<asset>/latest.json``), which the next run reads;
-- the embedding caches (``lancedb/embeddings_*``): they only save work.
+- the embedding caches (``lancedb/embeddings_*``) and the teacher's score cache
+  (``teacher/scores.sqlite``): they only save work.
 
 Everything else under ``assets/``, ``models/``, ``beir/``, ``onnx/``, ``encoders/`` (the ONNX
 exports the pipeline encodes with; a run rebuilds a missing one in seconds) and the
