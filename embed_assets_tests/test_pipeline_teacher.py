@@ -18,7 +18,7 @@ from embed_assets.defs.definitions import all_assets, build_resources
 from embed_assets.defs.resources import TeacherResource
 from embed_assets.generation.structure import StructureQuestionGenerator
 from embed_assets.generation.template import TemplateQuestionGenerator
-from embed_assets_tests.test_pipeline_e2e import materialized, tiny_run_config
+from embed_assets_tests.test_pipeline_e2e import MINI_LABELLED, materialized, tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def teacher_pipeline(tmp_path_factory, trained_cross_encoder):
     resources = build_resources(str(home))
     resources["teacher"] = TeacherResource(name_or_path=str(trained_cross_encoder), batch_size=16)
     run_config = tiny_run_config()
-    run_config["ops"]["retrieval_eval"] = {"config": {"labelled_queries_dir": str(_labelled())}}
+    run_config["ops"]["retrieval_eval"] = {"config": {"labelled_queries_dir": str(MINI_LABELLED)}}
     result = dg.materialize(
         all_assets,
         run_config=run_config,
@@ -84,12 +84,6 @@ def teacher_pipeline(tmp_path_factory, trained_cross_encoder):
         raise_on_error=False,  # what the gate decides on 8 documents is not what this module tests
     )
     return result, home, resources, run_config
-
-
-def _labelled():
-    from embed_assets_tests.test_pipeline_e2e import MINI_LABELLED
-
-    return MINI_LABELLED
 
 
 def test_the_teacher_labels_every_triple_and_shows_it(teacher_pipeline):
