@@ -9,12 +9,21 @@ set, from a finished run's kept assets) and scores each prefix, and the base, on
 - the product's validation set (every generator's questions: today's rule);
 - each generator's questions alone (same corpus), and their macro-average;
 - a labelled split set aside for tuning (``--split dev``), as
-  :func:`~embed_assets.training.validation.labelled_validation_set` builds it.
+  :func:`~embed_assets.training.validation.labelled_validation_set` builds it;
+- with ``--teacher``: the product's validation set judged by the teacher (its top
+  ``judge_top_k`` chunks per question count as relevant, :mod:`embed_assets.teacher.judged`), the
+  rule the product follows with a teacher. Rows then carry the run's teacher labels, as the
+  product's do.
+
+Each set's pick (the best preset; a tie keeps the earlier, as ``auto`` does) is printed with the
+labelled split's score of that pick.
 
 It trains on the train split and scores on validation and dev only, never on test.
 
     python benchmarks/probe_selection_proxy.py --home /tmp/s12/nfc7/home \\
         --labelled ../shared/benchmarks/nfcorpus --split dev --seed 7 --out /tmp/probe.json
+    python benchmarks/probe_selection_proxy.py --home W/home --labelled ../shared/benchmarks/nfcorpus \
+        --split dev --teacher all-mpnet-base-v2       # a run made with that teacher
 """
 
 from __future__ import annotations
@@ -45,6 +54,42 @@ def only(val: ValidationSet, qa_ids: set[str]) -> ValidationSet:
     return ValidationSet({q: val.queries[q] for q in keep}, val.corpus, {q: val.relevant[q] for q in keep})
 
 
+JUDGED = "teacher-judged"
+
+
+def judged_set(home: Path, teacher_name: str, val: ValidationSet) -> ValidationSet:
+    """``val`` judged by the teacher as the product judges it (its caches in ``home``)."""
+    from embed_assets.evaluation.retrieval import retrieve
+    from embed_assets.recipe.settings import TeacherSettings
+    from embed_assets.teacher.judged import teacher_judged_set
+    from embed_assets.teacher.scorer import TeacherScoreCache, load_teacher
+
+    settings = TeacherSettings(name_or_path=teacher_name)
+    teacher = load_teacher(settings.name_or_path, settings.kind).with_embedding_cache(home / "lancedb")
+    base = load_model(resolve_model_path(DEFAULT_BASE_MODEL))
+    cache = TeacherScoreCache(home / "teacher" / "scores.sqlite")
+    try:
+        return teacher_judged_set(
+            val, teacher, cache, settings.judge_top_k, lambda k: retrieve(base, val.corpus, val.queries, k)
+        )
+    finally:
+        cache.close()
+
+
+def picks(table: dict[str, dict], labelled: str | None) -> dict[str, dict]:
+    """Each set's preset (the best; ties keep the earlier) and, with ``labelled``, that pick's
+    labelled score and its distance in points from the labelled split's own pick."""
+    presets = [p for p in PRESETS if "note" not in table.get(p, {"note": ""})]
+    out = {}
+    for name in table["base"]:
+        best = max(presets, key=lambda p: (table[p][name], -presets.index(p)))
+        out[name] = {"pick": best}
+        if labelled:
+            top = max(table[p][labelled] for p in presets)
+            out[name]["labelled_points_below_labelled_pick"] = round((top - table[best][labelled]) * 100, 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -58,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=16, help="recipe.selection_steps")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: HOME/../probe_selection_proxy")
     parser.add_argument("--batch-size", type=int, default=None, help="smoke tests shrink it")
+    parser.add_argument("--teacher", default=None, help="the run's teacher: adds the teacher-judged set")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.split == "test":
@@ -80,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         sets[f"generated ({generator})"] = only(
             val, set(val_rows.filter(pl.col("generator") == generator)["qa_id"])
         )
+    teacher_labels = latest_value(args.home, "teacher_labels") if args.teacher else None
+    if args.teacher:
+        sets[JUDGED] = judged_set(args.home, args.teacher, val)
     if args.labelled:
         labelled = labelled_queries_of(args.labelled, args.split, documents)
         sets[f"labelled ({args.split})"] = labelled_validation_set(
@@ -103,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     table = {"base": scores(load_model(base_path))}
     for preset in PRESETS.values():
-        rows = preset_training_rows(preset, examples, mined, splits, chunks).filter(
+        rows = preset_training_rows(preset, examples, mined, splits, chunks, teacher_labels).filter(
             pl.col("split") == "train"
         )
         config = model.to_core(preset)
@@ -124,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": " ".join(["python", *sys.argv]),
         "home": str(args.home),
+        "teacher": args.teacher,
         "queries": sizes,
+        "picks": picks(table, f"labelled ({args.split})" if args.labelled else None),
         "steps": args.steps,
         "ndcg10": table,
         "seconds": round(time.perf_counter() - start, 1),

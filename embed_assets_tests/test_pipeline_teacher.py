@@ -159,6 +159,18 @@ def test_the_evaluation_scores_the_teacher_zero_shot(teacher_pipeline):
     assert "| synthetic test split | teacher |" in meta["teacher_vs_models"].value
 
 
+def test_the_teacher_judges_the_recipe_checkpoint_and_merge(teacher_pipeline):
+    """With a teacher, every label-free choice is made on its judgement of held-out questions."""
+    result, _, resources, _ = teacher_pipeline
+    mats = materialized(result)
+    recipe = mats["training_recipe"].metadata
+    expected = f"agreement with the teacher {resources['teacher'].name_or_path}: its top 10"
+    assert recipe["selected_on"].value.startswith(expected)
+    assert 0.0 <= recipe["teacher_top_k_holds_source_chunk"].value <= 1.0
+    assert mats["finetuned_model"].metadata["model_selected_on"].value.startswith(expected)
+    assert result.output_for_node("finetuned_model")["labelled_queries_used_for_selection"] is False
+
+
 def test_a_rerun_scores_no_pair_twice(teacher_pipeline):
     _, home, resources, run_config = teacher_pipeline
     again = dg.materialize(

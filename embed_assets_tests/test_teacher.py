@@ -11,10 +11,12 @@ import polars as pl
 import pytest
 import torch
 
+from embed_assets.evaluation.retrieval import retrieve
 from embed_assets.generation.template import TemplateQuestionGenerator
 from embed_assets.mining.negatives import mine_hard_negatives
 from embed_assets.teacher import offline
 from embed_assets.teacher.evaluation import teacher_run
+from embed_assets.teacher.judged import RERANK_POOL, agreement_with_source, teacher_judged_set
 from embed_assets.teacher.labels import LABELS_SCHEMA, label_triples
 from embed_assets.teacher.scorer import (
     SETTING,
@@ -25,7 +27,14 @@ from embed_assets.teacher.scorer import (
     load_teacher,
 )
 from embed_assets.training.examples import unroll_examples
-from embed_assets.training.trainer import TeacherMarginLoss, TrainingConfig, build_loss, train_bi_encoder
+from embed_assets.training.trainer import (
+    TeacherMarginLoss,
+    TrainingConfig,
+    build_loss,
+    train_bi_encoder,
+    validation_ndcg10,
+)
+from embed_assets.training.validation import validation_set
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +230,44 @@ def test_a_teacher_that_reads_too_few_tokens_is_refused(mined, qa, mini_chunks, 
     short = load_teacher("all-mpnet-base-v2", max_length=16)
     with pytest.raises(TeacherError, match=r"reads at most 16 tokens.*chunk_tokens"):
         label_triples(mined, qa, mini_chunks, short, TeacherScoreCache(tmp_path / "s.sqlite"))
+
+
+# --- choices judged by the teacher -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def val_set(qa, mini_chunks):
+    return validation_set(qa, mini_chunks, distractors=20, seed=0)
+
+
+def test_the_teacher_judges_its_own_ranking_perfect(mpnet, val_set, tmp_path):
+    """Relevance becomes the teacher's top k, so the teacher itself scores nDCG@10 = 1 and the
+    generator's source chunk no longer decides what is relevant."""
+    judged = teacher_judged_set(val_set, mpnet, TeacherScoreCache(tmp_path / "s.sqlite"), top_k=3)
+    assert judged.corpus is val_set.corpus and set(judged.queries) == set(val_set.queries)
+    assert all(len(r) == 3 and r <= set(val_set.corpus) for r in judged.relevant.values())
+    assert validation_ndcg10(mpnet.model, judged) == pytest.approx(1.0)
+    assert 0.5 < agreement_with_source(judged, val_set) <= 1.0  # mostly finds the source chunk too
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        teacher_judged_set(val_set, mpnet, TeacherScoreCache(tmp_path / "s.sqlite"), top_k=0)
+
+
+def test_a_cross_encoder_judges_the_base_models_candidates(tiny_cross_encoder, val_set, base_model, tmp_path):
+    teacher = load_teacher(str(tiny_cross_encoder))
+    cache = TeacherScoreCache(tmp_path / "s.sqlite")
+    with pytest.raises(ValueError, match="base_candidates"):
+        teacher_judged_set(val_set, teacher, cache, top_k=2)
+    depths: list[int] = []
+
+    def base_candidates(depth: int) -> dict:
+        depths.append(depth)
+        return retrieve(base_model, val_set.corpus, val_set.queries, 4)  # a pool of 4 per question
+
+    judged = teacher_judged_set(val_set, teacher, cache, top_k=2, base_candidates=base_candidates)
+    pool = retrieve(base_model, val_set.corpus, val_set.queries, 4)
+    assert depths == [RERANK_POOL]
+    assert all(len(judged.relevant[q]) == 2 and judged.relevant[q] <= set(pool[q]) for q in judged.queries)
+    assert cache.computed == 4 * len(val_set.queries)  # every candidate pair scored once, then cached
 
 
 def test_rows_keep_only_negatives_the_teacher_scores_below_the_positive():

@@ -45,6 +45,9 @@ CorpusVectors = Callable[[Any, dict[str, str]], np.ndarray]
 
 SELECTED_ON = "held-out generated questions of held-out documents (validation split)"
 SELECTED_ON_LABELLED = "labelled queries set aside for choosing ({source})"
+SELECTED_ON_TEACHER = (
+    "agreement with the teacher {teacher}: its top {top_k} validation chunks for held-out generated questions"
+)
 
 
 @dataclass
@@ -107,7 +110,7 @@ def choose_recipe(
         base_corpus_vectors: where the base model's vectors of the validation chunks are read
             (see :func:`base_validation_score`); None encodes them.
         selected_on: what ``val`` is, for the record (:data:`SELECTED_ON` or
-            :data:`SELECTED_ON_LABELLED`).
+            :data:`SELECTED_ON_LABELLED` or :data:`SELECTED_ON_TEACHER`).
         labelled_queries_used: ``val`` holds labelled queries (the user set a split aside for
             choosing); recorded so the evaluation can say its queries were not the choice's.
     """
@@ -262,6 +265,7 @@ def _score(
 __all__ = [
     "SELECTED_ON",
     "SELECTED_ON_LABELLED",
+    "SELECTED_ON_TEACHER",
     "CandidateScore",
     "CorpusVectors",
     "RecipeChoice",

@@ -112,6 +112,20 @@ class TeacherSettings(BaseModel):
         description="Refuse a teacher whose scores separate validation questions' chunks from random chunks "
         "with an AUC at or below this (0.5 is chance).",
     )
+    judge_choices: bool = Field(
+        default=True,
+        description="Choose the recipe, the checkpoint and the merge weight by agreement with the teacher: "
+        "held-out generated questions count the teacher's top judge_top_k validation chunks as relevant, not "
+        "the chunk the generator wrote them from. Labelled queries set aside for choosing "
+        "(selection_queries_split) take precedence.",
+    )
+    judge_top_k: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description="judge_choices: chunks per question the teacher's ranking counts as relevant (10: what "
+        "nDCG@10, the choosing metric, reads).",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -33,13 +33,15 @@ class TeacherLabels:
     """What :func:`label_triples` returns.
 
     ``frame`` has :data:`LABELS_SCHEMA`, one row per (question, positive); ``margins`` holds
-    every triple's teacher margin (positive minus negative score), for the distribution plot.
+    every triple's teacher margin (positive minus negative score), for the distribution plot;
+    ``truncated_share`` the share of a seeded sample of positive chunks longer than it reads.
     """
 
     frame: pl.DataFrame
     margins: np.ndarray
     separation_auc: float
     counts: dict[str, int] = field(default_factory=dict)
+    truncated_share: float = 0.0
 
 
 def _truncation_check(teacher: Teacher, texts: list[str], seed: int, sample: int = 300) -> float:
@@ -120,9 +122,7 @@ def label_triples(
     doc = dict(zip(chunks["chunk_id"], chunks["doc_id"], strict=True))
     counts: dict[str, int] = {}
     positives = sorted({c for ids in mined["positive_chunk_ids"] for c in ids if c in text})
-    counts["chunks_longer_than_teacher_reads"] = round(
-        _truncation_check(teacher, [text[c] for c in positives], seed) * len(positives)
-    )
+    truncated_share = _truncation_check(teacher, [text[c] for c in positives], seed)
 
     def score(qs, ps):
         return cache.scores(teacher, qs, ps)
@@ -167,7 +167,9 @@ def label_triples(
         pairs_scored=cache.computed,
         pairs_from_cache=cache.hits,
     )
-    return TeacherLabels(pl.DataFrame(rows, schema=LABELS_SCHEMA), margins_arr, separation, counts)
+    return TeacherLabels(
+        pl.DataFrame(rows, schema=LABELS_SCHEMA), margins_arr, separation, counts, truncated_share
+    )
 
 
 def empty_labels() -> pl.DataFrame:

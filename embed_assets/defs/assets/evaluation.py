@@ -49,34 +49,35 @@ def _teacher_side(
     if not teacher.enabled:
         return None
     model = teacher.load().with_embedding_cache(store.path("lancedb"))
-    scores = teacher_cache(store)
 
     def score(queries: dict, candidates: dict, depth: int) -> dict:
-        return teacher_run(
-            model,
-            scores,
-            corpus,
-            queries,
-            depth,
-            candidates=candidates,
-            corpus_vectors=lambda: model.embed(list(corpus.values())),
-            embed=model.embed,
-        )
+        scores = teacher_cache(store)  # open per call and closed: the asset never holds it between calls
+        try:
+            return teacher_run(
+                model,
+                scores,
+                corpus,
+                queries,
+                depth,
+                candidates=candidates,
+                corpus_vectors=lambda: model.embed(list(corpus.values())),
+                embed=model.embed,
+            )
+        finally:
+            scores.close()
 
     return score
 
 
 def _teacher_markdown(scores: dict[str, dict[str, dict[str, float]]]) -> str:
-    rows = [
-        "| query set | model | " + " | ".join(DEFAULT_METRICS) + " |",
-        "|---" * (2 + len(DEFAULT_METRICS)) + "|",
-    ]
-    for query_set, models in scores.items():
-        for name, metrics in models.items():
-            rows.append(
-                f"| {query_set} | {name} | " + " | ".join(f"{metrics[m]:.4f}" for m in DEFAULT_METRICS) + " |"
-            )
-    return "\n".join(rows)
+    frame = pl.DataFrame(
+        [
+            {"query set": query_set, "model": name, **{m: round(metrics[m], 4) for m in DEFAULT_METRICS}}
+            for query_set, models in scores.items()
+            for name, metrics in models.items()
+        ]
+    )
+    return markdown_table(frame)
 
 
 def _summary_metadata(prefix: str, comparison: dict) -> dict:

@@ -74,6 +74,7 @@ def teacher_labels(
             "teacher_key": model.key,
             "teacher_max_length": model.max_length,
             "separation_auc": round(result.separation_auc, 4),
+            "sampled_chunks_longer_than_teacher_reads_share": round(result.truncated_share, 4),
             "triples": counts["triples"],
             "false_negatives": counts["false_negatives"],
             "false_negative_share": round(counts["false_negatives"] / max(counts["triples"], 1), 4),

@@ -8,24 +8,35 @@ import dagster as dg
 import polars as pl
 
 from embed_assets.defs.assets.indexing import base_corpus_vectors
+from embed_assets.defs.assets.teacher import teacher_cache
 from embed_assets.defs.configs import FinetunedModelConfig, RetrievalEvalConfig, TrainingExamplesConfig
 from embed_assets.defs.metadata import image, preview, stage_metrics
 from embed_assets.defs.provenance import previous_materialization, recorded_value, recorded_versions
-from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, RecipeResource
+from embed_assets.defs.resources import (
+    ArtifactStoreResource,
+    BaseModelResource,
+    RecipeResource,
+    TeacherResource,
+)
 from embed_assets.evaluation.labelled import LabelledQueriesError, labelled_queries_of
 from embed_assets.evaluation.report import training_curves_png
+from embed_assets.evaluation.retrieval import retrieve
 from embed_assets.hashing import stable_hash
 from embed_assets.index.chunk_index import model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
+from embed_assets.models import load_model
 from embed_assets.recipe.presets import PRESETS, fill, negatives_per_example, preset_training_rows
 from embed_assets.recipe.selection import (
     SELECTED_ON,
     SELECTED_ON_LABELLED,
+    SELECTED_ON_TEACHER,
+    CorpusVectors,
     base_validation_score,
     choose_recipe,
     drop_checkpoint,
     resume_checkpoint,
 )
+from embed_assets.teacher.judged import agreement_with_source, teacher_judged_set
 from embed_assets.training.trainer import (
     ValidationSet,
     finished_training,
@@ -49,13 +60,20 @@ def _selection_set(
     qa_splits: pl.DataFrame,
     document_chunks: pl.DataFrame,
     source_documents: pl.DataFrame,
+    teacher: TeacherResource,
+    store: ArtifactStoreResource,
+    base: tuple[str, CorpusVectors | None],
 ) -> tuple[ValidationSet | None, dict]:
     """The validation set the recipe, the checkpoint and the merge weight are all chosen on, and
-    what it is: held-out generated questions, or the labelled split the user set aside for it."""
+    what it is: held-out generated questions (judged by the teacher when there is one), or the
+    labelled split the user set aside for it. ``base`` is the base model's path and its cached
+    vectors of chunks (a cross-encoder teacher reranks the base model's hits)."""
     split = model.selection_queries_split
     if not split:
         val = validation_set(qa_splits, document_chunks, model.val_distractors, model.seed)
-        return val, {"selected_on": SELECTED_ON, "labelled_queries_used_for_selection": False}
+        if val is None or not (teacher.enabled and teacher.judge_choices):
+            return val, {"selected_on": SELECTED_ON, "labelled_queries_used_for_selection": False}
+        return _teacher_judged(val, teacher, store, base)
     # The run config's check made sure the folder is set and the split is not the evaluation's.
     folder = RetrievalEvalConfig(**_op_config(context, "retrieval_eval")).labelled_queries_dir
     labelled = labelled_queries_of(folder, split, source_documents)
@@ -78,6 +96,35 @@ def _selection_set(
     }
 
 
+def _teacher_judged(
+    val: ValidationSet,
+    teacher: TeacherResource,
+    store: ArtifactStoreResource,
+    base: tuple[str, CorpusVectors | None],
+) -> tuple[ValidationSet, dict]:
+    """``val`` judged by the teacher (its top-k chunks per question), and what that was."""
+    model = teacher.load().with_embedding_cache(store.path("lancedb"))
+    base_path, base_vectors = base
+
+    def base_candidates(depth: int) -> dict:
+        loaded = load_model(base_path)
+        known = base_vectors(loaded, val.corpus) if base_vectors else None
+        return retrieve(loaded, val.corpus, val.queries, depth, corpus_vectors=known)
+
+    cache = teacher_cache(store)
+    try:
+        judged = teacher_judged_set(val, model, cache, teacher.judge_top_k, base_candidates)
+    finally:
+        cache.close()
+    return judged, {
+        "selected_on": SELECTED_ON_TEACHER.format(teacher=teacher.name_or_path, top_k=teacher.judge_top_k),
+        "labelled_queries_used_for_selection": False,
+        # the judgement decides the choices, so it enters the trained model's key
+        "selection_judged_by": {"teacher": model.key, "top_k": teacher.judge_top_k},
+        "teacher_top_k_holds_source_chunk": round(agreement_with_source(judged, val), 4),
+    }
+
+
 @dg.asset(
     group_name="training",
     kinds={"pytorch"},
@@ -95,13 +142,23 @@ def training_recipe(
     source_documents: pl.DataFrame,
     recipe: RecipeResource,
     base_model: BaseModelResource,
+    teacher: TeacherResource,
     store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[dict]:
     start = time.perf_counter()
     examples = TrainingExamplesConfig(**_op_config(context, "training_examples"))
     model = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
     index_vectors = base_corpus_vectors(base_chunk_index, base_model.path())
-    val, selection = _selection_set(context, model, qa_splits, document_chunks, source_documents)
+    val, selection = _selection_set(
+        context,
+        model,
+        qa_splits,
+        document_chunks,
+        source_documents,
+        teacher,
+        store,
+        (base_model.path(), index_vectors),
+    )
     choice = choose_recipe(
         recipe.preset,
         recipe.candidates(),
@@ -262,7 +319,9 @@ def finetuned_model(
     qa_splits: pl.DataFrame,
     document_chunks: pl.DataFrame,
     source_documents: pl.DataFrame,
+    base_chunk_index: dict,
     base_model: BaseModelResource,
+    teacher: TeacherResource,
     store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[dict]:
     start = time.perf_counter()
@@ -272,7 +331,17 @@ def finetuned_model(
     start_from = _warm_start_model(context) if config.warm_start else None
     init_model = start_from or base_model.path()
     train = training_examples.filter(pl.col("split") == "train")
-    val, selection = _selection_set(context, config, qa_splits, document_chunks, source_documents)
+    base_vectors = base_corpus_vectors(base_chunk_index, base_model.path())
+    val, selection = _selection_set(
+        context,
+        config,
+        qa_splits,
+        document_chunks,
+        source_documents,
+        teacher,
+        store,
+        (base_model.path(), base_vectors),
+    )
     refit = bool(settings["refit"]) and val is not None and train.height < training_examples.height
     # Everything that decides the weights: the rows, the validation split that picks the
     # checkpoint and merge, the config and the weights training starts from.
@@ -289,6 +358,8 @@ def finetuned_model(
                 if selection["labelled_queries_used_for_selection"]
                 else {}
             ),
+            # a teacher that judges the choices: which one, and how deep
+            **({"judge": selection["selection_judged_by"]} if "selection_judged_by" in selection else {}),
         }
     )
     out_dir = store.path("models", f"finetuned-{run_key}")
