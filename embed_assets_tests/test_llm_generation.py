@@ -554,3 +554,32 @@ def test_fewshot_copies_are_dropped():
     assert gen._reject("max_wal_size checkpoints", passage, set()) is None
     assert gen._reject("max_wal_size checkpoints", passage, {"max_wal_size checkpoints"}) == "duplicate"
     assert gen._reject("", passage, set()) == "empty"
+
+
+def test_a_unit_counts_model_errors_but_fails_on_bugs(tmp_path):
+    """``guarded`` turns a reply the model got wrong into a counted default; a programming error
+    is not data: it propagates with its type, so a bug cannot pass as fewer questions."""
+    from embed_assets.llm.client import DropError, LLMClient, LLMSettings, guarded
+
+    client = LLMClient(LLMSettings(model="openai/test", cache_path=None))
+
+    async def dropped():
+        raise DropError("refusal", "no")
+
+    async def unparseable():
+        raise json.JSONDecodeError("bad", "{", 0)
+
+    async def bug():
+        return {}["missing"]
+
+    async def units():
+        kept = await guarded(client, dropped(), "d", prefix="dropped", what="unit")
+        bad = await guarded(
+            client, unparseable(), "m", prefix="dropped", what="unit", malformed=(json.JSONDecodeError,)
+        )
+        with pytest.raises(KeyError, match="missing"):
+            await guarded(client, bug(), "b", prefix="dropped", what="unit")
+        return kept, bad
+
+    assert asyncio.run(units()) == ("d", "m")
+    assert dict(client.stats) == {"dropped:refusal": 1, "dropped:malformed": 1}

@@ -377,27 +377,25 @@ async def guarded(
     progress: Progress | None = None,
     malformed: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """Await one unit (a chunk, a bundle, a pair) so that its failure never costs the run.
+    """Await one unit (a chunk, a bundle, a pair) so that a reply the model got wrong costs only
+    that unit.
 
-    :class:`LLMEndpointError` propagates (every other unit would fail the same way);
-    a :class:`DropError` is counted as ``<prefix>:<reason>``, an exception of ``malformed``
-    as ``<prefix>:malformed`` and any other exception as ``<prefix>:error`` (logged with
-    secrets scrubbed); the unit then yields ``default``.
+    :class:`LLMEndpointError` propagates (every other unit would fail the same way); a
+    :class:`DropError` (a refused, empty, cut or unparseable reply, classified by the client) is
+    counted as ``<prefix>:<reason>`` and an exception of ``malformed`` (a parser's complaint
+    about one reply) as ``<prefix>:malformed``; the unit then yields ``default``. Anything else
+    is a bug, not data: it fails the step with its traceback (the response cache keeps every
+    finished call, so a rerun after the fix pays for none of them again).
     """
     try:
         return await coro
-    except LLMEndpointError:
-        raise
     except DropError as drop:
         client.stats[f"{prefix}:{drop.reason}"] += 1
         logger.debug("%s (%s): %s", prefix, drop.reason, client.scrub(drop.detail)[:200])
         return default
     except malformed:
         client.stats[f"{prefix}:malformed"] += 1
-        return default
-    except Exception as exc:  # one unit's bug must not cost the run
-        client.stats[f"{prefix}:error"] += 1
-        logger.warning("%s failed: %s", what, client.scrub(repr(exc))[:300])
+        logger.debug("%s: a malformed reply in %s", prefix, what)
         return default
     finally:
         if progress is not None:

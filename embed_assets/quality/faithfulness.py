@@ -60,7 +60,7 @@ try:
     from langchain_core.exceptions import OutputParserException
     from langchain_core.outputs import Generation, LLMResult
     from ragas.dataset_schema import SingleTurnSample
-    from ragas.exceptions import RagasOutputParserException
+    from ragas.exceptions import LLMDidNotFinishException, RagasOutputParserException
     from ragas.llms.base import BaseRagasLLM
     from ragas.metrics._faithfulness import Faithfulness
     from ragas.run_config import RunConfig
@@ -207,7 +207,7 @@ class RagasFaithfulness:
             self.cache,
             self._score,
             label="ragas faithfulness pairs",
-            malformed=(RagasOutputParserException, OutputParserException),
+            malformed=(RagasOutputParserException, OutputParserException, LLMDidNotFinishException),
         )
         stats["scored"] = sum(s is not None for s in scores)
         self.last_stats = dict(sorted(stats.items()))
