@@ -115,8 +115,9 @@ def peer_rows(home: Path, recipe: dict, trained_splits: set[str]) -> pl.DataFram
     """Every generated question of the chosen recipe's generators whose documents all lie in the
     splits the product trained on, unfiltered, one row per positive (titles stripped from title
     questions' positives, as the product does: otherwise the positive starts with the question)."""
+    from embed_assets.generation.model_free import questions_from_title
     from embed_assets.generation.structure import strip_title
-    from embed_assets.recipe.presets import PRESETS, questions_from_title
+    from embed_assets.recipe.presets import PRESETS
     from embed_assets.training.examples import unroll_examples
 
     chunks, qa, splits = (latest_value(home, a) for a in ("document_chunks", "synthetic_qa", "qa_splits"))

@@ -34,10 +34,10 @@ from embed_assets.generation.llm_generator import (
     looks_like_injection,
     select_bundles,
 )
-from embed_assets.generation.prompts import PromptError, load_prompt, parse_prompt, render
 from embed_assets.hashing import content_hash
 from embed_assets.llm.cache import ResponseCache
 from embed_assets.llm.client import LLMEndpointError, TokenBucket
+from embed_assets.llm.prompts import PromptError, load_prompt, parse_prompt, render
 from embed_assets.quality.judge import JUDGE_COLUMNS, LLMJudge
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,9 +42,9 @@ from typing import Literal
 import polars as pl
 
 from embed_assets.generation.base import GenerationResult, qa_frame
-from embed_assets.generation.prompts import load_prompt, render
 from embed_assets.llm.cache import ResponseCache, cache_key
 from embed_assets.llm.client import Progress
+from embed_assets.llm.prompts import load_prompt, render
 
 logger = logging.getLogger("embed_assets.generation")
 

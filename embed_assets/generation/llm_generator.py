@@ -32,7 +32,6 @@ from typing import Any
 import polars as pl
 
 from embed_assets.generation.base import GenerationResult, qa_frame
-from embed_assets.generation.prompts import load_prompt
 from embed_assets.hashing import stable_hash
 from embed_assets.llm.cache import ResponseCache
 from embed_assets.llm.client import (
@@ -44,6 +43,7 @@ from embed_assets.llm.client import (
     guarded,
     run_sync,
 )
+from embed_assets.llm.prompts import load_prompt
 from embed_assets.llm.schemas import Artifacts, MultiHopQA, QAPairs
 
 logger = logging.getLogger("embed_assets.generation")

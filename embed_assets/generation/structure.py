@@ -118,7 +118,7 @@ class StructureQuestionGenerator:
     """
 
     name = "structure-v1"
-    # Title questions: the positive trains without its title header (recipe.presets.questions_from_title).
+    # Title questions: the positive trains without its title header (generation.model_free.questions_from_title).
     questions_from_title = True
     KINDS = ("title", "title_main", "keyphrase")
 

@@ -50,7 +50,7 @@ def cache_key(
 
     Args:
         chunk_hashes: content hashes of the chunk(s) in the prompt (order matters: hop order).
-        prompt: the prompt's ``name@vN`` (see :class:`~embed_assets.generation.prompts.Prompt`).
+        prompt: the prompt's ``name@vN`` (see :class:`~embed_assets.llm.prompts.Prompt`).
         model: the model string as sent to litellm (``openai/gpt-4o-mini``).
         params: sampling parameters that change the output: temperature, max_tokens, seed,
             response format. Never include credentials or endpoints here.

@@ -52,8 +52,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from embed_assets.generation.prompts import Prompt, load_prompt
 from embed_assets.llm.cache import ResponseCache, cache_key
+from embed_assets.llm.prompts import Prompt, load_prompt
 from embed_assets.llm.schemas import (
     Preflight,
     ReplyError,

@@ -26,12 +26,12 @@ from dataclasses import replace
 
 import polars as pl
 
-from embed_assets.generation.prompts import load_prompt
 from embed_assets.llm.cache import ResponseCache
 from embed_assets.llm.client import (
     LLMClient,
     LLMSettings,
 )
+from embed_assets.llm.prompts import load_prompt
 from embed_assets.llm.schemas import JudgeScores
 from embed_assets.quality.llm_scoring import score_pairs_with_llm
 

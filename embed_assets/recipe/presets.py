@@ -18,18 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from embed_assets.generation.structure import StructureQuestionGenerator
-from embed_assets.generation.template import TemplateQuestionGenerator
+from embed_assets.generation.model_free import MODEL_FREE_GENERATORS
 from embed_assets.training.examples import training_rows
 
 if TYPE_CHECKING:
     from embed_assets.recipe.settings import TrainingExamplesSettings
 
 AUTO = "auto"
-
-# The model-free generators a preset can name, by backend (the question_generator resource's
-# ``backend``); their QA rows carry the class's ``name`` in the ``generator`` column.
-MODEL_FREE_GENERATORS = {"template": TemplateQuestionGenerator, "structure": StructureQuestionGenerator}
 
 
 @dataclass(frozen=True)
@@ -146,15 +141,6 @@ def fill(asset: str, values: Mapping[str, Any], preset: Preset) -> dict[str, Any
             v = preset.value(asset, name)
             out[name] = DEFAULT_PRESET.value(asset, name) if v is None else v
     return out
-
-
-def questions_from_title(generator_name: str) -> bool:
-    """Whether a QA row's generator writes questions from the document title (so its positive
-    should train without the title header)."""
-    return any(
-        cls.name == generator_name and getattr(cls, "questions_from_title", False)
-        for cls in MODEL_FREE_GENERATORS.values()
-    )
 
 
 def preset_training_rows(

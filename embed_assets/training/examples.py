@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from embed_assets.generation.model_free import questions_from_title
+from embed_assets.generation.structure import strip_title
+
 
 def unroll_examples(
     mined: pl.DataFrame,
@@ -114,15 +117,12 @@ def training_rows(
         chunks: the chunk frame (``chunk_id, text, title``).
         negatives_per_example: hard negatives per row (0 = in-batch negatives only).
         strip_title_headers: ``auto`` trains questions of generators that write from the title
-            (``recipe.presets.questions_from_title``) on chunk text without its title header,
+            (``generation.model_free.questions_from_title``) on chunk text without its title header,
             ``always`` every question, ``never`` none.
         generators: keep only questions of these generator names; None, or a set that matches
             no question (e.g. an LLM backend the recipe does not name), keeps all.
         teacher: teacher labels, or None (see :func:`unroll_examples`).
     """
-    from embed_assets.generation.structure import strip_title
-    from embed_assets.recipe.presets import questions_from_title
-
     info = qa_splits.select("qa_id", "split", "generator")
     mined = mined.drop([c for c in ("split", "generator") if c in mined.columns]).join(info, on="qa_id")
     if generators and mined["generator"].is_in(list(generators)).any():

@@ -10,9 +10,9 @@ from embed_assets.defs.metadata import counts_table, preview, stage_metrics
 from embed_assets.defs.provenance import input_materialization, previous_materialization, recorded_value
 from embed_assets.defs.resources import ArtifactStoreResource, QuestionGeneratorResource, RecipeResource
 from embed_assets.generation.incremental import IncrementalPlan, plan_incremental
-from embed_assets.generation.prompts import prompts_version
 from embed_assets.hashing import stable_hash
 from embed_assets.lineage import code_version, data_version
+from embed_assets.llm.prompts import prompts_version
 from embed_assets.recipe.presets import fill, preset_for_generator
 
 
@@ -52,7 +52,7 @@ def _incremental_plan(
         "embed_assets.generation.structure",
         "embed_assets.generation.llm_generator",
         "embed_assets.generation.embedded_llm",
-        "embed_assets.generation.prompts",
+        "embed_assets.llm.prompts",
         "embed_assets.generation.incremental",
     )
     + "-"

@@ -1,6 +1,6 @@
 """Versioned prompt files: loading and rendering.
 
-Every prompt the LLM backends send lives in ``embed_assets/generation/prompts/<name>_v<N>.txt``
+Every prompt the LLM backends send lives in ``embed_assets/llm/prompts/<name>_v<N>.txt``
 (shipped as package data, read with :mod:`importlib.resources`), never as a string in code.
 A file starts with ``# key: value`` header lines (``name`` and ``version`` must match the
 file name; other ``#`` lines are comments) followed by sections introduced by ``---<section>---`` lines: ``system``/``user``
@@ -20,7 +20,7 @@ from importlib import resources
 
 from embed_assets.hashing import content_hash
 
-_PACKAGE = "embed_assets.generation"
+_PACKAGE = "embed_assets.llm"
 _DIR = "prompts"
 _HEADER = re.compile(r"^#\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
 _SECTION = re.compile(r"^---([a-z_]+)---\s*$")
