@@ -37,7 +37,7 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import polars as pl
 
@@ -126,6 +126,17 @@ def query_type_of(query: str) -> tuple[str, int]:
     if words and words[0] in ("what", "which", "when", "where", "who", "is", "does", "can", "are"):
         return "factual", 2
     return "keyword", 1
+
+
+class _Sample(NamedTuple):
+    """One planned sample: the chunk row, its passage as the prompt shows it, the prompt, the
+    sampling seed and the cache key of its output."""
+
+    row: dict
+    passage: str
+    prompt: str
+    seed: int
+    key: str
 
 
 class FewShotCopyDetector:
@@ -486,87 +497,107 @@ class EmbeddedLLMQuestionGenerator:
     ) -> GenerationResult:
         """``questions_per_chunk`` sampled queries per chunk (after drops); no multi-hop."""
         stats: Counter = Counter()
-        rows = list(chunks.iter_rows(named=True))
-        backend = self._backend_name()
+        # Plan every sample, then answer from the cache and generate only the misses.
+        plan = self._plan(chunks, questions_per_chunk, seed)
+        outputs: dict[str, str] = {}
+        misses = []
+        for sample in plan:
+            cached = self.cache.get(sample.key) if self.cache is not None else None
+            if cached is None:
+                misses.append(sample)
+            else:
+                outputs[sample.key] = cached
+        stats["cache_hits"] = len(plan) - len(misses)
+        stats["llm_calls"] = 0
+        if misses:
+            outputs.update(self._sample(misses, stats))
+        records = self._records(plan, outputs, stats)
+        if multi_hop_questions > 0:
+            stats["multi_hop_unsupported"] = multi_hop_questions
+        qa = qa_frame(records)
+        stats["generated_single"] = qa.height
+        stats["generated_multi_hop"] = 0
+        self.stats = stats
+        return GenerationResult(qa=qa, stats={k: int(v) for k, v in sorted(stats.items())})
+
+    def _plan(self, chunks: pl.DataFrame, questions_per_chunk: int, seed: int) -> list[_Sample]:
+        """Every sample the chunks ask for, each with the cache key that identifies its output."""
         params = {
             "temperature": self.temperature,
             "max_tokens": self.max_new_tokens,
-            "backend": backend,
+            "backend": self._backend_name(),
         }
-        # Plan every sample, then answer from the cache and generate only the misses.
-        plan = []
         template = self.prompt.section("template")
-        for row in rows:
+        plan = []
+        for row in chunks.iter_rows(named=True):
             passage = _one_line(row["text"], self.max_passage_chars)
             for k in range(questions_per_chunk):
                 examples = self._example_orders[k % len(self._example_orders)]
-                text = render(template, {"examples": examples, "text": passage}, self.prompt.key)
+                prompt = render(template, {"examples": examples, "text": passage}, self.prompt.key)
                 key = cache_key(
                     chunk_hashes=[row["chunk_id"]],
                     prompt=self.prompt.key,
                     model=self.model_name,
                     params={**params, "seed": seed + k},
-                    messages=text,
+                    messages=prompt,
                 )
-                plan.append((row, passage, text, seed + k, key))
-        outputs: dict[str, str] = {}
-        misses = []
-        for item in plan:
-            cached = self.cache.get(item[4]) if self.cache is not None else None
-            if cached is None:
-                misses.append(item)
-            else:
-                outputs[item[4]] = cached
-        stats["cache_hits"] = len(plan) - len(misses)
-        stats["llm_calls"] = 0
-        # Same example order back to back: llama.cpp then re-evaluates only the passage.
-        misses.sort(key=lambda m: m[3])
-        if misses:
-            model = self._model()
-            progress = Progress(len(misses), "embedded sdg samples")
-            t0, tokens0 = time.perf_counter(), model.generated_tokens
-            step = 8  # commit to the cache every few samples: a killed run keeps what it made
-            for start in range(0, len(misses), step):
-                batch = misses[start : start + step]
-                try:
-                    texts = model.complete(
-                        [m[2] for m in batch], [m[3] for m in batch], self.temperature, self.max_new_tokens
-                    )
-                except EmbeddedModelError:
-                    self._backend = None  # a retry starts a fresh process
-                    raise
-                for (row, _, _, _, key), out in zip(batch, texts, strict=True):
-                    outputs[key] = out
-                    if self.cache is not None:
-                        self.cache.put(
-                            key,
-                            out,
-                            prompt=self.prompt.key,
-                            model=self.model_name,
-                            chunk_ids=[row["chunk_id"]],
-                        )
-                stats["llm_calls"] += len(batch)
-                progress.advance(len(batch))
-            seconds = time.perf_counter() - t0
-            new_tokens = model.generated_tokens - tokens0
-            stats["generation_ms"] = int(seconds * 1000)
-            stats["generated_tokens"] = new_tokens
-            # Wall time includes prompt evaluation (the passage), so this is end-to-end tok/s.
-            logger.info(
-                "embedded %s: %d samples, %d new tokens in %.1fs (%.2f samples/s, %.1f tok/s end to end)",
-                model.name,
-                len(misses),
-                new_tokens,
-                seconds,
-                len(misses) / max(seconds, 1e-9),
-                new_tokens / max(seconds, 1e-9),
-            )
+                plan.append(_Sample(row, passage, prompt, seed + k, key))
+        return plan
 
+    def _sample(self, misses: list[_Sample], stats: Counter) -> dict[str, str]:
+        """Generate the samples the cache lacks, committing each few to the cache as they come."""
+        # Same example order back to back: llama.cpp then re-evaluates only the passage.
+        misses = sorted(misses, key=lambda m: m.seed)
+        model = self._model()
+        progress = Progress(len(misses), "embedded sdg samples")
+        t0, tokens0 = time.perf_counter(), model.generated_tokens
+        outputs: dict[str, str] = {}
+        step = 8  # commit to the cache every few samples: a killed run keeps what it made
+        for start in range(0, len(misses), step):
+            batch = misses[start : start + step]
+            try:
+                texts = model.complete(
+                    [m.prompt for m in batch], [m.seed for m in batch], self.temperature, self.max_new_tokens
+                )
+            except EmbeddedModelError:
+                self._backend = None  # a retry starts a fresh process
+                raise
+            for sample, out in zip(batch, texts, strict=True):
+                outputs[sample.key] = out
+                if self.cache is not None:
+                    self.cache.put(
+                        sample.key,
+                        out,
+                        prompt=self.prompt.key,
+                        model=self.model_name,
+                        chunk_ids=[sample.row["chunk_id"]],
+                    )
+            stats["llm_calls"] += len(batch)
+            progress.advance(len(batch))
+        seconds = time.perf_counter() - t0
+        new_tokens = model.generated_tokens - tokens0
+        stats["generation_ms"] = int(seconds * 1000)
+        stats["generated_tokens"] = new_tokens
+        # Wall time includes prompt evaluation (the passage), so this is end-to-end tok/s.
+        logger.info(
+            "embedded %s: %d samples, %d new tokens in %.1fs (%.2f samples/s, %.1f tok/s end to end)",
+            model.name,
+            len(misses),
+            new_tokens,
+            seconds,
+            len(misses) / max(seconds, 1e-9),
+            new_tokens / max(seconds, 1e-9),
+        )
+        return outputs
+
+    def _records(self, plan: list[_Sample], outputs: dict[str, str], stats: Counter) -> list[dict]:
+        """QA records of the outputs that pass the filters (drops counted by reason)."""
         records = []
         seen: dict[str, set[str]] = {}
-        for row, passage, _, _, key in plan:
-            query = self._clean(outputs[key])
-            reason = self._reject(query, passage, seen.setdefault(row["chunk_id"], set()))
+        for sample in plan:
+            row = sample.row
+            query = self._clean(outputs[sample.key])
+            reason = self._reject(query, sample.passage, seen.setdefault(row["chunk_id"], set()))
             if reason is not None:
                 stats[f"dropped:{reason}"] += 1
                 continue
@@ -586,13 +617,7 @@ class EmbeddedLLMQuestionGenerator:
                     "generator": self.name,
                 }
             )
-        if multi_hop_questions > 0:
-            stats["multi_hop_unsupported"] = multi_hop_questions
-        qa = qa_frame(records)
-        stats["generated_single"] = qa.height
-        stats["generated_multi_hop"] = 0
-        self.stats = stats
-        return GenerationResult(qa=qa, stats={k: int(v) for k, v in sorted(stats.items())})
+        return records
 
     @staticmethod
     def _clean(output: str) -> str:
