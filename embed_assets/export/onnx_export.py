@@ -187,6 +187,45 @@ def _build_encoder(st_model) -> tuple[_SentenceEncoder, Any, str, bool, int, int
     )
 
 
+def _trace(
+    encoder: _SentenceEncoder,
+    tokenizer,
+    input_names: list[str],
+    path: Path,
+    opset: int,
+    *,
+    eager_attention: bool,
+) -> None:
+    """Trace ``encoder`` to an ONNX graph at ``path`` with dynamic batch and sequence axes."""
+    # The dummy batch must contain padding: the tracer records one branch of the attention-mask
+    # code, and an unpadded example could record the "no mask needed" shortcut.
+    dummy = tokenizer(
+        ["an example sentence to trace the graph with", "short"], padding=True, return_tensors="pt"
+    )
+    args = tuple(dummy[name] for name in input_names)
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    dynamic_axes[OUTPUT_NAME] = {0: "batch"}
+    if eager_attention:
+        # The eager attention code traces to the MatMul/Softmax pattern the optimizer fuses into one
+        # Attention kernel; the SDPA path traces to one it does not recognise.
+        _use_eager_attention(encoder.transformer)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter is deprecated but still the most robust path for BERT-style
+        # encoders, and needs no onnxscript; silence its deprecation and tracer chatter.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            encoder,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
 def export_onnx(
     model_dir: Path | str,
     out_dir: Path | str,
@@ -215,36 +254,9 @@ def export_onnx(
     st_model = _load_sentence_transformer(model_dir)
     encoder, tokenizer, pooling, normalize, dim, max_len = _build_encoder(st_model)
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if encoder.use_token_type_ids else [])
-
-    # The dummy batch must contain padding: the tracer records one branch of the attention-mask
-    # code, and an unpadded example could record the "no mask needed" shortcut.
-    dummy = tokenizer(
-        ["an example sentence to trace the graph with", "short"], padding=True, return_tensors="pt"
-    )
-    args = tuple(dummy[name] for name in input_names)
-    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    dynamic_axes[OUTPUT_NAME] = {0: "batch"}
     model_path = out_dir / MODEL_FILE
     raw_path = out_dir / "model.unfused.onnx"
-    if optimize:
-        # The eager attention code traces to the MatMul/Softmax pattern the optimizer fuses into one
-        # Attention kernel; the SDPA path traces to one it does not recognise.
-        _use_eager_attention(encoder.transformer)
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter is deprecated but still the most robust path for BERT-style
-        # encoders, and needs no onnxscript; silence its deprecation and tracer chatter.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            encoder,
-            args,
-            str(raw_path),
-            input_names=input_names,
-            output_names=[OUTPUT_NAME],
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    _trace(encoder, tokenizer, input_names, raw_path, opset, eager_attention=optimize)
 
     int8_path: Path | None = out_dir / INT8_MODEL_FILE
     if quantize_int8:
