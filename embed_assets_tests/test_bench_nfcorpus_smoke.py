@@ -20,6 +20,8 @@ from embed_assets_tests.benchmark_scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 NFCORPUS = REPO.parent / "shared" / "benchmarks" / "nfcorpus"
+DEFAULT_CORPUS = REPO / "data" / "corpus"
+TINY_QUERIES = REPO / "embed_assets_tests" / "fixtures" / "tiny_beir"
 METRICS = ("NDCG@10", "Recall@10", "Recall@100", "MAP@10")
 
 
@@ -27,49 +29,45 @@ def _load_bench():
     return load_benchmark("explore_core_recipe")
 
 
-def _tiny_beir(dst: Path, n_queries: int = 10, n_docs: int = 40) -> Path:
-    """10 test queries, up to 3 judged documents each, filled to ``n_docs`` with other documents."""
-    with (NFCORPUS / "qrels" / "test.tsv").open(encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t"))[1:]
-    by_query: dict[str, list[tuple[str, str]]] = {}
-    for qid, cid, s in rows:
-        by_query.setdefault(qid, []).append((cid, s))
-    qids = sorted(by_query)[:n_queries]
-    wanted = list(dict.fromkeys(c for q in qids for c, _ in by_query[q][:3]))
-    docs: dict[str, str] = {}
-    with (NFCORPUS / "corpus.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            d = json.loads(line)
-            if d["_id"] in wanted or len(docs) < n_docs - len(wanted):
-                docs[d["_id"]] = line
-    docs = {k: docs[k] for k in wanted if k in docs} | {k: v for k, v in docs.items() if k not in wanted}
-    docs = dict(list(docs.items())[:n_docs])
+def _tiny_beir(dst: Path, n_docs: int = 40, max_chars: int = 1200) -> Path:
+    """A BEIR folder from the repository alone: the 10 hand-written queries of
+    ``fixtures/tiny_beir`` over their judged pages of the default corpus, filled to ``n_docs``
+    with other pages (each cut to ``max_chars``), plus the awkward documents real BEIR folders hold."""
+    qrels = [line.split("\t") for line in (TINY_QUERIES / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    judged = list(dict.fromkeys(doc for _, doc, _ in qrels))
+    others = sorted(p.name for p in DEFAULT_CORPUS.glob("*.md") if p.name not in judged)
+    docs = {}
+    for name in [*judged, *others][: max(n_docs, len(judged))]:
+        title, _, body = (DEFAULT_CORPUS / name).read_text(encoding="utf-8").partition("\n")
+        docs[name] = json.dumps(
+            {"_id": name, "title": title.lstrip("# ").strip(), "text": body.strip()[:max_chars]}
+        )
     # What real BEIR folders hold besides (Cranfield has the first two): documents with no text at
     # all, one of them judged relevant; the same text under another id; no title field; one word;
     # a document far longer than any sequence length.
-    first = json.loads(next(iter(docs.values())))
+    first = json.loads(docs[judged[0]])
     awkward = [
         {"_id": "EMPTY-1", "title": "", "text": ""},
         {"_id": "EMPTY-2", "title": "", "text": ""},
         dict(first, _id="SAME-TEXT"),
-        {"_id": "NO-TITLE", "text": "Vitamin D and bone density in older adults."},
-        {"_id": "ONE-WORD", "title": "", "text": "Turmeric"},
-        {"_id": "LONG", "title": "A long review", "text": " ".join(["Dietary fibre and gut health."] * 800)},
+        {"_id": "NO-TITLE", "text": "Checkpoints flush dirty pages and bound crash recovery time."},
+        {"_id": "ONE-WORD", "title": "", "text": "Vacuum"},
+        {
+            "_id": "LONG",
+            "title": "A long page",
+            "text": " ".join(["WAL records describe every change."] * 800),
+        },
     ]
     (dst / "qrels").mkdir(parents=True)
     (dst / "corpus.jsonl").write_text(
-        "".join(docs.values()) + "".join(json.dumps(d) + "\n" for d in awkward), encoding="utf-8"
+        "".join(d + "\n" for d in docs.values()) + "".join(json.dumps(d) + "\n" for d in awkward),
+        encoding="utf-8",
     )
-    with (NFCORPUS / "queries.jsonl").open(encoding="utf-8") as f:
-        queries = [line for line in f if json.loads(line)["_id"] in qids]
-    (dst / "queries.jsonl").write_text("".join(queries), encoding="utf-8")
-    with (dst / "qrels" / "test.tsv").open("w", encoding="utf-8") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        for q in qids:
-            for c, s in by_query[q][:3]:
-                if c in docs:
-                    f.write(f"{q}\t{c}\t{s}\n")
-        f.write(f"{qids[0]}\tEMPTY-1\t1\n")
+    (dst / "queries.jsonl").write_bytes((TINY_QUERIES / "queries.jsonl").read_bytes())
+    first_query = qrels[0][0]
+    (dst / "qrels" / "test.tsv").write_text(
+        (TINY_QUERIES / "qrels" / "test.tsv").read_text() + f"{first_query}\tEMPTY-1\t1\n", encoding="utf-8"
+    )
     return dst
 
 
@@ -82,7 +80,6 @@ ops:
 """
 
 
-@pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
 def test_product_bench_runs_the_product_and_scores_both_ways(tmp_path):
     """``bench_nfcorpus.py`` runs ``embed-assets run`` (recipe auto) on the BEIR folder with its
     queries as labelled queries, trains the peer on the same questions, and scores base, peer and
@@ -164,7 +161,6 @@ ops:
 """
 
 
-@pytest.mark.skipif(not NFCORPUS.exists(), reason="../shared/benchmarks/nfcorpus is not available")
 def test_a_run_the_gate_blocks_is_a_result_and_ships_the_base(tmp_path):
     """When the no-regression gate blocks the export, ``embed-assets run`` exits 1 but the run is
     a product outcome: the bench scores it, records the gate and that the user keeps the base
