@@ -5,16 +5,18 @@ well as with the query sample. This averages each query's nDCG@10 over the seeds
 paired bootstrap, so the comparison reflects the recipe rather than one lucky or unlucky run,
 and reports the per-seed spread next to it:
 
-    python benchmarks/bench_nfcorpus.py --seed 42
-    python benchmarks/bench_nfcorpus.py --seed 7
-    python benchmarks/bench_nfcorpus.py --seed 1234
-    python benchmarks/summarise_seeds.py benchmarks/results/nfcorpus-test.json \
-        benchmarks/results/nfcorpus-test-seed7.json benchmarks/results/nfcorpus-test-seed1234.json
+    python benchmarks/bench_nfcorpus.py --seed 1 --work-dir W
+    python benchmarks/bench_nfcorpus.py --seed 2 --work-dir W
+    python benchmarks/bench_nfcorpus.py --seed 1234 --work-dir W
+    python benchmarks/summarise_seeds.py benchmarks/results/nfcorpus-test-product-seed1.json \
+        benchmarks/results/nfcorpus-test-product-seed2.json \
+        benchmarks/results/nfcorpus-test-product-seed1234.json
 
-The product bench's ``<dataset>-<split>-product[-seedN].json`` files pool the same way, with their
+The product bench's ``<dataset>-<split>-product[-seedN].json`` files pool with their
 whole-document scores (means and spreads), the recipe ``auto`` chose in each run and its gate. They
 add a model ``shipped``: what a user ends up with in each run, the fine-tuned model when the
-no-regression gate passed and the base model when it blocked the export.
+no-regression gate passed and the base model when it blocked the export. Records of the former
+research harness (``<dataset>-<split>.json``, in git history) pool too.
 """
 
 from __future__ import annotations

@@ -249,28 +249,6 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
     assert "| template-v1 |" in mats["retrieval_eval"].metadata["ndcg10_by_generator"].value
 
 
-def test_explore_preset_generators_scores_variants_on_a_kept_home(pipeline, tmp_path):
-    """Smoke test of benchmarks/explore_preset_generators.py: it reads a finished run's home and
-    scores preset variants with the product's own recipe selection (tiny budget: wiring only)."""
-    _, home, _, _ = pipeline
-    module = load_benchmark("explore_preset_generators")
-    out = tmp_path / "scores.json"
-    argv = ["--home", str(home), "--steps", "2", "--batch-size", "8", "--work-dir", str(tmp_path / "work")]
-    assert (
-        module.main(
-            [*argv, "--variants", "identifier-manual", "identifier-manual+structure", "--out", str(out)]
-        )
-        == 0
-    )
-    record = json.loads(out.read_text())
-    scores = {c["preset"]: c for c in record["candidates"]}
-    assert set(scores) == {"identifier-manual", "identifier-manual+structure"}
-    assert all(c["steps"] == 2 and 0.0 < c["val_ndcg10"] <= 1.0 for c in scores.values())
-    # The variant with the structure questions too trains on more rows.
-    assert scores["identifier-manual+structure"]["train_rows"] > scores["identifier-manual"]["train_rows"]
-    assert record["chosen"] in scores
-
-
 def test_probe_selection_proxy_rescores_each_candidates_prefix_on_every_set(pipeline, tmp_path):
     """Smoke test of benchmarks/probe_selection_proxy.py: it retrains each preset's selection
     prefix from a kept home and scores it per generator and on a labelled tuning split; its

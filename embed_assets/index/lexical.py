@@ -6,7 +6,7 @@ it is the natural second opinion for the round-trip filter: a question the base 
 cannot place, but whose positive BM25 ranks near the top, is specific rather than
 vague, and it is exactly what fine-tuning should teach. (On NFCorpus dev queries, a hybrid
 of all-MiniLM-L6-v2 and this BM25 scores 0.334 nDCG@10 against the model's 0.302:
-``benchmarks/explore_hybrid_distill.py --score-teacher``.)
+benchmarks/README.md, "Findings".)
 
 LanceDB's native inverted index (the table's store is the product's store; no second
 search engine to run) tokenises with lower-casing, ASCII folding, English stemming and
