@@ -52,6 +52,7 @@ LINEAGE = {
     "finetuned_model": {
         "training_recipe",
         "training_examples",
+        "base_chunk_index",
         "qa_splits",
         "document_chunks",
         "source_documents",
