@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = None
         if not args.no_warm_start:
             recipe = tmp / "warm.yaml"
-            recipe.write_text("ops: {finetuned_model: {config: {warm_start: true}}}\n")
+            recipe.write_text("ops: {training_recipe: {config: {finetuned_model: {warm_start: true}}}}\n")
             warm = run_cli(warm_state, corpus, ["--config", str(recipe)])
 
     record = {

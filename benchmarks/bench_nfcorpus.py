@@ -60,7 +60,7 @@ from embed_assets.defs.io_manager import latest_value  # noqa: E402  (the produc
 
 METRICS = ("NDCG@10", "Recall@10", "Recall@100", "MAP@10")
 DEFAULT_BEIR_DIR = REPO.parent / "shared" / "benchmarks" / "nfcorpus"
-SEEDED = ("synthetic_qa", "qa_splits", "mined_negatives", "finetuned_model")  # the configs with a seed
+SEEDED = ("synthetic_qa", "qa_splits", "mined_negatives")  # the configs with a seed (and training's)
 PEER_SCALE = 20.0  # sentence-transformers' MultipleNegativesRankingLoss default
 
 
@@ -80,12 +80,21 @@ def half_split(beir_dir: Path, dst: Path, seed: int) -> Path:
     return dst
 
 
+def _merge(into: dict, extra: dict) -> None:
+    """``extra``'s settings into ``into``, nested mappings merged field by field."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
 def run_product(beir_dir: Path, labelled: Path, split: str, work: Path, args) -> dict:
     """``embed-assets run`` in a subprocess, the way a user runs it; its wall time and peak RSS."""
     config: dict = {"ops": {asset: {"config": {"seed": args.seed}} for asset in SEEDED}}
+    config["ops"]["training_recipe"] = {"config": {"finetuned_model": {"seed": args.seed}}}
     for extra in args.config or []:  # smoke tests shrink budgets; a real benchmark passes none
-        for asset, entry in (yaml.safe_load(Path(extra).read_text()) or {}).get("ops", {}).items():
-            config["ops"].setdefault(asset, {"config": {}})["config"].update(entry.get("config") or {})
+        _merge(config, yaml.safe_load(Path(extra).read_text()) or {})
     (work / "run.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "embed_assets", "run", "--corpus-jsonl", str(beir_dir / "corpus.jsonl")]
     cmd += ["--labelled-queries", str(labelled), "--labelled-split", split, "--home", str(work / "home")]

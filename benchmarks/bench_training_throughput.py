@@ -44,7 +44,7 @@ def rows_from_mini_corpus(tmp: Path) -> pl.DataFrame:
                 "source_documents": {"config": {"corpus_dir": str(corpus)}},
                 "qa_quality_scores": {"config": {"roundtrip_top_k": 50}},
                 "qa_splits": {"config": {"val_fraction": 0.0, "test_fraction": 0.0}},
-                "training_examples": {"config": {"min_batches": 1}},
+                "training_recipe": {"config": {"training_examples": {"min_batches": 1}}},
             }
         },
         resources=build_resources(str(tmp)),

@@ -62,21 +62,39 @@ def load_config_file(path: str) -> dict:
 
 
 def build_run_config(args: argparse.Namespace) -> dict:
+    from embed_assets.recipe.settings import upgrade_run_config
+
     run_config = load_config_file(args.config) if args.config else {}
+    run_config, notes = upgrade_run_config(run_config)
+    for note in notes:
+        print(f"note: --config {args.config}: {note} (the old layout still works)", file=sys.stderr)
+    training = ["ops", "training_recipe", "config"]
     # Command-line flags override the YAML: (flag value, where it goes in the run config).
     flags = [
         (args.corpus_dir, ["ops", "source_documents", "config", "corpus_dir"]),
         (args.corpus_jsonl, ["ops", "source_documents", "config", "corpus_jsonl"]),
         (args.labelled_queries, ["ops", "retrieval_eval", "config", "labelled_queries_dir"]),
         (args.labelled_split, ["ops", "retrieval_eval", "config", "labelled_queries_split"]),
-        (args.selection_split, ["ops", "finetuned_model", "config", "selection_queries_split"]),
-        (args.max_steps, ["ops", "finetuned_model", "config", "max_steps"]),
+        (args.selection_split, [*training, "finetuned_model", "selection_queries_split"]),
+        (args.max_steps, [*training, "finetuned_model", "max_steps"]),
         (args.recipe, ["resources", "recipe", "config", "preset"]),
     ]
     for value, path in flags:
         if value is not None and value != "":
             _deep_set(run_config, path, value)
+    if args.selection_split:  # a split of the labelled queries' folder (--labelled-queries or the YAML's)
+        folder = (
+            run_config.get("ops", {}).get("retrieval_eval", {}).get("config", {}).get("labelled_queries_dir")
+        )
+        if folder and (args.labelled_queries or "selection_queries_dir" not in _get(run_config, training)):
+            _deep_set(run_config, [*training, "selection_queries_dir"], folder)
     return run_config
+
+
+def _get(d: dict, path: list[str]) -> dict:
+    for p in path:
+        d = d.get(p) if isinstance(d, dict) else None
+    return d if isinstance(d, dict) else {}
 
 
 def failure_reason(error) -> str:
@@ -292,7 +310,15 @@ def run_pipeline(args: argparse.Namespace) -> int:
             }
         except Exception as e:  # Dagster raises several types for an unknown key or bad syntax
             raise UsageError(f"--select {args.select!r}: {e}") from None
-        run_config["ops"] = {k: v for k, v in run_config.get("ops", {}).items() if k in selected}
+        ops = run_config.get("ops", {})
+        if unrun := sorted(k for k in ops if k not in selected):
+            # Their stored values, made with the settings of the run that materialized them, are the inputs.
+            print(
+                f"note: --select {args.select!r} leaves out {', '.join(unrun)}: their config here is not "
+                "applied; the selected assets read the values their last materialization stored",
+                file=sys.stderr,
+            )
+        run_config["ops"] = {k: v for k, v in ops.items() if k in selected}
     if args.wait <= 0 and (holder := busy_holder(args.home)):
         raise UsageError(
             f"artifact home {Path(args.home).resolve()} is in use by {holder.describe()}; one run at a time "

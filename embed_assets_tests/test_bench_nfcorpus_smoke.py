@@ -65,8 +65,10 @@ def _tiny_beir(dst: Path, n_docs: int = 40, max_chars: int = 1200) -> Path:
 TINY_BUDGET = """
 ops:
   qa_splits: {config: {val_fraction: 0.2, test_fraction: 0.2}}
-  training_examples: {config: {min_batches: 1}}
-  finetuned_model: {config: {batch_size: 8, max_steps: 3, val_distractors: 20}}
+  training_recipe:
+    config:
+      training_examples: {min_batches: 1}
+      finetuned_model: {batch_size: 8, max_steps: 3, val_distractors: 20}
   retrieval_eval: {config: {tolerance_points: 100.0}}
 """
 
@@ -146,9 +148,11 @@ def test_product_bench_runs_the_product_and_scores_both_ways(tmp_path):
 WRECKING_BUDGET = """
 ops:
   qa_splits: {config: {val_fraction: 0.2, test_fraction: 0.2}}
-  training_examples: {config: {min_batches: 1}}
-  finetuned_model: {config: {batch_size: 8, max_steps: 3, val_distractors: 20, learning_rate: 0.5,
-                             warmup_ratio: 0.0, merge_weights: [0.0]}}
+  training_recipe:
+    config:
+      training_examples: {min_batches: 1}
+      finetuned_model: {batch_size: 8, max_steps: 3, val_distractors: 20, learning_rate: 0.5,
+                        warmup_ratio: 0.0, merge_weights: [0.0]}
 """
 
 

@@ -86,11 +86,13 @@ def test_flags_override_the_yaml_config_recipe_included(tmp_path):
     run_config = build_run_config(args)
     # A flag replaces its one field; what the YAML sets beside it stays.
     assert run_config["resources"]["recipe"]["config"] == {"preset": "titled-documents", "selection_steps": 3}
-    assert run_config["ops"]["finetuned_model"]["config"] == {
+    # the YAML's old layout (settings on finetuned_model) is read into training_recipe's
+    assert run_config["ops"]["training_recipe"]["config"]["finetuned_model"] == {
         "max_steps": 4,
         "seed": 5,
         "selection_queries_split": "dev",
     }
+    assert "finetuned_model" not in run_config["ops"]
     assert run_config["ops"]["source_documents"]["config"] == {"corpus_jsonl": "docs.jsonl"}
     args.recipe = None  # no flag: the YAML's recipe stands
     assert build_run_config(args)["resources"]["recipe"]["config"]["preset"] == "auto"

@@ -80,8 +80,10 @@ def test_every_invalid_field_in_one_message(tmp_path, dagster_home, capsys):
     assert code == 2
     for expected in (
         "ops.qa_quality_scores.config.dedup_cosine",
-        "ops.finetuned_model.config.matryoshka_dims: [512] exceed the base model's embedding size 384",
-        "ops.finetuned_model.config.learning_rate: Input should be less than 1",
+        # a config in the old layout is read into training_recipe's settings, and named there
+        "ops.training_recipe.config.finetuned_model.matryoshka_dims: [512] exceed the base model's "
+        "embedding size 384",
+        "ops.training_recipe.config.finetuned_model.learning_rate: Input should be less than 1",
         "ops.document_chunks.config.chunk_tokenz: unknown field; did you mean 'chunk_tokens'?",
     ):
         assert expected in err, err

@@ -12,6 +12,14 @@ def _lines(err: RunConfigError) -> list[str]:
     return [line.strip() for line in str(err).splitlines()[1:]]
 
 
+def _training(**settings) -> dict:
+    """``ops.training_recipe``, where every training setting is set."""
+    return {"training_recipe": {"config": settings}}
+
+
+TRAINING = "ops.training_recipe.config"
+
+
 def test_valid_configs_pass():
     validate_run_config(None)
     validate_run_config({})
@@ -24,16 +32,16 @@ def test_valid_configs_pass():
                 "document_chunks": {"config": {"chunk_tokens": 256, "overlap_tokens": 32}},
                 "qa_quality_scores": {"config": {"dedup_cosine": 0.95, "min_score": 0.1, "lexical_top_k": 0}},
                 "mined_negatives": {"config": {"num_negatives": 10, "absolute_margin": 0.05}},
-                "training_examples": {"config": {"min_batches": 1}},
-                "finetuned_model": {
-                    "config": {
+                **_training(
+                    training_examples={"min_batches": 1},
+                    finetuned_model={
                         "batch_size": 16,
                         "mini_batch_size": 8,
                         "guided_in_batch": True,
                         "guide_margin_strategy": "relative",
                         "guide_margin": 0.05,
-                    }
-                },
+                    },
+                ),
             }
         }
     )
@@ -71,13 +79,22 @@ def test_valid_configs_pass():
             "ops.retrieval_eval.config.labelled_queries_split",
         ),
         (
-            {"finetuned_model": {"config": {"guide_margin_strategy": "percent"}}},
-            "ops.finetuned_model.config.guide_margin_strategy",
+            _training(finetuned_model={"guide_margin_strategy": "percent"}),
+            f"{TRAINING}.finetuned_model.guide_margin_strategy",
         ),
         (
             # The check's batch size defaults to the trainer's; given both, they must agree.
-            {"training_examples": {"config": {"batch_size": 16}}, "finetuned_model": {"config": {}}},
-            "ops.training_examples.config.batch_size (16) differs from ops.finetuned_model.config.batch_size (32)",
+            _training(training_examples={"batch_size": 16}, finetuned_model={"batch_size": 32}),
+            f"{TRAINING}: training_examples.batch_size (16) differs from finetuned_model.batch_size (32)",
+        ),
+        (
+            _training(finetuned_model={"lr": 0.1}),
+            f"{TRAINING}.finetuned_model.lr: unknown field",
+        ),
+        (
+            # the layout before the training settings moved: named with where they are set now
+            {"finetuned_model": {"config": {"max_steps": 3}}},
+            "ops.finetuned_model: its settings are set on ops.training_recipe.config.finetuned_model",
         ),
     ],
 )
@@ -105,8 +122,7 @@ def test_every_error_reported_at_once():
             "qa_quality_scores": {"config": {"dedup_cosine": 1.5, "min_score": 1.5}},
             "mined_negatives": {"config": {"num_negatives": -1}},
             "document_chunks": {"config": {"chunk_tokens": 128, "overlap_tokens": 64}},
-            "training_examples": {"config": {"min_batches": 0}},
-            "finetuned_model": {"config": {"batch_size": 1}},
+            **_training(training_examples={"min_batches": 0}, finetuned_model={"batch_size": 1}),
             "mystery": {"config": {}},
         }
     }
@@ -119,8 +135,8 @@ def test_every_error_reported_at_once():
         "ops.mined_negatives.config.num_negatives",
         "ops.document_chunks.config",
         "overlap_tokens",
-        "ops.training_examples.config.min_batches",
-        "ops.finetuned_model.config.batch_size",
+        f"{TRAINING}.training_examples.min_batches",
+        f"{TRAINING}.finetuned_model.batch_size",
         "ops.mystery: unknown asset",
     ):
         assert field in msg, field
@@ -130,9 +146,10 @@ def test_every_error_reported_at_once():
 def test_every_asset_config_builds_with_defaults():
     for name, cls in CONFIG_BY_ASSET.items():
         cfg = cls()
-        if name == "finetuned_model":  # recipe-controlled fields: filled from a preset
+        if name == "training_recipe":  # recipe-controlled fields: filled from a preset
             for preset in PRESETS.values():
-                assert cfg.to_core(preset) is not None, (name, preset.name)
+                assert cfg.finetuned_model.to_core(preset) is not None, (name, preset.name)
+                assert cfg.resolved(preset, teacher_labelled=False)["finetuned_model"]["scale"], name
         elif hasattr(cfg, "to_core"):
             assert cfg.to_core() is not None, name
 
@@ -167,60 +184,98 @@ def test_unknown_fields_are_named_with_a_suggestion():
 
 def test_field_and_cross_field_errors_of_one_asset_come_together():
     """pydantic skips a model's own validators once a field fails; both must still be reported."""
-    ops = {"finetuned_model": {"config": {"scale": -1.0, "merge_weights": [1.5], "batch_size": 16}}}
+    ops = _training(finetuned_model={"scale": -1.0, "merge_weights": [1.5], "batch_size": 16})
     with pytest.raises(RunConfigError) as exc:
         validate_run_config({"ops": ops})
     lines = _lines(exc.value)
-    assert any(line.startswith("ops.finetuned_model.config.scale:") for line in lines), lines
+    assert any(line.startswith(f"{TRAINING}.finetuned_model.scale:") for line in lines), lines
     assert any("merge_weights must each be in [0, 1)" in line for line in lines), lines
     assert len(lines) == 2, lines
 
 
 def test_matryoshka_dims_out_of_range():
-    bad = {"ops": {"finetuned_model": {"config": {"matryoshka_dims": [4, 64, 64]}}}}
+    bad = {"ops": _training(finetuned_model={"matryoshka_dims": [4, 64, 64]})}
     with pytest.raises(RunConfigError) as exc:
         validate_run_config(bad)
     [line] = _lines(exc.value)
-    assert line.startswith("ops.finetuned_model.config.matryoshka_dims") and "[4]" in line
+    assert line.startswith(f"{TRAINING}.finetuned_model.matryoshka_dims") and "[4]" in line
     # Above the base model's width: only known with the model (the CLI passes it).
-    wide = {"ops": {"finetuned_model": {"config": {"matryoshka_dims": [512, 256]}}}}
+    wide = {"ops": _training(finetuned_model={"matryoshka_dims": [512, 256]})}
     validate_run_config(wide)
     with pytest.raises(RunConfigError, match=r"\[512\] exceed the base model's embedding size 384"):
         validate_run_config(wide, embedding_dim=384)
-    validate_run_config(
-        {"ops": {"finetuned_model": {"config": {"matryoshka_dims": [256, 64]}}}}, embedding_dim=384
-    )
+    validate_run_config({"ops": _training(finetuned_model={"matryoshka_dims": [256, 64]})}, embedding_dim=384)
 
 
 def test_every_setting_says_what_it_does():
     """Descriptions show in the launchpad: every field of every stage and of the recipe has one."""
-    from embed_assets.recipe.settings import SETTINGS_BY_ASSET, RecipeSettings
+    from embed_assets.recipe.settings import (
+        SETTINGS_BY_ASSET,
+        FinetunedModelSettings,
+        RecipeSettings,
+        TrainingExamplesSettings,
+    )
 
-    for name, cls in [*SETTINGS_BY_ASSET.items(), ("recipe", RecipeSettings)]:
+    nested = [("training_examples", TrainingExamplesSettings), ("finetuned_model", FinetunedModelSettings)]
+    for name, cls in [*SETTINGS_BY_ASSET.items(), ("recipe", RecipeSettings), *nested]:
         for field, info in cls.model_fields.items():
             assert info.description and len(info.description) > 10, f"{name}.{field}"
 
 
 def test_labelled_queries_choose_only_from_another_split_than_the_evaluations():
-    """selection_queries_split needs the labelled folder, and may not be the split the
-    evaluation reports (the default one, test, included)."""
+    """selection_queries_split needs its folder, and may not be the split the evaluation reports
+    from the same folder (the default one, test, included)."""
     evaluation = {"labelled_queries_dir": "labelled"}
-    choose = {"finetuned_model": {"config": {"selection_queries_split": "dev"}}}
+    choose = _training(finetuned_model={"selection_queries_split": "dev"}, selection_queries_dir="labelled")
     validate_run_config({"ops": {**choose, "retrieval_eval": {"config": evaluation}}})
     with pytest.raises(RunConfigError) as exc:
-        validate_run_config({"ops": choose})
+        validate_run_config({"ops": _training(finetuned_model={"selection_queries_split": "dev"})})
     [line] = _lines(exc.value)
-    assert (
-        line.startswith("ops.finetuned_model.config.selection_queries_split")
-        and "labelled_queries_dir" in line
-    )
+    assert line.startswith(TRAINING) and "needs selection_queries_dir" in line
     for split in ("test", None):  # None: the evaluation's default split, test
         config = {**evaluation, **({"labelled_queries_split": split} if split else {})}
-        same = {"finetuned_model": {"config": {"selection_queries_split": "test"}}}
+        same = _training(
+            finetuned_model={"selection_queries_split": "test"}, selection_queries_dir="labelled"
+        )
         with pytest.raises(RunConfigError) as exc:
             validate_run_config({"ops": {**same, "retrieval_eval": {"config": config}}})
         [line] = _lines(exc.value)
         assert "'test' is also labelled_queries_split" in line
+    # another folder's test split is not the evaluation's
+    other = _training(finetuned_model={"selection_queries_split": "test"}, selection_queries_dir="other")
+    validate_run_config({"ops": {**other, "retrieval_eval": {"config": evaluation}}})
+
+
+def test_a_config_in_the_old_layout_is_upgraded_with_a_note_per_move():
+    from embed_assets.recipe.settings import upgrade_run_config
+
+    old = {
+        "ops": {
+            "training_examples": {"config": {"min_batches": 1}},
+            "finetuned_model": {"config": {"max_steps": 9, "selection_queries_split": "dev"}},
+            "retrieval_eval": {"config": {"labelled_queries_dir": "labelled"}},
+        },
+        "resources": {"recipe": {"config": {"preset": "auto"}}},
+    }
+    new, notes = upgrade_run_config(old)
+    assert new == {
+        "ops": {
+            "retrieval_eval": {"config": {"labelled_queries_dir": "labelled"}},
+            "training_recipe": {
+                "config": {
+                    "training_examples": {"min_batches": 1},
+                    "finetuned_model": {"max_steps": 9, "selection_queries_split": "dev"},
+                    "selection_queries_dir": "labelled",
+                }
+            },
+        },
+        "resources": {"recipe": {"config": {"preset": "auto"}}},
+    }
+    assert len(notes) == 3 and notes[0].startswith("ops.training_examples.config moved to")
+    validate_run_config(new)
+    assert upgrade_run_config(new) == (new, [])  # the current layout is left as it is
+    malformed = {"ops": {"finetuned_model": 5}}
+    assert upgrade_run_config(malformed) == (malformed, [])  # left for the validator to name
 
 
 @pytest.mark.parametrize(
@@ -247,7 +302,9 @@ def test_a_teacher_needs_a_negative_per_row():
     assert (
         negatives_per_example(TITLED_DOCUMENTS, TrainingExamplesSettings(negatives_per_example=3), True) == 3
     )
-    with pytest.raises(ValueError, match="ops.training_examples.config.negatives_per_example is 0"):
+    with pytest.raises(
+        ValueError, match="ops.training_recipe.config.training_examples.negatives_per_example is 0"
+    ):
         negatives_per_example(TITLED_DOCUMENTS, TrainingExamplesSettings(negatives_per_example=0), True)
 
 

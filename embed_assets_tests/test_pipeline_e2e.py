@@ -48,16 +48,23 @@ def tiny_run_config(**finetune) -> dict:
             # Seed 3 holds the SQLSTATE-code document out (the placement of 8 documents is coarse).
             "qa_splits": {"config": {"val_fraction": 0.15, "test_fraction": 0.3, "seed": 3}},
             "mined_negatives": {"config": {"num_negatives": 3}},
-            "training_examples": {"config": {"min_batches": 1}},
-            "finetuned_model": {
+            "training_recipe": {
                 "config": {
-                    "batch_size": 8,
-                    # 3 steps moved the model too little to clear the no-regression gate once BM25's
-                    # second opinion put error-code questions into the held-out split (−0.61 points).
-                    "max_steps": 6,
-                    "val_distractors": 20,
-                    "merge_weights": [0.0, 0.5],
-                    **finetune,
+                    "training_examples": {"min_batches": 1},
+                    "finetuned_model": {
+                        "batch_size": 8,
+                        # 3 steps moved the model too little to clear the no-regression gate once BM25's
+                        # second opinion put error-code questions into the held-out split (−0.61 points).
+                        "max_steps": 6,
+                        "val_distractors": 20,
+                        "merge_weights": [0.0, 0.5],
+                        **finetune,
+                    },
+                    **(
+                        {"selection_queries_dir": str(MINI_LABELLED)}
+                        if "selection_queries_split" in finetune
+                        else {}
+                    ),
                 }
             },
         },
@@ -410,8 +417,7 @@ def test_labelled_queries_set_aside_choose_the_model_and_every_stage_says_so(pip
         run_config={
             "resources": config["resources"],
             "ops": {
-                "training_examples": config["ops"]["training_examples"],
-                "finetuned_model": config["ops"]["finetuned_model"],
+                "training_recipe": config["ops"]["training_recipe"],
                 "retrieval_eval": {"config": LABELLED_EVAL},
             },
         },
@@ -472,10 +478,11 @@ def test_regressed_model_is_never_exported(pipeline):
     config = tiny_run_config(learning_rate=0.5, merge_weights=[0.0], warmup_ratio=0.0)
     result = dg.materialize(
         all_assets,
-        selection=["finetuned_model", "retrieval_eval", "onnx_model"],
+        # the settings reach finetuned_model through training_recipe's value
+        selection=["training_recipe", "finetuned_model", "retrieval_eval", "onnx_model"],
         run_config={
             "ops": {
-                "finetuned_model": config["ops"]["finetuned_model"],
+                "training_recipe": config["ops"]["training_recipe"],
                 "retrieval_eval": {"config": LABELLED_EVAL},
             }
         },
@@ -498,9 +505,12 @@ def test_warm_start_trains_from_the_last_exported_model(pipeline):
     first_card = json.loads((Path(exported) / "embed_assets_training.json").read_text())
     result = dg.materialize(
         all_assets,
-        selection=["finetuned_model"],
+        selection=["training_recipe", "finetuned_model"],
         run_config={
-            "ops": {"finetuned_model": tiny_run_config(warm_start=True, refit=True)["ops"]["finetuned_model"]}
+            "resources": tiny_run_config()["resources"],
+            "ops": {
+                "training_recipe": tiny_run_config(warm_start=True, refit=True)["ops"]["training_recipe"]
+            },
         },
         resources=resources,
         instance=instance,

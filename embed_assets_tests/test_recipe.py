@@ -35,11 +35,14 @@ from embed_assets.training.trainer import (
 
 
 def test_every_recipe_field_defaults_to_the_recipe_and_each_preset_sets_it():
-    from embed_assets.recipe.settings import SETTINGS_BY_ASSET
+    from embed_assets.recipe.settings import SETTINGS_BY_ASSET, TrainingRecipeSettings
 
+    # training_examples' and finetuned_model's settings are set inside training_recipe's
+    nested = {k: v.annotation for k, v in TrainingRecipeSettings.model_fields.items() if v.annotation}
+    settings = {**SETTINGS_BY_ASSET, **nested}
     for asset, names in RECIPE_FIELDS.items():
         for name in names:
-            assert SETTINGS_BY_ASSET[asset].model_fields[name].default is None, (asset, name)
+            assert settings[asset].model_fields[name].default is None, (asset, name)
             for preset in PRESETS.values():
                 assert preset.value(asset, name) is not None, (preset.name, asset, name)
 

@@ -38,7 +38,11 @@ def test_changes_request_one_run_with_the_recipe_and_touch_does_not(tmp_path):
     ops = first.run_config["ops"]
     assert ops["source_documents"]["config"] == {"corpus_dir": str(corpus)}  # the source wins
     assert ops["synthetic_qa"]["config"] == {"questions_per_chunk": 3}
-    assert ops["finetuned_model"]["config"] == {"max_steps": 120, "learning_rate": 3.0e-5}
+    # a recipe file in the layout before the training settings moved to training_recipe still works
+    assert ops["training_recipe"]["config"] == {
+        "finetuned_model": {"max_steps": 120, "learning_rate": 3.0e-5}
+    }
+    assert "finetuned_model" not in ops
     assert first.run_config["resources"]["recipe"]["config"] == {"preset": "titled-documents"}
     validate_run_config(first.run_config)
 
@@ -149,7 +153,10 @@ def test_a_jsonl_corpus_and_labelled_queries(tmp_path):
         "labelled_queries_dir": str(tmp_path / "labelled"),
         "labelled_queries_split": "test",
     }
-    assert ops["finetuned_model"]["config"] == {"selection_queries_split": "dev"}
+    assert ops["training_recipe"]["config"] == {
+        "finetuned_model": {"selection_queries_split": "dev"},
+        "selection_queries_dir": str(tmp_path / "labelled"),
+    }
     validate_run_config(first.run_config)
     assert isinstance(_tick(source, cursor)[0], dg.SkipReason)
     corpus.write_text(corpus.read_text() + '{"_id": "b", "text": "`shared_buffers` sets memory"}\n')

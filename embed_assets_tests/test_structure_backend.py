@@ -23,7 +23,9 @@ def materialize_training_rows(corpus_dir, root, **training_examples):
                 "source_documents": {"config": {"corpus_dir": str(corpus_dir)}},
                 "qa_quality_scores": {"config": {"roundtrip_top_k": 50}},
                 "qa_splits": {"config": {"val_fraction": 0.0, "test_fraction": 0.0}},
-                "training_examples": {"config": {"min_batches": 1, "batch_size": 4, **training_examples}},
+                "training_recipe": {
+                    "config": {"training_examples": {"min_batches": 1, "batch_size": 4, **training_examples}}
+                },
             }
         },
         resources=build_resources(str(root), generator=QuestionGeneratorResource(backend="structure")),

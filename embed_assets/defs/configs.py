@@ -8,6 +8,7 @@ once, and show in the launchpad from there.
 from __future__ import annotations
 
 import dagster as dg
+from pydantic import Field
 
 from embed_assets.recipe.settings import (
     SETTINGS_BY_ASSET,
@@ -22,7 +23,9 @@ from embed_assets.recipe.settings import (
     SourceDocumentsSettings,
     SyntheticQASettings,
     TrainingExamplesSettings,
+    TrainingRecipeSettings,
     run_config_errors,
+    upgrade_run_config,
     validate_run_config,
 )
 
@@ -59,6 +62,19 @@ class FinetunedModelConfig(FinetunedModelSettings, dg.Config):
     """Contrastive fine-tuning."""
 
 
+def _nested(name: str, config: type[dg.Config]):
+    """A nested settings field of :class:`TrainingRecipeSettings` typed as its Dagster ``Config``
+    (the launchpad builds its schema from Config classes); description and default stay there."""
+    return Field(default_factory=config, description=TrainingRecipeSettings.model_fields[name].description)
+
+
+class TrainingRecipeConfig(TrainingRecipeSettings, dg.Config):
+    """Training: the recipe, its rows and the fine-tuning settings, resolved once."""
+
+    training_examples: TrainingExamplesConfig = _nested("training_examples", TrainingExamplesConfig)
+    finetuned_model: FinetunedModelConfig = _nested("finetuned_model", FinetunedModelConfig)
+
+
 class RetrievalEvalConfig(RetrievalEvalSettings, dg.Config):
     """Evaluation and the no-regression gate."""
 
@@ -74,8 +90,7 @@ CONFIG_BY_ASSET: dict[str, type[dg.Config]] = {
     "qa_quality_scores": QAQualityConfig,
     "qa_splits": QASplitsConfig,
     "mined_negatives": MinedNegativesConfig,
-    "training_examples": TrainingExamplesConfig,
-    "finetuned_model": FinetunedModelConfig,
+    "training_recipe": TrainingRecipeConfig,
     "retrieval_eval": RetrievalEvalConfig,
     "onnx_model": OnnxModelConfig,
 }
@@ -85,6 +100,9 @@ __all__ = [
     "CONFIG_BY_ASSET",
     "RunConfigError",
     "run_config_errors",
+    "upgrade_run_config",
     "validate_run_config",
     *(cls.__name__ for cls in CONFIG_BY_ASSET.values()),
+    "TrainingExamplesConfig",
+    "FinetunedModelConfig",
 ]

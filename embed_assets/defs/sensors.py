@@ -20,7 +20,7 @@ import dagster as dg
 import yaml
 from pydantic import Field
 
-from embed_assets.defs.configs import run_config_errors
+from embed_assets.defs.configs import run_config_errors, upgrade_run_config
 from embed_assets.defs.jobs import pipeline_job
 from embed_assets.hashing import stable_hash
 from embed_assets.ingest.documents import SUPPORTED_SUFFIXES
@@ -141,6 +141,7 @@ class CorpusSourceResource(dg.ConfigurableResource):
                 raise ValueError(
                     f"recipe {self.recipe}: must be a mapping like 'ops: {{<asset>: {{config: ...}}}}'"
                 )
+        config, _ = upgrade_run_config(config)  # a recipe file in the layout before training settings moved
         ops = config.setdefault("ops", {})
         ops["source_documents"] = {"config": self.source_config()}
         if self.labelled_queries_dir:
@@ -149,8 +150,11 @@ class CorpusSourceResource(dg.ConfigurableResource):
             if self.labelled_queries_split:
                 evaluation["labelled_queries_split"] = self.labelled_queries_split
             if self.selection_queries_split:
-                training = ops.setdefault("finetuned_model", {}).setdefault("config", {})
-                training["selection_queries_split"] = self.selection_queries_split
+                training = ops.setdefault("training_recipe", {}).setdefault("config", {})
+                training.setdefault("finetuned_model", {})["selection_queries_split"] = (
+                    self.selection_queries_split
+                )
+                training["selection_queries_dir"] = self.labelled_queries_dir
         return config
 
 

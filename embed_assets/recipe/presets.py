@@ -176,7 +176,7 @@ def negatives_per_example(preset: Preset, examples: TrainingExamplesSettings, te
     value = fill("training_examples", examples.model_dump(), preset)["negatives_per_example"]
     if teacher and examples.negatives_per_example == 0:
         raise ValueError(
-            "ops.training_examples.config.negatives_per_example is 0, but a teacher labels the negatives; "
+            "ops.training_recipe.config.training_examples.negatives_per_example is 0, but a teacher labels the negatives; "
             "set it to 1 or more, or leave it unset"
         )
     return max(value, 1) if teacher else value

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -23,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from embed_assets.ingest.chunking import ChunkingConfig
 from embed_assets.mining.negatives import MiningConfig
 from embed_assets.quality.filters import QualityConfig
-from embed_assets.recipe.presets import AUTO, PRESETS, RECIPE_NAMES, Preset, fill
+from embed_assets.recipe.presets import AUTO, PRESETS, RECIPE_NAMES, Preset, fill, negatives_per_example
 from embed_assets.splitting.splits import SplitConfig
 from embed_assets.teacher.labels import MIN_AUC
 from embed_assets.teacher.scorer import NO_TEACHER
@@ -405,9 +406,9 @@ class FinetunedModelSettings(BaseModel):
         default=None,
         min_length=1,
         description="Choose the recipe, the checkpoint and the merge weight on labelled queries instead of "
-        "held-out generated questions: this qrels/<split>.tsv of retrieval_eval's labelled_queries_dir (e.g. "
-        "dev). It must differ from labelled_queries_split, so the evaluation stays on queries no choice has "
-        "seen. Unset (the default): no choice reads a labelled query.",
+        "held-out generated questions: this qrels/<split>.tsv of training_recipe's selection_queries_dir (e.g. "
+        "dev). In the evaluation's folder it must differ from labelled_queries_split, so the evaluation stays "
+        "on queries no choice has seen. Unset (the default): no choice reads a labelled query.",
     )
     selection_corpus_chunks: int = Field(
         default=2000,
@@ -459,6 +460,65 @@ class FinetunedModelSettings(BaseModel):
         for preset in PRESETS.values():  # valid whichever preset fills the unset fields
             self.to_core(preset)
         return self
+
+
+class TrainingRecipeSettings(BaseModel):
+    """Everything training reads, set once on the ``training_recipe`` asset: the recipe fills the
+    fields left unset (:meth:`resolved`) and its value carries the result to ``training_examples``
+    and ``finetuned_model`` as an input, so the lineage shows which settings trained a model."""
+
+    training_examples: TrainingExamplesSettings = Field(
+        default_factory=TrainingExamplesSettings,
+        description="How the chosen recipe's questions become training rows.",
+    )
+    finetuned_model: FinetunedModelSettings = Field(
+        default_factory=FinetunedModelSettings,
+        description="Contrastive fine-tuning: the recipe's candidates and the final model train with these.",
+    )
+    selection_queries_dir: str | None = Field(
+        default=None,
+        description="With finetuned_model.selection_queries_split: the folder of labelled queries "
+        "(queries.jsonl + qrels/<split>.tsv) whose split chooses the recipe, checkpoint and merge weight; "
+        "the CLI's --labelled-queries sets it.",
+    )
+
+    @model_validator(mode="after")
+    def _one_batch_size(self):
+        examples, model = self.training_examples.batch_size, self.finetuned_model.batch_size
+        # only a batch size set on both sides can disagree (the first is for runs that do not train)
+        if (
+            examples is not None
+            and "batch_size" in self.finetuned_model.model_fields_set
+            and examples != model
+        ):
+            raise ValueError(
+                f"training_examples.batch_size ({examples}) differs from finetuned_model.batch_size "
+                f"({model}); leave the first unset"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _selection_folder(self):
+        if self.finetuned_model.selection_queries_split and not self.selection_queries_dir:
+            raise ValueError(
+                "finetuned_model.selection_queries_split needs selection_queries_dir (the folder its "
+                "qrels are in; the CLI's --labelled-queries sets it)"
+            )
+        return self
+
+    def resolved(self, preset: Preset, teacher_labelled: bool) -> dict[str, Any]:
+        """Every setting training uses, the unset recipe-controlled ones taken from ``preset``
+        (``teacher_labelled``: the mined negatives carry teacher labels, which need at least one
+        negative per row)."""
+        examples = fill("training_examples", self.training_examples.model_dump(), preset)
+        examples["negatives_per_example"] = negatives_per_example(
+            preset, self.training_examples, teacher_labelled
+        )
+        return {
+            "training_examples": examples,
+            "finetuned_model": self.finetuned_model.resolved(preset),
+            "selection_queries_dir": self.selection_queries_dir,
+        }
 
 
 class RetrievalEvalSettings(BaseModel):
@@ -528,8 +588,7 @@ SETTINGS_BY_ASSET: dict[str, type[BaseModel]] = {
     "qa_quality_scores": QAQualitySettings,
     "qa_splits": QASplitsSettings,
     "mined_negatives": MinedNegativesSettings,
-    "training_examples": TrainingExamplesSettings,
-    "finetuned_model": FinetunedModelSettings,
+    "training_recipe": TrainingRecipeSettings,
     "retrieval_eval": RetrievalEvalSettings,
     "onnx_model": OnnxModelSettings,
 }
@@ -558,15 +617,28 @@ def _unknown_field(where: str, name: str, known: Iterable[str]) -> str:
     return f"{where}.{name}: unknown field{hint}"
 
 
+def _nested_model(cls: type[BaseModel], name: str) -> type[BaseModel] | None:
+    annotation = cls.model_fields[name].annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def config_errors(cls: type[BaseModel], values: Mapping[str, Any], where: str) -> list[str]:
     """Every problem with ``values`` as ``cls``'s fields, each prefixed with ``where``.
 
-    Field errors (type, range), unknown fields and the class's cross-field rules are all
-    reported together: pydantic skips a model's own validators once a field fails, so the
-    cross-field rules are checked again on the fields that passed.
+    Field errors (type, range), unknown fields (nested settings included) and the class's
+    cross-field rules are all reported together: pydantic skips a model's own validators once a
+    field fails, so the cross-field rules are checked again on the fields that passed.
     """
     errors = [_unknown_field(where, k, cls.model_fields) for k in values if k not in cls.model_fields]
     known = {k: v for k, v in values.items() if k in cls.model_fields}
+    for name, value in list(known.items()):
+        nested = _nested_model(cls, name)
+        nested_errors = (
+            config_errors(nested, value, f"{where}.{name}") if nested and isinstance(value, Mapping) else []
+        )
+        if nested_errors:
+            errors += nested_errors
+            del known[name]  # reported; the parent's own rules are checked on its defaults
     try:
         cls(**known)
         return errors
@@ -586,23 +658,69 @@ def config_errors(cls: type[BaseModel], values: Mapping[str, Any], where: str) -
     return errors
 
 
+# Assets whose settings now live in training_recipe's (the layout before they moved).
+MOVED_TO_TRAINING_RECIPE = ("training_examples", "finetuned_model")
+
+
+def _config_of(ops: Mapping, asset: str) -> dict | None:
+    """``ops.<asset>.config`` as a dict ({} when absent); None when it is malformed."""
+    entry = ops.get(asset) or {}
+    config = entry.get("config") or {} if isinstance(entry, Mapping) else None
+    return dict(config) if isinstance(config, Mapping) else None
+
+
+def upgrade_run_config(run_config: Any) -> tuple[Any, list[str]]:
+    """``run_config`` in the current layout, and a note per setting it moved.
+
+    Training settings used to sit on ``ops.training_examples`` and ``ops.finetuned_model``; they
+    are now set once on ``ops.training_recipe.config`` (whose value hands them on), and the
+    folder of ``selection_queries_split`` is ``selection_queries_dir`` there, which a config in
+    the old layout took from ``ops.retrieval_eval.config.labelled_queries_dir``. A malformed
+    config is returned unchanged, for :func:`run_config_errors` to name what is wrong."""
+    ops = run_config.get("ops") if isinstance(run_config, Mapping) else None
+    if not isinstance(ops, Mapping) or not any(a in ops for a in MOVED_TO_TRAINING_RECIPE):
+        return run_config, []
+    recipe = _config_of(ops, "training_recipe")
+    moved = {a: _config_of(ops, a) for a in MOVED_TO_TRAINING_RECIPE if a in ops}
+    if recipe is None or any(
+        c is None or not isinstance(recipe.get(a) or {}, Mapping) for a, c in moved.items()
+    ):
+        return run_config, []
+    notes = []
+    for asset, config in moved.items():
+        recipe[asset] = {**config, **(recipe.get(asset) or {})}
+        notes.append(f"ops.{asset}.config moved to ops.training_recipe.config.{asset}")
+    folder = (_config_of(ops, "retrieval_eval") or {}).get("labelled_queries_dir")
+    if (
+        recipe.get("finetuned_model", {}).get("selection_queries_split")
+        and folder
+        and "selection_queries_dir" not in recipe
+    ):
+        recipe["selection_queries_dir"] = folder
+        notes.append(
+            "ops.training_recipe.config.selection_queries_dir: the labelled_queries_dir of retrieval_eval"
+        )
+    upgraded = {a: v for a, v in ops.items() if a not in moved}
+    upgraded["training_recipe"] = {"config": recipe}
+    return {**run_config, "ops": upgraded}, notes
+
+
 def _selection_split_errors(configs: Mapping[str, Mapping]) -> list[str]:
-    """Labelled queries may choose the model only from their own folder, and never from the split
-    the evaluation reports: a choice made on the evaluation's queries would flatter it."""
-    split = configs.get("finetuned_model", {}).get("selection_queries_split")
-    if not isinstance(split, str) or not split:
-        return []
+    """Labelled queries never choose the model on the split the evaluation reports from the
+    same folder: a choice made on the evaluation's queries would flatter it."""
+    recipe = configs.get("training_recipe", {})
+    model = recipe.get("finetuned_model") if isinstance(recipe.get("finetuned_model"), Mapping) else {}
+    split, folder = model.get("selection_queries_split"), recipe.get("selection_queries_dir")
     evaluation = configs.get("retrieval_eval", {})
-    where = "ops.finetuned_model.config.selection_queries_split"
-    if not evaluation.get("labelled_queries_dir"):
-        return [
-            f"{where}: needs ops.retrieval_eval.config.labelled_queries_dir (the folder its qrels are in)"
-        ]
+    if not (isinstance(split, str) and isinstance(folder, str) and evaluation.get("labelled_queries_dir")):
+        return []
     default = RetrievalEvalSettings.model_fields["labelled_queries_split"].default
-    if split == evaluation.get("labelled_queries_split", default):
+    same_folder = Path(folder).resolve() == Path(str(evaluation["labelled_queries_dir"])).resolve()
+    if same_folder and split == evaluation.get("labelled_queries_split", default):
         return [
-            f"{where}: {split!r} is also labelled_queries_split, the split the evaluation reports; "
-            "choose on another split (e.g. dev) so the evaluation stays on queries no choice has seen"
+            f"ops.training_recipe.config.finetuned_model.selection_queries_split: {split!r} is also "
+            "labelled_queries_split, the split the evaluation reports; choose on another split (e.g. dev) "
+            "so the evaluation stays on queries no choice has seen"
         ]
     return []
 
@@ -634,7 +752,9 @@ def run_config_errors(run_config: Any, *, embedding_dim: int | None = None) -> l
         ]
     configs: dict[str, Mapping] = {}
     for name, entry in ops.items():
-        if name not in SETTINGS_BY_ASSET:
+        if name in MOVED_TO_TRAINING_RECIPE:
+            errors.append(f"ops.{name}: its settings are set on ops.training_recipe.config.{name}")
+        elif name not in SETTINGS_BY_ASSET:
             errors.append(
                 _unknown_field("ops", name, SETTINGS_BY_ASSET).replace("unknown field", "unknown asset")
             )
@@ -648,31 +768,19 @@ def run_config_errors(run_config: Any, *, embedding_dim: int | None = None) -> l
             configs[name] = entry.get("config") or {}
     for name, cls in SETTINGS_BY_ASSET.items():
         errors += config_errors(cls, configs.get(name, {}), f"ops.{name}.config")
-    recipe = (
-        ((run_config.get("resources") or {}).get("recipe") or {})
-        if isinstance(run_config.get("resources") or {}, Mapping)
-        else {}
-    )
-    if isinstance(recipe, Mapping) and isinstance(recipe.get("config") or {}, Mapping):
-        errors += config_errors(RecipeSettings, recipe.get("config") or {}, "resources.recipe.config")
     resources = run_config.get("resources") or {}
-    teacher = (resources.get("teacher") or {}) if isinstance(resources, Mapping) else {}
-    if isinstance(teacher, Mapping) and isinstance(teacher.get("config") or {}, Mapping):
-        errors += config_errors(TeacherSettings, teacher.get("config") or {}, "resources.teacher.config")
+    for name, cls in (("recipe", RecipeSettings), ("teacher", TeacherSettings)):
+        entry = (resources.get(name) or {}) if isinstance(resources, Mapping) else {}
+        if isinstance(entry, Mapping) and isinstance(entry.get("config") or {}, Mapping):
+            errors += config_errors(cls, entry.get("config") or {}, f"resources.{name}.config")
     errors += _selection_split_errors(configs)
-    examples_bs = configs.get("training_examples", {}).get("batch_size")
-    model_bs = configs.get("finetuned_model", {}).get("batch_size", 32)
-    if examples_bs is not None and examples_bs != model_bs and "finetuned_model" in configs:
-        errors.append(
-            f"ops.training_examples.config.batch_size ({examples_bs}) differs from "
-            f"ops.finetuned_model.config.batch_size ({model_bs}); leave the first unset"
-        )
-    dims = configs.get("finetuned_model", {}).get("matryoshka_dims") or []
+    model = configs.get("training_recipe", {}).get("finetuned_model")
+    dims = (model.get("matryoshka_dims") if isinstance(model, Mapping) else None) or []
     too_big = [d for d in dims if isinstance(d, int) and d > embedding_dim] if embedding_dim else []
     if too_big and isinstance(dims, list):
         errors.append(
-            f"ops.finetuned_model.config.matryoshka_dims: {too_big} exceed the base model's "
-            f"embedding size {embedding_dim}"
+            f"ops.training_recipe.config.finetuned_model.matryoshka_dims: {too_big} exceed the base "
+            f"model's embedding size {embedding_dim}"
         )
     return errors
 

@@ -1,6 +1,5 @@
 """Stage 6: the recipe chosen for the corpus, its training rows and the fine-tuned bi-encoder."""
 
-import shutil
 import time
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import polars as pl
 
 from embed_assets.defs.assets.indexing import base_corpus_vectors
 from embed_assets.defs.assets.teacher import teacher_cache
-from embed_assets.defs.configs import FinetunedModelConfig, RetrievalEvalConfig, TrainingExamplesConfig
+from embed_assets.defs.configs import TrainingRecipeConfig
 from embed_assets.defs.metadata import image, preview, stage_metrics
 from embed_assets.defs.provenance import previous_materialization, recorded_value, recorded_versions
 from embed_assets.defs.resources import (
@@ -21,42 +20,42 @@ from embed_assets.defs.resources import (
 from embed_assets.evaluation.labelled import LabelledQueriesError, labelled_queries_of
 from embed_assets.evaluation.report import training_curves_png
 from embed_assets.evaluation.retrieval import retrieve
-from embed_assets.hashing import stable_hash
-from embed_assets.index.chunk_index import model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
 from embed_assets.models import load_model
-from embed_assets.recipe.presets import PRESETS, fill, negatives_per_example, preset_training_rows
+from embed_assets.recipe.fine_tune import FineTuned, fine_tune, training_run_key
+from embed_assets.recipe.presets import PRESETS, preset_training_rows
 from embed_assets.recipe.selection import (
     SELECTED_ON,
     SELECTED_ON_LABELLED,
     SELECTED_ON_TEACHER,
     CorpusVectors,
-    base_validation_score,
     choose_recipe,
-    drop_checkpoint,
-    resume_checkpoint,
 )
+from embed_assets.recipe.settings import FinetunedModelSettings, TrainingExamplesSettings
 from embed_assets.teacher.judged import agreement_with_source, teacher_judged_set
 from embed_assets.training.trainer import (
+    TrainingResult,
     ValidationSet,
-    finished_training,
     full_batches,
-    refit_bi_encoder,
     saw_validation_documents,
-    train_bi_encoder,
 )
 from embed_assets.training.validation import labelled_validation_set, validation_set
 
 
-def _op_config(context: dg.AssetExecutionContext, asset: str) -> dict:
-    """Another asset's config as this run gives it (its defaults when the run gives none)."""
-    ops = (context.run.run_config or {}).get("ops") or {}
-    return (ops.get(asset) or {}).get("config") or {}
+def _settings(training_recipe: dict) -> dict:
+    """The resolved training settings the ``training_recipe`` value hands on."""
+    settings = training_recipe.get("settings") or {}
+    if "finetuned_model" not in settings:
+        raise ValueError(
+            "training_recipe's stored value predates resolved settings; materialize training_recipe again "
+            "(e.g. embed-assets run --select 'training_recipe*')"
+        )
+    return settings
 
 
 def _selection_set(
-    context: dg.AssetExecutionContext,
-    model: FinetunedModelConfig,
+    model: FinetunedModelSettings,
+    selection_queries_dir: str | None,
     qa_splits: pl.DataFrame,
     document_chunks: pl.DataFrame,
     source_documents: pl.DataFrame,
@@ -66,17 +65,16 @@ def _selection_set(
 ) -> tuple[ValidationSet | None, dict]:
     """The validation set the recipe, the checkpoint and the merge weight are all chosen on, and
     what it is: held-out generated questions (judged by the teacher when there is one), or the
-    labelled split the user set aside for it. ``base`` is the base model's path and its cached
-    vectors of chunks (a cross-encoder teacher reranks the base model's hits)."""
+    labelled split the user set aside for it (in ``selection_queries_dir``). ``base`` is the base
+    model's path and its cached vectors of chunks (a cross-encoder teacher reranks its hits)."""
     split = model.selection_queries_split
     if not split:
         val = validation_set(qa_splits, document_chunks, model.val_distractors, model.seed)
         if val is None or not (teacher.enabled and teacher.judge_choices):
             return val, {"selected_on": SELECTED_ON, "labelled_queries_used_for_selection": False}
         return _teacher_judged(val, teacher, store, base)
-    # The run config's check made sure the folder is set and the split is not the evaluation's.
-    folder = RetrievalEvalConfig(**_op_config(context, "retrieval_eval")).labelled_queries_dir
-    labelled = labelled_queries_of(folder, split, source_documents)
+    # The settings' own check made sure the folder is set with the split.
+    labelled = labelled_queries_of(selection_queries_dir, split, source_documents)
     val = labelled_validation_set(
         labelled.queries,
         labelled.qrels,
@@ -134,6 +132,7 @@ def _teacher_judged(
 )
 def training_recipe(
     context: dg.AssetExecutionContext,
+    config: TrainingRecipeConfig,
     base_chunk_index: dict,
     mined_negatives: pl.DataFrame,
     teacher_labels: pl.DataFrame,
@@ -146,12 +145,11 @@ def training_recipe(
     store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[dict]:
     start = time.perf_counter()
-    examples = TrainingExamplesConfig(**_op_config(context, "training_examples"))
-    model = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
+    examples, model = config.training_examples, config.finetuned_model
     index_vectors = base_corpus_vectors(base_chunk_index, base_model.path())
     val, selection = _selection_set(
-        context,
         model,
+        config.selection_queries_dir,
         qa_splits,
         document_chunks,
         source_documents,
@@ -178,7 +176,8 @@ def training_recipe(
     value = {
         **choice.to_dict(),
         "generators": list(chosen.generators),
-        "settings": {asset: dict(values) for asset, values in chosen.settings.items()},
+        # every setting training_examples and finetuned_model use: the user's, the rest the recipe's
+        "settings": config.resolved(chosen, teacher_labelled=teacher_labels.height > 0),
     }
     scores = {c.preset: c.val_ndcg10 for c in choice.candidates}
     context.log.info("recipe %s: chose %s (%s) %s", recipe.preset, choice.chosen, choice.selected_on, scores)
@@ -226,8 +225,6 @@ def _candidates_table(choice) -> str:
     check_specs=[dg.AssetCheckSpec("enough_examples_for_batch", asset="training_examples", blocking=True)],
 )
 def training_examples(
-    context: dg.AssetExecutionContext,
-    config: TrainingExamplesConfig,
     training_recipe: dict,
     mined_negatives: pl.DataFrame,
     teacher_labels: pl.DataFrame,
@@ -236,14 +233,14 @@ def training_examples(
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
     start = time.perf_counter()
     preset = PRESETS[training_recipe["chosen"]]
+    resolved = _settings(training_recipe)
+    settings, trainer = resolved["training_examples"], resolved["finetuned_model"]
+    config = TrainingExamplesSettings(**settings)
     rows = preset_training_rows(preset, config, mined_negatives, qa_splits, document_chunks, teacher_labels)
     train = rows.filter(pl.col("split") == "train")
     # The trainer's own rule: full batches in which no text repeats, at the trainer's seed.
-    trainer_config = FinetunedModelConfig(**_op_config(context, "finetuned_model"))
-    batch_size = config.batch_size or trainer_config.batch_size
-    batches = full_batches(train, batch_size, trainer_config.seed)
-    settings = fill("training_examples", config.model_dump(), preset)
-    settings["negatives_per_example"] = negatives_per_example(preset, config, teacher_labels.height > 0)
+    batch_size = config.batch_size or trainer["batch_size"]
+    batches = full_batches(train, batch_size, trainer["seed"])
     teacher = (
         {
             "teacher_labelled": True,
@@ -303,17 +300,94 @@ def _warm_start_model(context: dg.AssetExecutionContext) -> str | None:
     return None
 
 
+def _model_lineage(
+    context: dg.AssetExecutionContext,
+    recipe: str,
+    init_model: str,
+    start_from: str | None,
+    refit: bool,
+    selection: dict,
+) -> tuple[dict, bool]:
+    """What the model card and the asset value record about where the model came from, and
+    whether its validation scores are optimistic (a warm start from a model that refit)."""
+    # Splits are stable, so a warm start meets only its own earlier train documents in training; but
+    # a model that refit has learned the validation documents, and would flatter itself on them.
+    validation_optimistic = bool(start_from) and saw_validation_documents(start_from)
+    if validation_optimistic:
+        context.log.warning(
+            "warm start from a model that trained on validation questions (a refit): this run's checkpoint "
+            "and merge choices are made on documents it has seen, so its validation scores are optimistic"
+        )
+    recorded = recorded_versions(context, "training_examples", "qa_splits", "training_recipe")
+    return {
+        "training_examples_version": recorded["training_examples"],
+        "qa_splits_version": recorded["qa_splits"],
+        "training_recipe_version": recorded["training_recipe"],
+        "recipe": recipe,
+        "dagster_run_id": context.run_id,
+        "started_from": init_model,
+        "saw_validation_documents": refit or validation_optimistic,
+        "model_selected_on": selection["selected_on"],
+        "labelled_queries_used_for_selection": selection["labelled_queries_used_for_selection"],
+    }, validation_optimistic
+
+
+def _log_training(context: dg.AssetExecutionContext, recipe: str, trained: FineTuned, out_dir: Path) -> None:
+    result = trained.result
+    if trained.reused:
+        context.log.info("reusing %s: trained before on the same data, config and base model", out_dir)
+    if trained.resumed:
+        context.log.info("resumed from recipe selection's checkpoint at step %s", result.resumed_from_step)
+    context.log.info(
+        "recipe %s: trained %d steps at %.2f examples/s; val nDCG@10 base %s -> %s (merge %.2f)%s",
+        recipe,
+        result.steps,
+        result.examples_per_second,
+        result.base_val_ndcg10,
+        result.best_val_ndcg10,
+        result.merge_weight,
+        f"; refit on {result.refit['rows']} rows" if result.refit else "",
+    )
+
+
+def _model_metadata(result: TrainingResult, out_dir: Path, reused: bool, settings: dict) -> dict:
+    """The trained model's metadata: where it is, its files' hashes, how training went."""
+    return {
+        "path": dg.MetadataValue.path(str(out_dir.resolve())),
+        "reused_trained_model": reused,
+        "artifacts": dg.MetadataValue.json(artifact_hashes(out_dir)),
+        "steps": result.steps,
+        "selected_step": result.best_step or result.steps,
+        "resumed_from_selection_step": result.resumed_from_step or 0,
+        "train_rows": result.train_rows,
+        "refit": bool(result.refit),
+        "refit_rows": (result.refit or {}).get("rows", 0),
+        "examples_per_second": result.examples_per_second,
+        "train_seconds": result.train_seconds,
+        "device": result.device,
+        "val_ndcg10_base": result.base_val_ndcg10,
+        "val_ndcg10_selected": result.best_val_ndcg10,
+        "merge_weight": result.merge_weight,
+        "merge_candidates": dg.MetadataValue.json(result.merge_candidates),
+        "training_config": dg.MetadataValue.json(settings),
+    }
+
+
 @dg.asset(
     group_name="training",
     kinds={"pytorch"},
-    code_version=code_version(__name__, "embed_assets.training.trainer", "embed_assets.training.validation"),
+    code_version=code_version(
+        __name__,
+        "embed_assets.training.trainer",
+        "embed_assets.training.validation",
+        "embed_assets.recipe.fine_tune",
+    ),
     description="The base model fine-tuned contrastively with the chosen recipe (in-batch + hard negatives, "
     "warmup then cosine), best checkpoint and merge with the base chosen on validation, then (refit) "
     "retrained on train + validation questions with those choices; saved with a model card.",
 )
 def finetuned_model(
     context: dg.AssetExecutionContext,
-    config: FinetunedModelConfig,
     training_recipe: dict,
     training_examples: pl.DataFrame,
     qa_splits: pl.DataFrame,
@@ -326,15 +400,17 @@ def finetuned_model(
 ) -> dg.MaterializeResult[dict]:
     start = time.perf_counter()
     preset = PRESETS[training_recipe["chosen"]]
-    settings = config.resolved(preset)  # what this run trains with: set fields, the rest the recipe's
+    resolved = _settings(training_recipe)
+    settings = resolved["finetuned_model"]  # what this run trains with: set fields, the rest the recipe's
+    config = FinetunedModelSettings(**settings)
     core = config.to_core(preset)
     start_from = _warm_start_model(context) if config.warm_start else None
     init_model = start_from or base_model.path()
     train = training_examples.filter(pl.col("split") == "train")
     base_vectors = base_corpus_vectors(base_chunk_index, base_model.path())
     val, selection = _selection_set(
-        context,
         config,
+        resolved["selection_queries_dir"],
         qa_splits,
         document_chunks,
         source_documents,
@@ -343,88 +419,23 @@ def finetuned_model(
         (base_model.path(), base_vectors),
     )
     refit = bool(settings["refit"]) and val is not None and train.height < training_examples.height
-    # Everything that decides the weights: the rows, the validation split that picks the
-    # checkpoint and merge, the config and the weights training starts from.
-    run_key = stable_hash(
-        {
-            "data": data_version(training_examples),
-            "validation": data_version(qa_splits.filter(pl.col("split") == "val")),
-            "config": settings,
-            "refit": refit,
-            "base": model_key(init_model),
-            # labelled queries that choose: their content too (the default run's key is unchanged)
-            **(
-                {"selection": selection["selection_queries_fingerprint"]}
-                if selection["labelled_queries_used_for_selection"]
-                else {}
-            ),
-            # a teacher that judges the choices: which one, and how deep
-            **({"judge": selection["selection_judged_by"]} if "selection_judged_by" in selection else {}),
-        }
-    )
+    run_key = training_run_key(training_examples, qa_splits, settings, refit, init_model, selection)
     out_dir = store.path("models", f"finetuned-{run_key}")
-    # Splits are stable, so a warm start meets only its own earlier train documents in training; but
-    # a model that refit has learned the validation documents, and would flatter itself on them.
-    validation_optimistic = bool(start_from) and saw_validation_documents(start_from)
-    if validation_optimistic:
-        context.log.warning(
-            "warm start from a model that trained on validation questions (a refit): this run's checkpoint "
-            "and merge choices are made on documents it has seen, so its validation scores are optimistic"
-        )
-    recorded = recorded_versions(context, "training_examples", "qa_splits", "training_recipe")
-    lineage = {
-        "training_examples_version": recorded["training_examples"],
-        "qa_splits_version": recorded["qa_splits"],
-        "training_recipe_version": recorded["training_recipe"],
-        "recipe": preset.name,
-        "dagster_run_id": context.run_id,
-        "started_from": init_model,
-        "saw_validation_documents": refit or validation_optimistic,
-        "model_selected_on": selection["selected_on"],
-        "labelled_queries_used_for_selection": selection["labelled_queries_used_for_selection"],
-    }
-    result = finished_training(out_dir)
-    reused = result is not None
-    selection_cache = store.path("recipe_selection")
-    # Recipe selection ran the first steps of this very training (same rows, config, base model
-    # and validation set) and kept its checkpoint and the base's score: finish from there.
-    resume_from = None if reused else resume_checkpoint(selection_cache, train, core, init_model, val)
-    base_val = base_validation_score(init_model, val, selection_cache) if val and not reused else None
-    if result is None and not refit:
-        result = train_bi_encoder(
-            init_model,
-            train,
-            out_dir,
-            core,
-            val=val,
-            card=lineage,
-            base_val_ndcg10=base_val,
-            resume_from=resume_from,
-        )
-    elif result is None:
-        # Validation chooses the step count and merge weight on a first training; the refit then
-        # trains every question with them. The first model is only a means to those choices.
-        selection_dir = store.path("models", f"selection-{run_key}")
-        selected = train_bi_encoder(
-            init_model, train, selection_dir, core, val=val, base_val_ndcg10=base_val, resume_from=resume_from
-        )
-        shutil.rmtree(selection_dir, ignore_errors=True)
-        result = refit_bi_encoder(init_model, training_examples, out_dir, core, selected, card=lineage)
-    else:
-        context.log.info("reusing %s: trained before on the same data, config and base model", out_dir)
-    if resume_from is not None:
-        context.log.info("resumed from recipe selection's checkpoint at step %s", result.resumed_from_step)
-        drop_checkpoint(resume_from)  # the finished model supersedes it
-    context.log.info(
-        "recipe %s: trained %d steps at %.2f examples/s; val nDCG@10 base %s -> %s (merge %.2f)%s",
-        preset.name,
-        result.steps,
-        result.examples_per_second,
-        result.base_val_ndcg10,
-        result.best_val_ndcg10,
-        result.merge_weight,
-        f"; refit on {result.refit['rows']} rows" if result.refit else "",
+    lineage, validation_optimistic = _model_lineage(
+        context, preset.name, init_model, start_from, refit, selection
     )
+    trained = fine_tune(
+        init_model,
+        training_examples,
+        val,
+        core,
+        out_dir,
+        refit=refit,
+        selection_cache=store.path("recipe_selection"),
+        card=lineage,
+    )
+    result, reused = trained.result, trained.reused
+    _log_training(context, preset.name, trained, out_dir)
     # The trainer's log history (also in embed_assets_training.json beside the model) as curves.
     curves = training_curves_png(result.history)
     png_path = store.path("reports", context.run_id, "finetuned_model", "training_curves.png")
@@ -442,25 +453,9 @@ def finetuned_model(
         },
         data_version=dg.DataVersion(run_key),
         metadata={
-            "path": dg.MetadataValue.path(str(out_dir.resolve())),
+            **_model_metadata(result, out_dir, reused, settings),
             "recipe": preset.name,
-            "reused_trained_model": reused,
-            "artifacts": dg.MetadataValue.json(artifact_hashes(out_dir)),
-            "steps": result.steps,
-            "selected_step": result.best_step or result.steps,
-            "resumed_from_selection_step": result.resumed_from_step or 0,
-            "train_rows": result.train_rows,
-            "refit": bool(result.refit),
-            "refit_rows": (result.refit or {}).get("rows", 0),
-            "examples_per_second": result.examples_per_second,
-            "train_seconds": result.train_seconds,
-            "device": result.device,
-            "val_ndcg10_base": result.base_val_ndcg10,
-            "val_ndcg10_selected": result.best_val_ndcg10,
             "validation_optimistic": validation_optimistic,
-            "merge_weight": result.merge_weight,
-            "merge_candidates": dg.MetadataValue.json(result.merge_candidates),
-            "training_config": dg.MetadataValue.json(settings),
             **report,
             **lineage,
             **stage_metrics(start),
