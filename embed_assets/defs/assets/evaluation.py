@@ -13,24 +13,19 @@ from embed_assets.defs.assets.teacher import teacher_cache
 from embed_assets.defs.configs import RetrievalEvalConfig
 from embed_assets.defs.metadata import counts_table, image, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, TeacherResource
-from embed_assets.evaluation.gate import no_regression
-from embed_assets.evaluation.general import general_retrieval_set
-from embed_assets.evaluation.labelled import document_run, labelled_queries_of, without_queries_that_chose
+from embed_assets.evaluation.labelled import LabelledQueries, labelled_queries_of, without_queries_that_chose
 from embed_assets.evaluation.metrics import (
     DEFAULT_METRICS,
-    compare_runs,
     delta_points,
-    ir_metrics,
     markdown_table,
 )
 from embed_assets.evaluation.report import (
     evaluation_report_png,
     metric_slug,
-    per_query_frame,
-    query_set_version,
     top_movers,
 )
-from embed_assets.evaluation.retrieval import load_beir, retrieve
+from embed_assets.evaluation.retrieval import load_beir
+from embed_assets.evaluation.stage import LABELLED, SET_KEYS, SYNTHETIC, Evaluation, Side, evaluate_models
 from embed_assets.export.onnx_encoder import corpus_encoder
 from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache, model_key, read_vectors
 from embed_assets.lineage import code_version
@@ -171,6 +166,7 @@ def _without_per_query(comparison: dict) -> dict:
         "embed_assets.evaluation.retrieval",
         "embed_assets.evaluation.labelled",
         "embed_assets.evaluation.gate",
+        "embed_assets.evaluation.stage",
         "embed_assets.export.onnx_encoder",
     ),
     kinds={"beir"},
@@ -204,22 +200,84 @@ def retrieval_eval(
     folder = beir_dir(store, qa_splits, document_chunks)
     corpus, queries, qrels = load_beir(folder, "test")
     # Read the labelled set first: a naming mistake should fail before minutes of encoding.
-    labelled = None
-    if config.labelled_queries_dir:
-        labelled = without_queries_that_chose(
-            labelled_queries_of(config.labelled_queries_dir, config.labelled_queries_split, source_documents),
-            finetuned_model.get("selection_query_texts") or {},
+    labelled = _labelled_queries(context, config, source_documents, finetuned_model)
+    sides, encoder = _model_sides(finetuned_model, base_chunk_index, base_model, store, corpus)
+    evaluation = evaluate_models(
+        sides,
+        corpus,
+        queries,
+        qrels,
+        top_k=config.top_k,
+        gate_metrics=config.gate_metrics,
+        tolerance_points=config.tolerance_points,
+        labelled=labelled,
+        chunk_document=dict(zip(document_chunks["chunk_id"], document_chunks["doc_path"], strict=True)),
+        teacher_score=_teacher_side(teacher, store, base_chunk_index, corpus),
+    )
+    for name, result in evaluation.sets.items():
+        context.log.info(
+            "%s nDCG@10 (%d queries): base %.4f, fine-tuned %.4f (%+.2f points)",
+            name,
+            result.queries,
+            result.comparison["base"]["NDCG@10"],
+            result.comparison["fine_tuned"]["NDCG@10"],
+            delta_points(result.comparison),
         )
-        if chose := labelled.skipped.get("query_chose_the_model"):
-            context.log.warning(
-                "%d labelled queries of %s chose the fine-tuned model: they are left out of its evaluation",
-                chose,
-                labelled.source,
-            )
-    # Each model's corpus embeddings are computed once and serve both query sets. The base
-    # model's are already in the LanceDB index (same model, same chunk texts), and its query
-    # vectors in the index's embedding cache; the fine-tuned model's are cached by chunk content
-    # too, so evaluating again (labelled queries added, another top_k) embeds nothing twice.
+    value = _evaluation_value(evaluation, qa_splits, folder, finetuned_model, labelled, teacher)
+    metadata = {
+        **{f"fine_tuned_{k}": v for k, v in encoder.items()},
+        **_evaluation_metadata(evaluation, value, labelled),
+        **_report(context, store, evaluation, value),
+        "beir_dir": dg.MetadataValue.path(str(folder.resolve())),
+        "finetuned_model_path": dg.MetadataValue.path(finetuned_model["path"]),
+        "training_examples_version": finetuned_model.get("training_examples_version", ""),
+        "model_selected_on": value["model_selected_on"],
+        "labelled_queries_used_for_selection": value["labelled_queries_used_for_selection"],
+        **stage_metrics(start),
+    }
+    # Runs can be filtered by the test sets they were scored on (Runs page, tag filter).
+    context.instance.add_run_tags(
+        context.run_id,
+        {f"embed_assets/{SET_KEYS[name]}_set_version": r.version for name, r in evaluation.sets.items()},
+    )
+    return dg.MaterializeResult(value=value, metadata=metadata, check_results=_checks(evaluation, config))
+
+
+def _labelled_queries(
+    context: dg.AssetExecutionContext,
+    config: RetrievalEvalConfig,
+    source_documents: pl.DataFrame,
+    finetuned_model: dict,
+) -> LabelledQueries | None:
+    """The labelled queries to score on (None without), less those that chose the model."""
+    if not config.labelled_queries_dir:
+        return None
+    labelled = without_queries_that_chose(
+        labelled_queries_of(config.labelled_queries_dir, config.labelled_queries_split, source_documents),
+        finetuned_model.get("selection_query_texts") or {},
+    )
+    if chose := labelled.skipped.get("query_chose_the_model"):
+        context.log.warning(
+            "%d labelled queries of %s chose the fine-tuned model: they are left out of its evaluation",
+            chose,
+            labelled.source,
+        )
+    return labelled
+
+
+def _model_sides(
+    finetuned_model: dict,
+    base_chunk_index: dict,
+    base_model: BaseModelResource,
+    store: ArtifactStoreResource,
+    corpus: dict[str, str],
+) -> tuple[dict[str, Side], dict]:
+    """Base and fine-tuned, each with its vectors of ``corpus``; and how the fine-tuned encodes.
+
+    Each model's corpus embeddings are computed once and serve every query set. The base model's
+    are already in the LanceDB index (same model, same chunk texts), and its query vectors in the
+    index's embedding cache; the fine-tuned model's are cached by chunk content too, so evaluating
+    again (labelled queries added, another top_k) embeds nothing twice."""
     base, tuned = base_model.load(), load_model(finetuned_model["path"])
     base_embed = None
     if base_chunk_index.get("model") == base_model.path():
@@ -243,45 +301,36 @@ def retrieval_eval(
     tuned_vectors = tuned_cache.vectors(
         pl.DataFrame({"chunk_id": list(corpus), "text": list(corpus.values())}), tuned
     )
-    tuned_embed = partial(tuned_cache.text_vectors, model=tuned)
-    # (model, its corpus vectors, how it embeds other texts: None encodes them)
-    sides = {"base": (base, base_vectors, base_embed), "fine_tuned": (tuned, tuned_vectors, tuned_embed)}
-
-    def run(side, qs, top_k):
-        model, vectors, embed = sides[side]
-        return retrieve(model, corpus, qs, top_k=top_k, corpus_vectors=vectors, embed=embed)
-
-    synthetic_runs = (
-        run("base", queries, config.top_k),
-        run("fine_tuned", queries, config.top_k),
-    )
-    synthetic = compare_runs(qrels, *synthetic_runs)
-    evaluations = {"synthetic test split": synthetic}
-    # The teacher, zero-shot on the same queries: not gated, it shows how far the student got.
-    teacher_score = _teacher_side(teacher, store, base_chunk_index, corpus)
-    teacher_scores: dict[str, dict[str, dict[str, float]]] = {}
-    if teacher_score is not None:
-        teacher_scores["synthetic test split"] = {
-            "base": synthetic["base"],
-            "fine-tuned": synthetic["fine_tuned"],
-            "teacher": ir_metrics(qrels, teacher_score(queries, synthetic_runs[0], config.top_k)),
-        }
-    versions = {"synthetic": query_set_version(queries, qrels, list(corpus))}
-    frames = {
-        "synthetic test split": per_query_frame(
-            "synthetic", queries, qrels, *synthetic_runs, synthetic["per_query"]
-        )
+    sides = {
+        "base": Side(base, base_vectors, base_embed),
+        "fine_tuned": Side(tuned, tuned_vectors, partial(tuned_cache.text_vectors, model=tuned)),
     }
-    context.log.info(
-        "test nDCG@10: base %.4f, fine-tuned %.4f (%+.2f points)",
-        synthetic["base"]["NDCG@10"],
-        synthetic["fine_tuned"]["NDCG@10"],
-        delta_points(synthetic),
-    )
+    return sides, tuned_encoder.metadata()
+
+
+def _teacher_scores(evaluation: Evaluation) -> dict[str, dict[str, dict[str, float]]]:
+    """Per query set that the teacher answered: base, fine-tuned and teacher metrics."""
+    return {
+        name: {"base": r.comparison["base"], "fine-tuned": r.comparison["fine_tuned"], "teacher": r.teacher}
+        for name, r in evaluation.sets.items()
+        if r.teacher is not None
+    }
+
+
+def _evaluation_value(
+    evaluation: Evaluation,
+    qa_splits: pl.DataFrame,
+    folder: Path,
+    finetuned_model: dict,
+    labelled: LabelledQueries | None,
+    teacher: TeacherResource,
+) -> dict:
+    """The asset's value: every figure, what was scored and what chose the model."""
+    synthetic = evaluation.sets[SYNTHETIC]
     value = {
-        **_without_per_query(synthetic),
-        "test_queries": len(queries),
-        "test_set_version": versions["synthetic"],
+        **_without_per_query(synthetic.comparison),
+        "test_queries": synthetic.queries,
+        "test_set_version": synthetic.version,
         "beir_dir": str(folder.resolve()),
         "base_model": finetuned_model["base_model"],
         "finetuned_model": finetuned_model["path"],
@@ -290,193 +339,140 @@ def retrieval_eval(
         "labelled_queries_used_for_selection": finetuned_model.get(
             "labelled_queries_used_for_selection", False
         ),
-    }
-    # Per question generator: with recipe auto the test split holds every generator's questions,
-    # the model trained on the chosen recipe's; this shows which kinds of question gained.
-    by_generator = _by_generator(frames["synthetic test split"], qa_splits)
-    value["synthetic_by_generator"] = by_generator
-    metadata = {
-        "ndcg10_by_generator": dg.MetadataValue.md(_by_generator_markdown(by_generator)),
-        **{
-            f"ndcg10_delta_points[{g}]@synthetic-{versions['synthetic']}": dg.MetadataValue.float(
-                m["delta_points"]
-            )
-            for g, m in by_generator.items()
-        },
-        "metrics": dg.MetadataValue.md(synthetic["markdown"]),
-        **{f"fine_tuned_{k}": v for k, v in tuned_encoder.metadata().items()},
-        "test_queries": len(queries),
-        "synthetic_set_version": versions["synthetic"],
-        **_summary_metadata("", synthetic),
-        **_metric_metadata("synthetic", versions["synthetic"], synthetic),
-        **_movers_metadata("", frames["synthetic test split"]),
+        # Per question generator: with recipe auto the test split holds every generator's questions,
+        # the model trained on the chosen recipe's; this shows which kinds of question gained.
+        "synthetic_by_generator": _by_generator(synthetic.frame, qa_splits),
+        "general_domain": evaluation.general,
     }
     if labelled is not None:
-        chunk_document = dict(zip(document_chunks["chunk_id"], document_chunks["doc_path"], strict=True))
-        # Several chunks of one document collapse into one hit: rank chunks 10x deeper than
-        # the documents kept, so that top_k distinct documents are still there.
-        depth = min(len(corpus), 10 * config.top_k)
-        base_chunks = run("base", labelled.queries, depth)
-        labelled_runs = (
-            document_run(base_chunks, chunk_document, config.top_k),
-            document_run(run("fine_tuned", labelled.queries, depth), chunk_document, config.top_k),
-        )
-        real = compare_runs(labelled.qrels, *labelled_runs)
-        if teacher_score is not None:
-            # a cross-encoder reranks the base's top_k chunks (as deep a pool as a reranker gets)
-            pool = {q: dict(list(hits.items())[: config.top_k]) for q, hits in base_chunks.items()}
-            teacher_chunks = teacher_score(labelled.queries, pool, depth)
-            teacher_scores["labelled queries"] = {
-                "base": real["base"],
-                "fine-tuned": real["fine_tuned"],
-                "teacher": ir_metrics(
-                    labelled.qrels, document_run(teacher_chunks, chunk_document, config.top_k)
-                ),
-            }
-        versions["labelled"] = query_set_version(labelled.queries, labelled.qrels, list(corpus))
-        frames["labelled queries"] = per_query_frame(
-            "labelled", labelled.queries, labelled.qrels, *labelled_runs, real["per_query"]
-        )
-        evaluations["labelled queries"] = real
-        context.log.info(
-            "labelled nDCG@10 (%d queries): base %.4f, fine-tuned %.4f (%+.2f points)",
-            len(labelled.queries),
-            real["base"]["NDCG@10"],
-            real["fine_tuned"]["NDCG@10"],
-            delta_points(real),
-        )
+        real = evaluation.sets[LABELLED]
         value["labelled"] = {
-            **_without_per_query(real),
-            "set_version": versions["labelled"],
+            **_without_per_query(real.comparison),
+            "set_version": real.version,
             "queries": len(labelled.queries),
             "source": labelled.source,
             "fingerprint": labelled.fingerprint,
             "skipped": labelled.skipped,
         }
-        metadata.update(
-            {
-                "labelled_metrics": dg.MetadataValue.md(real["markdown"]),
-                "labelled_queries": len(labelled.queries),
-                "labelled_source": dg.MetadataValue.path(labelled.source),
-                "labelled_fingerprint": labelled.fingerprint,
-                "labelled_skipped": counts_table(labelled.skipped),
-                "labelled_unknown_documents": ", ".join(labelled.unknown_documents) or "none",
-                "labelled_set_version": versions["labelled"],
-                **_summary_metadata("labelled_", real),
-                **_metric_metadata("labelled", versions["labelled"], real),
-                **_movers_metadata("labelled_", frames["labelled queries"]),
-            }
-        )
-    if teacher_scores:
+    if teacher_scores := _teacher_scores(evaluation):
         value["teacher"] = {
             "name": teacher.name_or_path,
             "kind": teacher.load().kind,
             **{name: sides["teacher"] for name, sides in teacher_scores.items()},
         }
-        metadata["teacher_vs_models"] = dg.MetadataValue.md(_teacher_markdown(teacher_scores))
-        metadata["teacher"] = teacher.name_or_path
-        for name, key in (("synthetic test split", "synthetic"), ("labelled queries", "labelled")):
-            if name in teacher_scores:
-                at = f"@{key}-{versions[key]}"
-                teacher_ndcg = teacher_scores[name]["teacher"]["NDCG@10"]
-                metadata[f"ndcg10_teacher{at}"] = dg.MetadataValue.float(round(teacher_ndcg, 4))
-                metadata[f"ndcg10_student_minus_teacher_points{at}"] = dg.MetadataValue.float(
-                    round((teacher_scores[name]["fine-tuned"]["NDCG@10"] - teacher_ndcg) * 100, 2)
-                )
-    # Forgetting: both models on a small general-domain set that ships with Python.
-    general_set = general_retrieval_set()
-    general_scores = {
-        side: ir_metrics(
-            general_set.qrels,
-            retrieve(model, general_set.corpus, general_set.queries, top_k=config.top_k, embed=embed),
-        )["NDCG@10"]
-        for side, (model, _, embed) in sides.items()
+    return value
+
+
+def _evaluation_metadata(evaluation: Evaluation, value: dict, labelled: LabelledQueries | None) -> dict:
+    """Tables to read and numbers Dagster plots across runs, per query set."""
+    synthetic = evaluation.sets[SYNTHETIC]
+    by_generator = value["synthetic_by_generator"]
+    metadata = {
+        "ndcg10_by_generator": dg.MetadataValue.md(_by_generator_markdown(by_generator)),
+        **{
+            f"ndcg10_delta_points[{g}]@synthetic-{synthetic.version}": dg.MetadataValue.float(
+                m["delta_points"]
+            )
+            for g, m in by_generator.items()
+        },
+        "metrics": dg.MetadataValue.md(synthetic.comparison["markdown"]),
+        "test_queries": value["test_queries"],
+        "synthetic_set_version": synthetic.version,
+        **_summary_metadata("", synthetic.comparison),
+        **_metric_metadata("synthetic", synthetic.version, synthetic.comparison),
+        **_movers_metadata("", synthetic.frame),
     }
-    forgetting = (general_scores["base"] - general_scores["fine_tuned"]) * 100
-    general = {**general_scores, "queries": len(general_set.queries), "documents": len(general_set.corpus)}
-    general.update(version=general_set.version, forgetting_points=round(forgetting, 2))
-    value["general_domain"] = general
-    at = f"@general-{general_set.version}"
-    metadata.update(
-        {
-            f"ndcg10_base{at}": dg.MetadataValue.float(round(general_scores["base"], 4)),
-            f"ndcg10_fine_tuned{at}": dg.MetadataValue.float(round(general_scores["fine_tuned"], 4)),
-            f"forgetting_points{at}": dg.MetadataValue.float(round(forgetting, 2)),
-        }
-    )
-    # Per-query results and the report, kept per run beside the other artifacts.
+    if labelled is not None:
+        real = evaluation.sets[LABELLED]
+        metadata.update(
+            {
+                "labelled_metrics": dg.MetadataValue.md(real.comparison["markdown"]),
+                "labelled_queries": len(labelled.queries),
+                "labelled_source": dg.MetadataValue.path(labelled.source),
+                "labelled_fingerprint": labelled.fingerprint,
+                "labelled_skipped": counts_table(labelled.skipped),
+                "labelled_unknown_documents": ", ".join(labelled.unknown_documents) or "none",
+                "labelled_set_version": real.version,
+                **_summary_metadata("labelled_", real.comparison),
+                **_metric_metadata("labelled", real.version, real.comparison),
+                **_movers_metadata("labelled_", real.frame),
+            }
+        )
+    if teacher_scores := _teacher_scores(evaluation):
+        metadata["teacher_vs_models"] = dg.MetadataValue.md(_teacher_markdown(teacher_scores))
+        metadata["teacher"] = value["teacher"]["name"]
+        for name, scores in teacher_scores.items():
+            at = f"@{SET_KEYS[name]}-{evaluation.sets[name].version}"
+            teacher_ndcg = scores["teacher"]["NDCG@10"]
+            metadata[f"ndcg10_teacher{at}"] = dg.MetadataValue.float(round(teacher_ndcg, 4))
+            metadata[f"ndcg10_student_minus_teacher_points{at}"] = dg.MetadataValue.float(
+                round((scores["fine-tuned"]["NDCG@10"] - teacher_ndcg) * 100, 2)
+            )
+    general, at = evaluation.general, f"@general-{evaluation.general['version']}"
+    metadata[f"ndcg10_base{at}"] = dg.MetadataValue.float(round(general["base"], 4))
+    metadata[f"ndcg10_fine_tuned{at}"] = dg.MetadataValue.float(round(general["fine_tuned"], 4))
+    metadata[f"forgetting_points{at}"] = dg.MetadataValue.float(general["forgetting_points"])
+    return metadata
+
+
+def _report(
+    context: dg.AssetExecutionContext, store: ArtifactStoreResource, evaluation: Evaluation, value: dict
+) -> dict:
+    """Per-query results and the report chart, kept per run beside the other artifacts; their
+    paths go into ``value`` and the metadata returned."""
     out_dir = store.path("reports", context.run_id, "retrieval_eval")
     per_query_path = out_dir / "per_query.parquet"
     per_query_path.parent.mkdir(parents=True, exist_ok=True)
+    frames = {name: r.frame for name, r in evaluation.sets.items()}
     pl.concat(list(frames.values())).write_parquet(per_query_path)
-    png = evaluation_report_png(evaluations, frames, general=general)
+    comparisons = {name: r.comparison for name, r in evaluation.sets.items()}
+    png = evaluation_report_png(comparisons, frames, general=evaluation.general)
     value.update(
         per_query_path=str(per_query_path.resolve()), report_path=str((out_dir / "report.png").resolve())
     )
-    metadata.update(
-        {
-            **image(png, out_dir / "report.png", "report"),
-            "per_query_path": dg.MetadataValue.path(str(per_query_path.resolve())),
-        }
-    )
-    # Runs can be filtered by the test sets they were scored on (Runs page, tag filter).
-    context.instance.add_run_tags(
-        context.run_id, {f"embed_assets/{name}_set_version": v for name, v in versions.items()}
-    )
-    # The gate: every gate metric of every evaluation within tolerance of the base model.
-    gate = no_regression(evaluations, config.gate_metrics, config.tolerance_points)
-    deltas, regressions, failed = gate.deltas, gate.regressions, gate.failed
-    metadata.update(
-        {
-            "beir_dir": dg.MetadataValue.path(str(folder.resolve())),
-            "finetuned_model_path": dg.MetadataValue.path(finetuned_model["path"]),
-            "training_examples_version": finetuned_model.get("training_examples_version", ""),
-            "model_selected_on": value["model_selected_on"],
-            "labelled_queries_used_for_selection": value["labelled_queries_used_for_selection"],
-            **stage_metrics(start),
-        }
-    )
-    return dg.MaterializeResult(
-        value=value,
-        metadata=metadata,
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="no_regression_vs_base",
-                passed=not failed,
-                severity=dg.AssetCheckSeverity.ERROR,
-                metadata={
-                    **{
-                        f"{metric.lower().replace('@', '')}_delta_points_{name.replace(' ', '_')}": round(
-                            d, 2
-                        )
-                        for (name, metric), d in deltas.items()
-                    },
-                    "gate_metrics": ", ".join(config.gate_metrics),
-                    "tolerance_points": config.tolerance_points,
-                    "regressed_on": ", ".join(failed) or "none",
-                    "regressions": "; ".join(f"{n} {m} {d:+.2f}" for (n, m), d in regressions.items())
-                    or "none",
+    return {
+        **image(png, out_dir / "report.png", "report"),
+        "per_query_path": dg.MetadataValue.path(str(per_query_path.resolve())),
+    }
+
+
+def _checks(evaluation: Evaluation, config: RetrievalEvalConfig) -> list[dg.AssetCheckResult]:
+    """The blocking no-regression gate and the general-domain forgetting warning."""
+    gate, general, forgetting = evaluation.gate, evaluation.general, evaluation.forgetting_points
+    return [
+        dg.AssetCheckResult(
+            check_name="no_regression_vs_base",
+            passed=gate.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                **{
+                    f"{metric.lower().replace('@', '')}_delta_points_{name.replace(' ', '_')}": round(d, 2)
+                    for (name, metric), d in gate.deltas.items()
                 },
-                description="fine-tuned must not fall below base on the gate metrics (default nDCG@10), on the "
-                "synthetic test split nor on the labelled queries when given; a regressed model is never exported",
-            ),
-            dg.AssetCheckResult(
-                check_name="general_domain_forgetting",
-                passed=forgetting <= config.max_forgetting_points,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={
-                    "ndcg10_base": round(general_scores["base"], 4),
-                    "ndcg10_fine_tuned": round(general_scores["fine_tuned"], 4),
-                    "forgetting_points": round(forgetting, 2),
-                    "max_forgetting_points": config.max_forgetting_points,
-                    "queries": len(general_set.queries),
-                    "documents": len(general_set.corpus),
-                    "set_version": general_set.version,
-                },
-                description=f"general-domain nDCG@10 {general_scores['base']:.4f} -> "
-                f"{general_scores['fine_tuned']:.4f}: "
-                + (f"forgot {forgetting:.2f} points" if forgetting > 0 else "no forgetting")
-                + f" (warns above {config.max_forgetting_points})",
-            ),
-        ],
-    )
+                "gate_metrics": ", ".join(config.gate_metrics),
+                "tolerance_points": config.tolerance_points,
+                "regressed_on": ", ".join(gate.failed) or "none",
+                "regressions": "; ".join(f"{n} {m} {d:+.2f}" for (n, m), d in gate.regressions.items())
+                or "none",
+            },
+            description="fine-tuned must not fall below base on the gate metrics (default nDCG@10), on the "
+            "synthetic test split nor on the labelled queries when given; a regressed model is never exported",
+        ),
+        dg.AssetCheckResult(
+            check_name="general_domain_forgetting",
+            passed=forgetting <= config.max_forgetting_points,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "ndcg10_base": round(general["base"], 4),
+                "ndcg10_fine_tuned": round(general["fine_tuned"], 4),
+                "forgetting_points": round(forgetting, 2),
+                "max_forgetting_points": config.max_forgetting_points,
+                "queries": general["queries"],
+                "documents": general["documents"],
+                "set_version": general["version"],
+            },
+            description=f"general-domain nDCG@10 {general['base']:.4f} -> {general['fine_tuned']:.4f}: "
+            + (f"forgot {forgetting:.2f} points" if forgetting > 0 else "no forgetting")
+            + f" (warns above {config.max_forgetting_points})",
+        ),
+    ]
