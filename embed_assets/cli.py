@@ -83,9 +83,7 @@ def build_run_config(args: argparse.Namespace) -> dict:
         if value is not None and value != "":
             _deep_set(run_config, path, value)
     if args.selection_split:  # a split of the labelled queries' folder (--labelled-queries or the YAML's)
-        folder = (
-            run_config.get("ops", {}).get("retrieval_eval", {}).get("config", {}).get("labelled_queries_dir")
-        )
+        folder = _get(run_config, ["ops", "retrieval_eval", "config"]).get("labelled_queries_dir")
         if folder and (args.labelled_queries or "selection_queries_dir" not in _get(run_config, training)):
             _deep_set(run_config, [*training, "selection_queries_dir"], folder)
     return run_config

@@ -113,7 +113,7 @@ def fine_tune(
             resume_from=resume_from,
         )
     else:
-        selection_dir = out_dir.with_name(out_dir.name.replace("finetuned-", "selection-", 1))
+        selection_dir = out_dir.with_name(f"{out_dir.name}.selection")  # deleted once it has chosen
         selected = train_bi_encoder(
             init_model,
             train,

@@ -665,7 +665,7 @@ MOVED_TO_TRAINING_RECIPE = ("training_examples", "finetuned_model")
 def _config_of(ops: Mapping, asset: str) -> dict | None:
     """``ops.<asset>.config`` as a dict ({} when absent); None when it is malformed."""
     entry = ops.get(asset) or {}
-    config = entry.get("config") or {} if isinstance(entry, Mapping) else None
+    config = (entry.get("config") or {}) if isinstance(entry, Mapping) else None
     return dict(config) if isinstance(config, Mapping) else None
 
 
