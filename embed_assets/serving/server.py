@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,74 @@ def _check_ids(ids: list, where: str) -> list[int]:
     return ids
 
 
+def _parse_input_list(raw: list) -> list[str | list[int]]:
+    """The inputs of a list ``input``: strings, one input's token ids, or one list of ids per input."""
+    if not raw:
+        raise RequestError("'input' must not be an empty list", "input")
+    # Every item must be of item 0's kind: a mix is ambiguous (one token-id input or several?).
+    kinds = [_kind(item) for item in raw]
+    bad = next((i for i, k in enumerate(kinds) if k != kinds[0] or k == "other"), None)
+    if bad is not None:
+        raise RequestError(
+            "'input' must be a string, a list of strings, a list of integer token ids or a list of "
+            "lists of token ids; "
+            + (
+                f"item {bad} is a {type(raw[bad]).__name__}"
+                if kinds[bad] == "other"
+                else f"item {bad} ({type(raw[bad]).__name__}) does not match item 0 ({type(raw[0]).__name__})"
+            ),
+            "input",
+        )
+    if kinds[0] == "str":
+        for i, item in enumerate(raw):
+            _check_text(item, f"input[{i}]")
+        return list(raw)
+    if kinds[0] == "int":
+        return [raw]  # one input given as token ids
+    return [_check_ids(item, f"input[{i}]") for i, item in enumerate(raw)]
+
+
+def _parse_inputs(body: dict, max_inputs: int) -> list[str | list[int]]:
+    """The validated ``input`` field of a body, as a list of inputs (each text or token ids)."""
+    if "input" not in body:
+        raise RequestError(
+            "'input' is required: a string, a list of strings, or token ids (a list of integers or a "
+            "list of such lists)",
+            "input",
+        )
+    raw = body["input"]
+    inputs: list[str | list[int]]
+    if isinstance(raw, str):
+        _check_text(raw, "'input'")
+        inputs = [raw]
+    elif isinstance(raw, list):
+        inputs = _parse_input_list(raw)
+    else:
+        raise RequestError(
+            f"'input' must be a string, a list of strings or token ids, got {type(raw).__name__}", "input"
+        )
+    if len(inputs) > max_inputs:
+        raise RequestError(
+            f"'input' has {len(inputs)} items; at most {max_inputs} are allowed per request", "input"
+        )
+    return inputs
+
+
+def _parse_model(body: dict, model_name: str | None) -> str | None:
+    """The requested ``model``, refused with 404 when it is not the served one."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError("'model' must be a string", "model")
+    if model is not None and model_name is not None and model != model_name:
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist; this server serves '{model_name}' (see GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
+    return model
+
+
 def parse_embeddings_request(
     body: Any, *, max_inputs: int, dim: int, model_name: str | None = None
 ) -> EmbeddingsRequest:
@@ -190,60 +259,9 @@ def parse_embeddings_request(
     """
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object", None)
-    if "input" not in body:
-        raise RequestError(
-            "'input' is required: a string, a list of strings, or token ids (a list of integers or a "
-            "list of such lists)",
-            "input",
-        )
-    raw = body["input"]
-    inputs: list[str | list[int]]
-    if isinstance(raw, str):
-        _check_text(raw, "'input'")
-        inputs = [raw]
-    elif isinstance(raw, list):
-        if not raw:
-            raise RequestError("'input' must not be an empty list", "input")
-        kinds = [_kind(item) for item in raw]
-        bad = next((i for i, k in enumerate(kinds) if k != kinds[0] or k == "other"), None)
-        if bad is not None:
-            raise RequestError(
-                "'input' must be a string, a list of strings, a list of integer token ids or a list of "
-                "lists of token ids; "
-                + (
-                    f"item {bad} is a {type(raw[bad]).__name__}"
-                    if kinds[bad] == "other"
-                    else f"item {bad} ({type(raw[bad]).__name__}) does not match item 0 ({type(raw[0]).__name__})"
-                ),
-                "input",
-            )
-        if kinds[0] == "str":
-            for i, item in enumerate(raw):
-                _check_text(item, f"input[{i}]")
-            inputs = list(raw)
-        elif kinds[0] == "int":
-            inputs = [raw]  # one input given as token ids
-        else:
-            inputs = [_check_ids(item, f"input[{i}]") for i, item in enumerate(raw)]
-    else:
-        raise RequestError(
-            f"'input' must be a string, a list of strings or token ids, got {type(raw).__name__}", "input"
-        )
-    if len(inputs) > max_inputs:
-        raise RequestError(
-            f"'input' has {len(inputs)} items; at most {max_inputs} are allowed per request", "input"
-        )
-
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise RequestError("'model' must be a string", "model")
-    if model is not None and model_name is not None and model != model_name:
-        raise ApiError(
-            404,
-            f"The model '{model}' does not exist; this server serves '{model_name}' (see GET /v1/models)",
-            param="model",
-            code="model_not_found",
-        )
+    # Fields are checked in this order so the error a client sees names the first bad field.
+    inputs = _parse_inputs(body, max_inputs)
+    model = _parse_model(body, model_name)
     encoding_format = body.get("encoding_format")
     if encoding_format is None:
         encoding_format = "float"
@@ -322,6 +340,215 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _decode_json(raw: bytes) -> Any:
+    """The parsed request body, or a 400 saying why it is not JSON."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise RequestError("request body nests JSON too deeply", None) from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError (bytes that are not UTF-8)
+        raise RequestError("request body is not valid JSON", None) from None
+
+
+def _too_long_error(exc: InputTooLongError) -> RequestError:
+    """The 400 ``context_length_exceeded`` for an input over the model's length, naming the fix."""
+    return RequestError(
+        f"input[{exc.index}] has {'more than ' if exc.at_least else ''}{exc.n_tokens} tokens (special "
+        "tokens and prompt included); this "
+        f'model reads at most {exc.max_tokens}. Shorten it, or send "truncate": "END" to have '
+        "its end cut",
+        "input",
+        code="context_length_exceeded",
+    )
+
+
+def _embeddings_payload(
+    model_name: str, req: EmbeddingsRequest, ids: list[list[int]], vectors: Any
+) -> dict[str, Any]:
+    """OpenAI's ``/v1/embeddings`` response body; usage counts the tokens the model read."""
+    n_tokens = sum(len(row) for row in ids)
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode_vector(vec, req.encoding_format)}
+        for i, vec in enumerate(vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": model_name,
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+    }
+
+
+@dataclass(frozen=True)
+class _ServerState:
+    """What the route handlers share, held explicitly rather than captured by closures.
+
+    Attributes:
+        embedder: the backend (``OnnxEmbedder`` or one passed to ``create_app``).
+        batcher: batches requests' inputs into model calls.
+        decoder: turns OpenAI token ids back into text.
+        name: the served model's name.
+        created: when the app was built (Unix seconds), reported by ``/v1/models``.
+        max_inputs: most inputs in one request.
+        max_body_bytes: largest request body.
+        max_queued_inputs: inputs allowed to wait for the model (reported by ``/health``).
+    """
+
+    embedder: Any
+    batcher: MicroBatcher
+    decoder: TokenIdDecoder
+    name: str
+    created: int
+    max_inputs: int
+    max_body_bytes: int
+    max_queued_inputs: int
+
+    async def embeddings(self, request: Request) -> JSONResponse:
+        """``POST /v1/embeddings``."""
+        raw = await read_body(request, self.max_body_bytes)
+        body = _decode_json(raw)
+        req = parse_embeddings_request(
+            body, max_inputs=self.max_inputs, dim=self.embedder.dim, model_name=self.name
+        )
+        ids = await _tokenize(self, req)
+        vectors = await _embed(self.batcher, ids)
+        return JSONResponse(_embeddings_payload(self.name, req, ids, vectors))
+
+    async def models(self, request: Request) -> JSONResponse:
+        """``GET /v1/models``: the one served model."""
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": self.name, "object": "model", "created": self.created, "owned_by": "embed_assets"}
+                ],
+            }
+        )
+
+    async def health(self, request: Request) -> JSONResponse:
+        """``GET /health``: what is loaded, the limits and the batcher's counters."""
+        return JSONResponse(_health_payload(self))
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Stop the batcher's worker when the server shuts down."""
+        yield
+        self.batcher.close()
+
+
+def _prepare_ids(state: _ServerState, req: EmbeddingsRequest) -> list[list[int]]:
+    """Token ids of every input: ids decoded to text, prompt added, tokenised, length-checked."""
+    texts = []
+    for i, item in enumerate(req.inputs):
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        try:
+            texts.append(state.decoder.decode(item))
+        except TokenIdError as exc:
+            raise TokenIdError(f"input[{i}]: {exc}") from None
+    embedder = state.embedder
+    prompt = resolve_prompt(embedder.prompts, embedder.default_prompt_name, req.input_type)
+    if prompt:
+        texts = [prompt + text for text in texts]
+    return embedder.tokenizer.encode(texts, truncate=req.truncate)
+
+
+async def _tokenize(state: _ServerState, req: EmbeddingsRequest) -> list[list[int]]:
+    """``_prepare_ids`` off or on the event loop by request size; its failures become 400s."""
+    try:
+        heavy = any(not isinstance(x, str) for x in req.inputs) or (
+            sum(len(x) for x in req.inputs) > _INLINE_TOKENIZE_CHARS
+        )
+        # Small text requests are tokenised right here (microseconds); large ones and token ids
+        # (the vocabulary may load on first use) on a worker thread, so the loop keeps serving.
+        return await anyio.to_thread.run_sync(_prepare_ids, state, req) if heavy else _prepare_ids(state, req)
+    except TokenIdError as exc:
+        raise RequestError(str(exc), "input") from None
+    except InputTooLongError as exc:
+        raise _too_long_error(exc) from None
+
+
+async def _embed(batcher: MicroBatcher, ids: list[list[int]]) -> Any:
+    """The vectors for ``ids``; a full queue is 503 with ``Retry-After``, a model failure 500."""
+    try:
+        return await batcher.embed(ids)
+    except Overloaded as exc:
+        raise ApiError(
+            503,
+            f"server overloaded: {exc.queued} inputs are waiting (limit {exc.limit}); retry shortly",
+            code="server_overloaded",
+            headers={"Retry-After": "1"},
+        ) from None
+    except Exception:  # the model call failed (the batcher logged it): a JSON 500, connection kept
+        raise ApiError(500, "The server had an error while processing your request") from None
+
+
+def _health_payload(state: _ServerState) -> dict[str, Any]:
+    """The ``/health`` body, read afresh on each call so the batcher's counters are current."""
+    embedder, batcher = state.embedder, state.batcher
+    session = getattr(embedder, "session", None)
+    return {
+        "status": "ok",
+        "model": state.name,
+        "embedding_dim": embedder.dim,
+        "max_seq_length": embedder.max_seq_length,
+        "int8": getattr(embedder, "int8", False),
+        "providers": session.get_providers() if session is not None else [],
+        "prompts": embedder.prompts,
+        "limits": {
+            "max_body_bytes": state.max_body_bytes,
+            "max_inputs": state.max_inputs,
+            "max_queued_inputs": state.max_queued_inputs,
+        },
+        "batcher": {
+            "max_batch_size": batcher.max_batch_size,
+            "queued_inputs": batcher.queued,
+            "model_calls": batcher.calls,
+            "inputs_embedded": batcher.inputs_done,
+        },
+    }
+
+
+async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+    """Answer an ``ApiError`` in OpenAI's error shape."""
+    return error_response(exc.status, exc.message, param=exc.param, code=exc.code, headers=exc.headers)
+
+
+async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own 404/405 (and other HTTP errors) in OpenAI's error shape."""
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = exc.detail
+    return error_response(exc.status_code, message, headers=exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Any other failure: a JSON 500."""
+    # Starlette logs the traceback; the client gets no internals.
+    return error_response(500, "The server had an error while processing your request")
+
+
+def _build_app(state: _ServerState) -> Starlette:
+    """The Starlette app serving ``state``'s routes, every error answered in OpenAI's shape."""
+    return Starlette(
+        routes=[
+            Route("/v1/embeddings", state.embeddings, methods=["POST"]),
+            Route("/v1/models", state.models, methods=["GET"]),
+            Route("/health", state.health, methods=["GET"]),
+        ],
+        exception_handlers={
+            ApiError: _on_api_error,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected,
+        },
+        lifespan=state.lifespan,
+    )
+
+
 def create_app(
     onnx_dir: Path | str | None = None,
     *,
@@ -361,7 +588,6 @@ def create_app(
             raise ValueError("give onnx_dir or embedder")
         embedder = OnnxEmbedder(onnx_dir, int8=int8, intra_op_num_threads=intra_op_num_threads, spin=spin)
     name = model_name or (Path(onnx_dir).resolve().name if onnx_dir is not None else "embeddings")
-    created = int(time.time())
     batcher = MicroBatcher(
         embedder.embed_ids,
         embedder.dim,
@@ -369,139 +595,17 @@ def create_app(
         max_wait_ms=max_wait_ms,
         max_queued_inputs=max_queued_inputs,
     )
-    decoder = TokenIdDecoder()
-
-    def prepare(req: EmbeddingsRequest) -> list[list[int]]:
-        """Token ids of every input: ids decoded to text, prompt added, tokenised, length-checked."""
-        texts = []
-        for i, item in enumerate(req.inputs):
-            if isinstance(item, str):
-                texts.append(item)
-                continue
-            try:
-                texts.append(decoder.decode(item))
-            except TokenIdError as exc:
-                raise TokenIdError(f"input[{i}]: {exc}") from None
-        prompt = resolve_prompt(embedder.prompts, embedder.default_prompt_name, req.input_type)
-        if prompt:
-            texts = [prompt + text for text in texts]
-        return embedder.tokenizer.encode(texts, truncate=req.truncate)
-
-    async def embeddings(request: Request) -> JSONResponse:
-        raw = await read_body(request, max_body_bytes)
-        try:
-            body = json.loads(raw)
-        except RecursionError:
-            raise RequestError("request body nests JSON too deeply", None) from None
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError (bytes that are not UTF-8)
-            raise RequestError("request body is not valid JSON", None) from None
-        req = parse_embeddings_request(body, max_inputs=max_inputs, dim=embedder.dim, model_name=name)
-        try:
-            heavy = any(not isinstance(x, str) for x in req.inputs) or (
-                sum(len(x) for x in req.inputs) > _INLINE_TOKENIZE_CHARS
-            )
-            # Small text requests are tokenised right here (microseconds); large ones and token ids
-            # (the vocabulary may load on first use) on a worker thread, so the loop keeps serving.
-            ids = await anyio.to_thread.run_sync(prepare, req) if heavy else prepare(req)
-        except TokenIdError as exc:
-            raise RequestError(str(exc), "input") from None
-        except InputTooLongError as exc:
-            raise RequestError(
-                f"input[{exc.index}] has {'more than ' if exc.at_least else ''}{exc.n_tokens} tokens (special "
-                "tokens and prompt included); this "
-                f'model reads at most {exc.max_tokens}. Shorten it, or send "truncate": "END" to have '
-                "its end cut",
-                "input",
-                code="context_length_exceeded",
-            ) from None
-        try:
-            vectors = await batcher.embed(ids)
-        except Overloaded as exc:
-            raise ApiError(
-                503,
-                f"server overloaded: {exc.queued} inputs are waiting (limit {exc.limit}); retry shortly",
-                code="server_overloaded",
-                headers={"Retry-After": "1"},
-            ) from None
-        except Exception:  # the model call failed (the batcher logged it): a JSON 500, connection kept
-            raise ApiError(500, "The server had an error while processing your request") from None
-        n_tokens = sum(len(row) for row in ids)
-        data = [
-            {"object": "embedding", "index": i, "embedding": _encode_vector(vec, req.encoding_format)}
-            for i, vec in enumerate(vectors)
-        ]
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": data,
-                "model": name,
-                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-            }
-        )
-
-    async def models(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": name, "object": "model", "created": created, "owned_by": "embed_assets"}],
-            }
-        )
-
-    async def health(request: Request) -> JSONResponse:
-        session = getattr(embedder, "session", None)
-        return JSONResponse(
-            {
-                "status": "ok",
-                "model": name,
-                "embedding_dim": embedder.dim,
-                "max_seq_length": embedder.max_seq_length,
-                "int8": getattr(embedder, "int8", False),
-                "providers": session.get_providers() if session is not None else [],
-                "prompts": embedder.prompts,
-                "limits": {
-                    "max_body_bytes": max_body_bytes,
-                    "max_inputs": max_inputs,
-                    "max_queued_inputs": max_queued_inputs,
-                },
-                "batcher": {
-                    "max_batch_size": batcher.max_batch_size,
-                    "queued_inputs": batcher.queued,
-                    "model_calls": batcher.calls,
-                    "inputs_embedded": batcher.inputs_done,
-                },
-            }
-        )
-
-    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, param=exc.param, code=exc.code, headers=exc.headers)
-
-    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            message = f"Invalid URL ({request.method} {request.url.path})"
-        elif exc.status_code == 405:
-            message = f"Method {request.method} is not allowed on {request.url.path}"
-        else:
-            message = exc.detail
-        return error_response(exc.status_code, message, headers=exc.headers)
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Starlette logs the traceback; the client gets no internals.
-        return error_response(500, "The server had an error while processing your request")
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette):
-        yield
-        batcher.close()
-
-    app = Starlette(
-        routes=[
-            Route("/v1/embeddings", embeddings, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-        ],
-        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected},
-        lifespan=lifespan,
+    state = _ServerState(
+        embedder=embedder,
+        batcher=batcher,
+        decoder=TokenIdDecoder(),
+        name=name,
+        created=int(time.time()),
+        max_inputs=max_inputs,
+        max_body_bytes=max_body_bytes,
+        max_queued_inputs=max_queued_inputs,
     )
+    app = _build_app(state)
     app.state.embedder = embedder
     app.state.batcher = batcher
     app.state.model_name = name
