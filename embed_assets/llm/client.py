@@ -620,22 +620,11 @@ class LLMClient:
             state.upcoming_sleep,
         )
 
-    async def _request(
-        self,
-        messages: list[dict[str, str]],
-        schema: type[BaseModel] | None,
-        *,
-        max_tokens: int | None = None,
-        retries: int | None = None,
-        preflight: bool = False,
-    ) -> tuple[str, dict[str, Any]]:
-        """Send one chat request with retries; returns (content, usage).
-
-        Raises ``_CallFailed`` once retries are exhausted or on a non-retryable error,
-        and :class:`LLMEndpointError` mid-run on 401/403/404 (they would fail every call).
-        """
+    def _completion_kwargs(
+        self, messages: list[dict[str, str]], schema: type[BaseModel] | None, max_tokens: int
+    ) -> dict[str, Any]:
+        """litellm's ``acompletion`` arguments for one request (no retries of its own)."""
         s = self.settings
-        max_tokens = max_tokens or s.max_tokens
         kwargs: dict[str, Any] = {
             "model": s.model,
             "messages": messages,
@@ -655,6 +644,40 @@ class LLMClient:
             kwargs["shared_session"] = session
         if schema is not None and self._use_json_schema:
             kwargs["response_format"] = response_format(schema)
+        return kwargs
+
+    def _reply(self, resp: Any, estimate: float) -> tuple[str, dict[str, Any]]:
+        """(content, usage) of a completion; settles the token budget's estimate against the
+        tokens the provider counted."""
+        usage = getattr(resp, "usage", None)
+        total = getattr(usage, "total_tokens", None)
+        if self._tpm and isinstance(total, int):
+            (self._tpm.refund if total < estimate else self._tpm.debit)(abs(estimate - total))
+        message = resp.choices[0].message
+        content = message.content or ""
+        refusal = getattr(message, "refusal", None)
+        if refusal and not content:
+            content = _REFUSAL_MARK + str(refusal)
+        finish = getattr(resp.choices[0], "finish_reason", None)
+        return content, {"total_tokens": total, "finish_reason": finish}
+
+    async def _request(
+        self,
+        messages: list[dict[str, str]],
+        schema: type[BaseModel] | None,
+        *,
+        max_tokens: int | None = None,
+        retries: int | None = None,
+        preflight: bool = False,
+    ) -> tuple[str, dict[str, Any]]:
+        """Send one chat request with retries; returns (content, usage).
+
+        Raises ``_CallFailed`` once retries are exhausted or on a non-retryable error,
+        and :class:`LLMEndpointError` mid-run on 401/403/404 (they would fail every call).
+        """
+        s = self.settings
+        max_tokens = max_tokens or s.max_tokens
+        kwargs = self._completion_kwargs(messages, schema, max_tokens)
         estimate = sum(len(m["content"]) for m in messages) / 4 + max_tokens
         n_retries = s.max_retries if retries is None else retries
 
@@ -672,18 +695,7 @@ class LLMClient:
                 self.stats["preflight_calls" if preflight else "llm_calls"] += 1
                 # Belt and braces: litellm enforces `timeout`, this bounds anything it does not.
                 resp = await asyncio.wait_for(litellm.acompletion(**kwargs), timeout=s.timeout_s + 10)
-            usage = getattr(resp, "usage", None)
-            total = getattr(usage, "total_tokens", None)
-            if self._tpm and isinstance(total, int):
-                (self._tpm.refund if total < estimate else self._tpm.debit)(abs(estimate - total))
-            message = resp.choices[0].message
-            content = message.content or ""
-            refusal = getattr(message, "refusal", None)
-            if refusal and not content:
-                content = _REFUSAL_MARK + str(refusal)
-            finish = getattr(resp.choices[0], "finish_reason", None)
-            meta = {"total_tokens": total, "finish_reason": finish}
-            return content, meta
+            return self._reply(resp, estimate)
 
         try:
             async for state in AsyncRetrying(
