@@ -121,6 +121,73 @@ def _figure(rows: int, cols: int, width: float = 6.0, height: float = 3.6):
     return Figure(figsize=(width * cols, height * rows), layout="constrained")
 
 
+def _metric_bars(ax, name: str, comparison: Mapping, metrics: Sequence[str]) -> None:
+    """Base vs fine-tuned bars per metric on ``ax``, with 95% bootstrap intervals of each mean
+    and the paired-bootstrap gain written above each pair."""
+    per_query, sig = comparison["per_query"], comparison["significance"]
+    x = np.arange(len(metrics))
+    for offset, side, colour, label in (
+        (-0.2, "base", BASE_COLOUR, "base"),
+        (0.2, "fine_tuned", TUNED_COLOUR, "fine-tuned"),
+    ):
+        means = [comparison[side][m] for m in metrics]
+        cis = [bootstrap_mean_ci(per_query[side][m]) for m in metrics]
+        # Error bars are distances from the mean; clamp at 0 so a degenerate CI draws nothing.
+        err = np.array(
+            [[max(0.0, mu - lo), max(0.0, hi - mu)] for mu, (lo, hi) in zip(means, cis, strict=True)]
+        )
+        ax.bar(x + offset, means, 0.4, yerr=err.T, capsize=2, color=colour, label=label)
+    for i, m in enumerate(metrics):
+        s = sig[m]
+        top = max(comparison["base"][m], comparison["fine_tuned"][m])
+        ax.annotate(
+            f"{s['delta']:+.1f}\n[{s['ci95_low']:+.1f}, {s['ci95_high']:+.1f}]",
+            (i, min(top + 0.08, 1.12)),  # capped so the label stays inside the 0..1.25 axis
+            ha="center",
+            fontsize=6.5,
+        )
+    ax.set_xticks(x, metrics, fontsize=7)
+    ax.set_ylim(0, 1.25)
+    ax.set_ylabel("score")
+    ax.legend(fontsize=7, loc="lower right")
+    queries = next(iter(per_query["base"].values()), {})
+    ax.set_title(f"{name} ({len(queries)} queries): gain in points, 95% paired-bootstrap CI", fontsize=9)
+
+
+def _gain_histogram(ax, name: str, frame: pl.DataFrame | None) -> None:
+    """Histogram of the per-query nDCG@10 gains (points) of ``frame`` on ``ax``, with their mean."""
+    deltas = frame["ndcg10_delta"].to_numpy() * 100 if frame is not None else np.array([])
+    ax.hist(deltas, bins=np.linspace(-100, 100, 41), color=TUNED_COLOUR, edgecolor="white")
+    ax.axvline(0, color="black", linewidth=0.8)
+    if deltas.size:
+        ax.axvline(deltas.mean(), color="#d62728", linestyle="--", label=f"mean {deltas.mean():+.2f}")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("per-query nDCG@10 gain (points)")
+    ax.set_ylabel("queries")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(
+        f"{name}: {int((deltas > 0).sum())} gained, {int((deltas < 0).sum())} lost, "
+        f"{int((deltas == 0).sum())} unchanged",
+        fontsize=9,
+    )
+
+
+def _general_domain_bars(ax, general: Mapping) -> None:
+    """Base vs fine-tuned nDCG@10 on the general-domain set, titled with the forgetting."""
+    values = [general["base"], general["fine_tuned"]]
+    ax.barh(["base", "fine-tuned"], values, color=[BASE_COLOUR, TUNED_COLOUR])
+    for y, v in enumerate(values):
+        ax.annotate(f"{v:.3f}", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("nDCG@10")
+    drop = (general["base"] - general["fine_tuned"]) * 100
+    ax.set_title(
+        f"general domain ({general['queries']} queries): "
+        + (f"forgot {drop:.2f} points" if drop > 0 else f"no forgetting ({-drop:+.2f} points)"),
+        fontsize=9,
+    )
+
+
 def evaluation_report_png(
     comparisons: Mapping[str, Mapping],
     frames: Mapping[str, pl.DataFrame],
@@ -138,69 +205,12 @@ def evaluation_report_png(
     fig = _figure(rows, 2)
     axes = fig.subplots(rows, 2, squeeze=False)
     for row, name in enumerate(names):
-        comparison = comparisons[name]
-        per_query, sig = comparison["per_query"], comparison["significance"]
         bar_ax, hist_ax = axes[row]
-        x = np.arange(len(metrics))
-        for offset, side, colour, label in (
-            (-0.2, "base", BASE_COLOUR, "base"),
-            (0.2, "fine_tuned", TUNED_COLOUR, "fine-tuned"),
-        ):
-            means = [comparison[side][m] for m in metrics]
-            cis = [bootstrap_mean_ci(per_query[side][m]) for m in metrics]
-            err = np.array(
-                [[max(0.0, mu - lo), max(0.0, hi - mu)] for mu, (lo, hi) in zip(means, cis, strict=True)]
-            )
-            bar_ax.bar(x + offset, means, 0.4, yerr=err.T, capsize=2, color=colour, label=label)
-        for i, m in enumerate(metrics):
-            s = sig[m]
-            top = max(comparison["base"][m], comparison["fine_tuned"][m])
-            bar_ax.annotate(
-                f"{s['delta']:+.1f}\n[{s['ci95_low']:+.1f}, {s['ci95_high']:+.1f}]",
-                (i, min(top + 0.08, 1.12)),
-                ha="center",
-                fontsize=6.5,
-            )
-        bar_ax.set_xticks(x, metrics, fontsize=7)
-        bar_ax.set_ylim(0, 1.25)
-        bar_ax.set_ylabel("score")
-        bar_ax.legend(fontsize=7, loc="lower right")
-        queries = next(iter(per_query["base"].values()), {})
-        bar_ax.set_title(
-            f"{name} ({len(queries)} queries): gain in points, 95% paired-bootstrap CI", fontsize=9
-        )
-        deltas = frames[name]["ndcg10_delta"].to_numpy() * 100 if name in frames else np.array([])
-        hist_ax.hist(deltas, bins=np.linspace(-100, 100, 41), color=TUNED_COLOUR, edgecolor="white")
-        hist_ax.axvline(0, color="black", linewidth=0.8)
-        if deltas.size:
-            hist_ax.axvline(
-                deltas.mean(), color="#d62728", linestyle="--", label=f"mean {deltas.mean():+.2f}"
-            )
-            hist_ax.legend(fontsize=7)
-        hist_ax.set_xlabel("per-query nDCG@10 gain (points)")
-        hist_ax.set_ylabel("queries")
-        hist_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        hist_ax.set_title(
-            f"{name}: {int((deltas > 0).sum())} gained, {int((deltas < 0).sum())} lost, "
-            f"{int((deltas == 0).sum())} unchanged",
-            fontsize=9,
-        )
+        _metric_bars(bar_ax, name, comparisons[name], metrics)
+        _gain_histogram(hist_ax, name, frames.get(name))
     if general:
         ax, note = axes[-1]
-        values = [general["base"], general["fine_tuned"]]
-        ax.barh(["base", "fine-tuned"], values, color=[BASE_COLOUR, TUNED_COLOUR])
-        for y, v in enumerate(values):
-            ax.annotate(
-                f"{v:.3f}", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8
-            )
-        ax.set_xlim(0, 1.1)
-        ax.set_xlabel("nDCG@10")
-        drop = (general["base"] - general["fine_tuned"]) * 100
-        ax.set_title(
-            f"general domain ({general['queries']} queries): "
-            + (f"forgot {drop:.2f} points" if drop > 0 else f"no forgetting ({-drop:+.2f} points)"),
-            fontsize=9,
-        )
+        _general_domain_bars(ax, general)
         note.axis("off")
     return _png(fig)
 

@@ -100,6 +100,63 @@ def _lookup_chunks(index: ChunkIndex, chunk_ids: set[str]) -> dict[str, tuple[np
     }
 
 
+def _score_ceiling(pos_score: float, config: MiningConfig) -> float:
+    """The highest score a candidate may have and still count as a negative of a query whose
+    positive scores ``pos_score`` (TopK-PercPos, and TopK-MarginPos when a margin is set)."""
+    ceiling = config.max_score_ratio * pos_score
+    if config.absolute_margin is not None:
+        ceiling = min(ceiling, pos_score - config.absolute_margin)
+    return ceiling
+
+
+def _eligible_negatives(
+    hits: dict[str, list],
+    cand_scores: np.ndarray,
+    positives: list[str],
+    near: set[tuple[str, int]],
+    ceiling: float,
+    config: MiningConfig,
+    counts: Counter,
+) -> list[tuple[str, float]]:
+    """``(chunk_id, score)`` of one query's candidates that may serve as negatives, best first.
+
+    Drops the query's positives, chunks next to a positive (``near``: their ``(doc_id,
+    chunk_index)``), candidates outside ``[range_min, range_max)`` and any above ``ceiling``;
+    ``counts`` gets how many each rule removed.
+    """
+    eligible: list[tuple[str, float]] = []
+    rank = 0  # counted after positives and neighbours go, so the range is over real candidates
+    for cid, doc, idx, s in zip(
+        hits["chunk_id"], hits["doc_id"], hits["chunk_index"], cand_scores, strict=True
+    ):
+        counts["candidates"] += 1
+        if cid in positives:
+            counts["removed_positive"] += 1
+            continue
+        if any(doc == d and abs(idx - j) <= 1 for d, j in near):
+            counts["removed_neighbour"] += 1
+            continue
+        in_range = config.range_min <= rank < config.range_max
+        rank += 1
+        if not in_range:
+            continue
+        if s > ceiling:
+            counts["removed_by_ceiling"] += 1
+            continue
+        eligible.append((cid, float(s)))
+    return eligible
+
+
+def _choose_negatives(
+    eligible: list[tuple[str, float]], config: MiningConfig, rng: random.Random
+) -> list[tuple[str, float]]:
+    """Up to ``num_negatives`` of ``eligible``: the first ones, or a seeded sample (best first)."""
+    if config.sampling == "random" and len(eligible) > config.num_negatives:
+        # Re-sorted by score so that sampled negatives come best first, like "top"'s.
+        return sorted(rng.sample(eligible, config.num_negatives), key=lambda x: -x[1])
+    return eligible[: config.num_negatives]
+
+
 def mine_hard_negatives(
     queries: pl.DataFrame,
     model,
@@ -140,34 +197,10 @@ def mine_hard_negatives(
                 counts["queries_without_indexed_positive"] += 1
                 continue
             pos_score = float(min(qvec[row] @ v for v in pvs))
-            ceiling = config.max_score_ratio * pos_score
-            if config.absolute_margin is not None:
-                ceiling = min(ceiling, pos_score - config.absolute_margin)
+            ceiling = _score_ceiling(pos_score, config)
             near = {known[c][1:] for c in pos if c in known} if config.exclude_neighbours else set()
-            eligible: list[tuple[str, float]] = []
-            rank = 0
-            for cid, doc, idx, s in zip(
-                hits["chunk_id"], hits["doc_id"], hits["chunk_index"], cand_scores, strict=True
-            ):
-                counts["candidates"] += 1
-                if cid in pos:
-                    counts["removed_positive"] += 1
-                    continue
-                if any(doc == d and abs(idx - j) <= 1 for d, j in near):
-                    counts["removed_neighbour"] += 1
-                    continue
-                in_range = config.range_min <= rank < config.range_max
-                rank += 1
-                if not in_range:
-                    continue
-                if s > ceiling:
-                    counts["removed_by_ceiling"] += 1
-                    continue
-                eligible.append((cid, float(s)))
-            if config.sampling == "random" and len(eligible) > config.num_negatives:
-                chosen = sorted(rng.sample(eligible, config.num_negatives), key=lambda x: -x[1])
-            else:
-                chosen = eligible[: config.num_negatives]
+            eligible = _eligible_negatives(hits, cand_scores, pos, near, ceiling, config, counts)
+            chosen = _choose_negatives(eligible, config, rng)
             if len(chosen) < config.num_negatives:
                 counts["queries_short_of_negatives"] += 1
             dist["positive"].append(pos_score)

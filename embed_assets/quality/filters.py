@@ -123,6 +123,79 @@ def near_duplicates(vectors: np.ndarray, order: np.ndarray, threshold: float, bl
     return dup
 
 
+def _lexical_second_opinion(
+    qa: pl.DataFrame, positives: list[list[str]], ranks: list[int | None], index: ChunkIndex, top_k: int
+) -> list[int | None]:
+    """BM25's rank of each pair's best positive within ``top_k``, for the pairs the base model's
+    round trip missed; None elsewhere (found by the model, or not in BM25's top ``top_k``)."""
+    lexical: list[int | None] = [None] * qa.height
+    # Only the base model's misses need the second opinion.
+    misses = [i for i, r in enumerate(ranks) if r is None]
+    found = lexical_ranks([qa["question"][i] for i in misses], [positives[i] for i in misses], index, top_k)
+    for i, r in zip(misses, found, strict=True):
+        lexical[i] = r
+    return lexical
+
+
+def _answer_supports(
+    qa: pl.DataFrame, chunks: pl.DataFrame, positives: list[list[str]]
+) -> list[float | None]:
+    """:func:`answer_support` of each pair's answer in its positives' texts (None: no answer)."""
+    text_of = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
+    return [
+        answer_support(a, [text_of.get(c, "") for c in p]) if a else None
+        for a, p in zip(qa["answer"], positives, strict=True)
+    ]
+
+
+def _combined_score(qa: pl.DataFrame, ranks: list[int | None]) -> np.ndarray:
+    """The round trip's reciprocal rank, averaged with the judge's overall/10 where a judge ran."""
+    rr = np.array([1.0 / r if r else 0.0 for r in ranks])
+    if "judge_overall" not in qa.columns:
+        return rr
+    judge = qa["judge_overall"].fill_null(0).to_numpy() / 10.0
+    return np.where(qa["judge_overall"].is_null().to_numpy(), rr, (rr + judge) / 2)
+
+
+def _drop_reasons(
+    qa: pl.DataFrame,
+    ranks: list[int | None],
+    lexical: list[int | None],
+    support: list[float | None],
+    score: np.ndarray,
+    dup: np.ndarray,
+    config: QualityConfig,
+) -> list[str | None]:
+    """Each pair's drop reason, None for a kept pair. The checks run in a fixed order and the
+    first that fails names the reason, so every dropped pair is counted under one reason."""
+    faithfulness = qa["ragas_faithfulness"].to_list() if "ragas_faithfulness" in qa.columns else None
+    reasons: list[str | None] = []
+    for i in range(qa.height):
+        if ranks[i] is None and lexical[i] is None:
+            reasons.append("roundtrip_miss")
+        elif support[i] is not None and support[i] < config.min_answer_support:
+            reasons.append("answer_unsupported")
+        elif score[i] < config.min_score:
+            reasons.append("below_min_score")
+        elif (
+            "judge_overall" in qa.columns
+            and qa["judge_overall"][i] is not None
+            and qa["judge_overall"][i] < config.min_judge_overall
+        ):
+            reasons.append("judge_below_threshold")
+        elif (
+            faithfulness is not None
+            and faithfulness[i] is not None
+            and faithfulness[i] < config.min_faithfulness
+        ):
+            reasons.append("unfaithful_answer")
+        elif dup[i]:
+            reasons.append("near_duplicate")
+        else:
+            reasons.append(None)
+    return reasons
+
+
 def score_pairs(
     qa: pl.DataFrame,
     chunks: pl.DataFrame,
@@ -156,55 +229,17 @@ def score_pairs(
     qvec = text_encoder(model, embed)(qa["question"].to_list())
     positives = qa["positive_chunk_ids"].to_list()
     ranks = roundtrip_ranks(qvec, positives, index, config.roundtrip_top_k)
-    lexical: list[int | None] = [None] * qa.height
-    if config.lexical_top_k:
-        # Only the base model's misses need the second opinion.
-        misses = [i for i, r in enumerate(ranks) if r is None]
-        found = lexical_ranks(
-            [qa["question"][i] for i in misses], [positives[i] for i in misses], index, config.lexical_top_k
-        )
-        for i, r in zip(misses, found, strict=True):
-            lexical[i] = r
-    text_of = dict(zip(chunks["chunk_id"], chunks["text"], strict=True))
-    support = [
-        answer_support(a, [text_of.get(c, "") for c in p]) if a else None
-        for a, p in zip(qa["answer"], positives, strict=True)
-    ]
-    rr = np.array([1.0 / r if r else 0.0 for r in ranks])
-    if "judge_overall" in qa.columns:
-        judge = qa["judge_overall"].fill_null(0).to_numpy() / 10.0
-        score = np.where(qa["judge_overall"].is_null().to_numpy(), rr, (rr + judge) / 2)
-    else:
-        score = rr
+    lexical: list[int | None] = (
+        _lexical_second_opinion(qa, positives, ranks, index, config.lexical_top_k)
+        if config.lexical_top_k
+        else [None] * qa.height
+    )
+    support = _answer_supports(qa, chunks, positives)
+    score = _combined_score(qa, ranks)
     # Dedup in priority order: best score first, then original order for ties.
     order = np.lexsort((np.arange(len(score)), -score))
     dup = near_duplicates(qvec, order, config.dedup_cosine)
-
-    faithfulness = qa["ragas_faithfulness"].to_list() if "ragas_faithfulness" in qa.columns else None
-    reasons: list[str | None] = []
-    for i in range(qa.height):
-        if ranks[i] is None and lexical[i] is None:
-            reasons.append("roundtrip_miss")
-        elif support[i] is not None and support[i] < config.min_answer_support:
-            reasons.append("answer_unsupported")
-        elif score[i] < config.min_score:
-            reasons.append("below_min_score")
-        elif (
-            "judge_overall" in qa.columns
-            and qa["judge_overall"][i] is not None
-            and qa["judge_overall"][i] < config.min_judge_overall
-        ):
-            reasons.append("judge_below_threshold")
-        elif (
-            faithfulness is not None
-            and faithfulness[i] is not None
-            and faithfulness[i] < config.min_faithfulness
-        ):
-            reasons.append("unfaithful_answer")
-        elif dup[i]:
-            reasons.append("near_duplicate")
-        else:
-            reasons.append(None)
+    reasons = _drop_reasons(qa, ranks, lexical, support, score, dup, config)
     return qa.with_columns(
         pl.Series("roundtrip_rank", ranks, dtype=pl.Int32),
         pl.Series("lexical_rank", lexical, dtype=pl.Int32),

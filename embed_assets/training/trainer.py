@@ -20,13 +20,16 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import torch
 
 from embed_assets.models import ENCODE_BATCH_SIZE, best_device, embedding_dim, resolve_model_path
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +295,92 @@ class _Run:
     device: str
 
 
+def _load_model(base_model: str, config: TrainingConfig, device: str) -> SentenceTransformer:
+    """``base_model`` on ``device``, truncating inputs at ``config.max_seq_length``."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(resolve_model_path(base_model), device=device)
+    model.max_seq_length = config.max_seq_length
+    # Fail before any training: MatryoshkaLoss cannot truncate to more dimensions than exist.
+    if too_big := [d for d in config.matryoshka_dims if d > embedding_dim(model)]:
+        raise ValueError(
+            f"matryoshka_dims {too_big} exceed the model's embedding size {embedding_dim(model)}"
+        )
+    return model
+
+
+def _add_lora(model: SentenceTransformer, rank: int) -> None:
+    """Wrap ``model``'s transformer in LoRA adapters of ``rank`` (alpha 2 x rank), in place."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    transformer = model[0]
+    transformer.model = get_peft_model(
+        transformer.model,
+        LoraConfig(
+            task_type=TaskType.FEATURE_EXTRACTION,
+            r=rank,
+            lora_alpha=2 * rank,
+            lora_dropout=0.1,
+        ),
+    )
+
+
+def _validation(
+    model: SentenceTransformer, val: ValidationSet | None, base_val_ndcg10: float | None
+) -> tuple[Any, float | None]:
+    """The evaluator for ``val`` and the base model's score on it, ``(None, None)`` without
+    validation queries. A known ``base_val_ndcg10`` saves scoring the base again."""
+    if val is None or not val.queries:
+        return None, None
+    evaluator = _val_evaluator(val)
+    base_val = base_val_ndcg10
+    if base_val is None:
+        base_val = float(evaluator(model)[evaluator.primary_metric])
+    return evaluator, base_val
+
+
+def _training_arguments(
+    output_dir: Path, config: TrainingConfig, device: str, total_steps: int, validate: bool
+) -> SentenceTransformerTrainingArguments:
+    """The trainer's arguments for ``config``. With ``validate`` it evaluates and checkpoints on
+    the same schedule and keeps the best checkpoint by validation nDCG@10."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    eval_steps = config.eval_steps or max(1, total_steps // 2)
+    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a ratio
+        lr_scheduler_type="cosine",
+        weight_decay=config.weight_decay,
+        # An in-batch duplicate text would be a false negative for the contrastive loss.
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=use_bf16,
+        fp16=device == "cuda" and not use_bf16,
+        eval_strategy="steps" if validate else "no",
+        eval_steps=eval_steps if validate else None,
+        # load_best_model_at_end needs a checkpoint at every evaluation.
+        save_strategy="steps" if validate else "no",
+        save_steps=eval_steps if validate else None,
+        save_total_limit=2,
+        load_best_model_at_end=validate,
+        metric_for_best_model="eval_val_cosine_ndcg@10" if validate else None,
+        greater_is_better=True,
+        logging_steps=max(1, total_steps // 10),
+        report_to=[],
+        dataloader_drop_last=True,
+        disable_tqdm=os.environ.get("EMBED_ASSETS_PROGRESS", "0") != "1",
+    )
+
+
 def _prepare_run(
     base_model: str,
     train: pl.DataFrame,
@@ -305,40 +394,21 @@ def _prepare_run(
     gets the same arguments (evaluation and save schedule included), which is what lets a run
     resume from a checkpoint that :func:`train_prefix` wrote."""
     from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers import SentenceTransformerTrainer
     from transformers import EarlyStoppingCallback
 
     columns = training_columns(train)
     if train.height < config.batch_size:
         raise ValueError(f"need at least batch_size={config.batch_size} training rows, got {train.height}")
+    # Seeded before the model loads, so that freshly initialised weights (LoRA adapters) are the
+    # same on every run with this seed.
     _set_seeds(config.seed)
     device = best_device()
-    model = SentenceTransformer(resolve_model_path(base_model), device=device)
-    model.max_seq_length = config.max_seq_length
-    if too_big := [d for d in config.matryoshka_dims if d > embedding_dim(model)]:
-        raise ValueError(
-            f"matryoshka_dims {too_big} exceed the model's embedding size {embedding_dim(model)}"
-        )
+    model = _load_model(base_model, config, device)
+    # The base weights, before any adapter wraps them: what an LM-Cocktail merge mixes back in.
     base_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-
     if config.lora_rank > 0:
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        transformer = model[0]
-        transformer.model = get_peft_model(
-            transformer.model,
-            LoraConfig(
-                task_type=TaskType.FEATURE_EXTRACTION,
-                r=config.lora_rank,
-                lora_alpha=2 * config.lora_rank,
-                lora_dropout=0.1,
-            ),
-        )
+        _add_lora(model, config.lora_rank)
 
     loss = build_loss(
         model, base_model, config, num_negatives=len(text_columns(train)) - 2, teacher_labels=LABEL in columns
@@ -346,43 +416,8 @@ def _prepare_run(
 
     dataset = Dataset.from_polars(train.select(columns))
     total_steps = planned_steps(train.height, config)
-    evaluator = None
-    base_val = None
-    if val is not None and val.queries:
-        evaluator = _val_evaluator(val)
-        base_val = base_val_ndcg10
-        if base_val is None:
-            base_val = float(evaluator(model)[evaluator.primary_metric])
-    eval_steps = config.eval_steps or max(1, total_steps // 2)
-    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir / "checkpoints"),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a ratio
-        lr_scheduler_type="cosine",
-        weight_decay=config.weight_decay,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=use_bf16,
-        fp16=device == "cuda" and not use_bf16,
-        eval_strategy="steps" if evaluator else "no",
-        eval_steps=eval_steps if evaluator else None,
-        save_strategy="steps" if evaluator else "no",
-        save_steps=eval_steps if evaluator else None,
-        save_total_limit=2,
-        load_best_model_at_end=evaluator is not None,
-        metric_for_best_model="eval_val_cosine_ndcg@10" if evaluator else None,
-        greater_is_better=True,
-        logging_steps=max(1, total_steps // 10),
-        report_to=[],
-        dataloader_drop_last=True,
-        disable_tqdm=os.environ.get("EMBED_ASSETS_PROGRESS", "0") != "1",
-    )
+    evaluator, base_val = _validation(model, val, base_val_ndcg10)
+    args = _training_arguments(output_dir, config, device, total_steps, validate=evaluator is not None)
     timer = _step_timer()
     callbacks = [timer, *extra_callbacks]
     if evaluator:

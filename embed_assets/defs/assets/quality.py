@@ -2,6 +2,7 @@
 
 import time
 from functools import partial
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -71,8 +72,6 @@ def qa_quality_scores(
     embeddings = base_embedding_cache(base_chunk_index, model)  # the miner and the evaluation reuse them
     embed = partial(embeddings.text_vectors, model=model) if embeddings else None
     scored = score_pairs(qa, document_chunks, model, index, config.to_core(), embed=embed)
-    summary = filter_summary(scored)
-    samples = scored.sample(min(10, scored.height), seed=0)
     return dg.MaterializeResult(
         value=scored,
         data_version=dg.DataVersion(
@@ -82,53 +81,68 @@ def qa_quality_scores(
             "pairs": scored.height,
             "question_embeddings_reused": embeddings.reused if embeddings else 0,
             "question_embeddings_computed": embeddings.computed if embeddings else qa.height,
-            "kept": summary["kept"],
-            "kept_fraction": round(summary["kept"] / max(scored.height, 1), 3),
-            "kept_by_lexical_only": summary["kept_by_lexical_only"],
-            "dropped_by_reason": counts_table(summary["dropped"]),
-            "roundtrip_rank_histogram": histogram(
-                scored["roundtrip_rank"].to_list(), label="rank", whole_numbers=True
+            **_score_metadata(
+                scored, store.path("reports", context.run_id, "qa_quality_scores", "distributions.png")
             ),
-            **image(
-                distributions_png(
-                    [
-                        ("round-trip rank", scored["roundtrip_rank"].to_list(), True),
-                        ("score", scored["score"].to_list(), False),
-                        *(
-                            [("judge overall (1-10)", scored["judge_overall"].to_list(), True)]
-                            if "judge_overall" in scored.columns
-                            else []
-                        ),
-                    ],
-                    title=f"{scored.height} pairs, {summary['kept']} kept",
-                ),
-                store.path("reports", context.run_id, "qa_quality_scores", "distributions.png"),
-                "score_distributions",
-            ),
-            "score_histogram": histogram(scored["score"].to_list(), label="score"),
             "judge": "on" if judge is not None else "off (no LLM endpoint)",
             "judge_stats": counts_table(judge_stats, key="counter"),
-            **(
-                {
-                    "judge_overall_histogram": histogram(
-                        scored["judge_overall"].to_list(), label="overall (1-10)", whole_numbers=True
-                    )
-                }
-                if "judge_overall" in scored.columns
-                else {}
-            ),
+            **_judge_metadata(scored),
             "ragas_faithfulness": "on" if faithfulness is not None else "off",
-            **(
-                {
-                    "ragas_stats": counts_table(ragas_stats, key="counter"),
-                    "faithfulness_histogram": histogram(
-                        scored["ragas_faithfulness"].to_list(), label="faithfulness (0-1)"
-                    ),
-                }
-                if faithfulness is not None
-                else {}
-            ),
-            "sample_pairs": preview(samples.select([c for c in SAMPLE_COLUMNS if c in samples.columns])),
+            **(_ragas_metadata(scored, ragas_stats) if faithfulness is not None else {}),
+            "sample_pairs": _sample_pairs(scored),
             **stage_metrics(start),
         },
     )
+
+
+def _score_metadata(scored: pl.DataFrame, png_path: Path) -> dict:
+    """What was kept and dropped, and the score distributions (a plot and histograms)."""
+    summary = filter_summary(scored)
+    judged = [("judge overall (1-10)", scored["judge_overall"].to_list(), True)] if _judged(scored) else []
+    distributions = distributions_png(
+        [
+            ("round-trip rank", scored["roundtrip_rank"].to_list(), True),
+            ("score", scored["score"].to_list(), False),
+            *judged,
+        ],
+        title=f"{scored.height} pairs, {summary['kept']} kept",
+    )
+    return {
+        "kept": summary["kept"],
+        "kept_fraction": round(summary["kept"] / max(scored.height, 1), 3),
+        "kept_by_lexical_only": summary["kept_by_lexical_only"],
+        "dropped_by_reason": counts_table(summary["dropped"]),
+        "roundtrip_rank_histogram": histogram(
+            scored["roundtrip_rank"].to_list(), label="rank", whole_numbers=True
+        ),
+        **image(distributions, png_path, "score_distributions"),
+        "score_histogram": histogram(scored["score"].to_list(), label="score"),
+    }
+
+
+def _judged(scored: pl.DataFrame) -> bool:
+    return "judge_overall" in scored.columns
+
+
+def _judge_metadata(scored: pl.DataFrame) -> dict:
+    """The LLM judge's overall scores, when it ran."""
+    if not _judged(scored):
+        return {}
+    overall = scored["judge_overall"].to_list()
+    return {"judge_overall_histogram": histogram(overall, label="overall (1-10)", whole_numbers=True)}
+
+
+def _ragas_metadata(scored: pl.DataFrame, stats: dict) -> dict:
+    """ragas' counters and faithfulness scores."""
+    return {
+        "ragas_stats": counts_table(stats, key="counter"),
+        "faithfulness_histogram": histogram(
+            scored["ragas_faithfulness"].to_list(), label="faithfulness (0-1)"
+        ),
+    }
+
+
+def _sample_pairs(scored: pl.DataFrame) -> dg.MetadataValue:
+    """Ten pairs, seeded, with the columns a reviewer reads."""
+    samples = scored.sample(min(10, scored.height), seed=0)
+    return preview(samples.select([c for c in SAMPLE_COLUMNS if c in samples.columns]))
