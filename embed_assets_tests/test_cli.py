@@ -96,3 +96,38 @@ def test_flags_override_the_yaml_config_recipe_included(tmp_path):
     assert run_config["ops"]["source_documents"]["config"] == {"corpus_jsonl": "docs.jsonl"}
     args.recipe = None  # no flag: the YAML's recipe stands
     assert build_run_config(args)["resources"]["recipe"]["config"]["preset"] == "auto"
+
+
+def test_a_selection_split_is_a_split_of_the_labelled_queries_folder(tmp_path):
+    """--selection-split takes its folder from --labelled-queries (which wins over the YAML's),
+    else from the YAML's selection_queries_dir, else from the YAML's labelled_queries_dir."""
+    config = tmp_path / "run.yaml"
+    recipe = {"selection_queries_dir": "yaml-selection"}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "ops": {
+                    "training_recipe": {"config": recipe},
+                    "retrieval_eval": {"config": {"labelled_queries_dir": "yaml-labelled"}},
+                }
+            }
+        )
+    )
+    flags = dict(corpus_dir=None, corpus_jsonl=None, labelled_split=None, max_steps=None, recipe=None)
+    args = argparse.Namespace(config=str(config), labelled_queries=None, selection_split="dev", **flags)
+
+    def folder() -> str | None:
+        recipe = build_run_config(args)["ops"].get("training_recipe", {"config": {}})
+        return recipe["config"].get("selection_queries_dir")
+
+    assert folder() == "yaml-selection"
+    args.labelled_queries = "flag-labelled"
+    assert folder() == "flag-labelled"
+    recipe.pop("selection_queries_dir")
+    config.write_text(
+        yaml.safe_dump({"ops": {"retrieval_eval": {"config": {"labelled_queries_dir": "yaml-labelled"}}}})
+    )
+    args.labelled_queries = None
+    assert folder() == "yaml-labelled"
+    args.selection_split = None  # no split, no folder
+    assert folder() is None

@@ -690,19 +690,26 @@ def upgrade_run_config(run_config: Any) -> tuple[Any, list[str]]:
     for asset, config in moved.items():
         recipe[asset] = {**config, **(recipe.get(asset) or {})}
         notes.append(f"ops.{asset}.config moved to ops.training_recipe.config.{asset}")
-    folder = (_config_of(ops, "retrieval_eval") or {}).get("labelled_queries_dir")
-    if (
-        recipe.get("finetuned_model", {}).get("selection_queries_split")
-        and folder
-        and "selection_queries_dir" not in recipe
-    ):
-        recipe["selection_queries_dir"] = folder
+    upgraded = {a: v for a, v in ops.items() if a not in moved}
+    upgraded["training_recipe"] = {"config": recipe}
+    if fill_selection_folder(upgraded):
         notes.append(
             "ops.training_recipe.config.selection_queries_dir: the labelled_queries_dir of retrieval_eval"
         )
-    upgraded = {a: v for a, v in ops.items() if a not in moved}
-    upgraded["training_recipe"] = {"config": recipe}
     return {**run_config, "ops": upgraded}, notes
+
+
+def fill_selection_folder(ops: dict, replace: bool = False) -> bool:
+    """Point ``training_recipe``'s ``selection_queries_dir`` at ``retrieval_eval``'s
+    ``labelled_queries_dir`` when a selection split is set: the split is one of that folder's.
+    A folder already set is kept unless ``replace``. Returns whether it set the folder."""
+    recipe = (ops.get("training_recipe") or {}).get("config")
+    folder = ((ops.get("retrieval_eval") or {}).get("config") or {}).get("labelled_queries_dir")
+    split = ((recipe or {}).get("finetuned_model") or {}).get("selection_queries_split")
+    if not (split and folder) or ("selection_queries_dir" in recipe and not replace):
+        return False
+    recipe["selection_queries_dir"] = folder
+    return True
 
 
 def _selection_split_errors(configs: Mapping[str, Mapping]) -> list[str]:
