@@ -207,7 +207,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.select:
         run_config["ops"] = _ops_of_selection(run_config, args.select, all_assets)
     _refuse_busy_home(args.home, args.wait)
-    resources["io_manager"] = resources["io_manager"].model_copy(update={"lock_timeout_s": float(args.wait)})
+    resources["store"] = resources["store"].model_copy(update={"lock_timeout_s": float(args.wait)})
     instance = dg.DagsterInstance.get()
     _warn_orphaned_runs(instance)
 

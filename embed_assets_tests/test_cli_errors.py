@@ -108,13 +108,13 @@ def test_a_busy_home_fails_at_once_naming_the_holder(tmp_path, dagster_home, cap
     assert busy_holder(home) is None and read_holder(home) is None  # released cleanly
 
 
-def _launch(home: Path, run_config: dict, selection: str | None = None):
-    """A run as the UI or the sensor launches it: Dagster, the IO manager, no CLI."""
+def _launch(home: Path, run_config: dict, selection: str | None = None, resources: dict | None = None):
+    """A run as the UI or the sensor launches it: Dagster and the resources, no CLI."""
     return dg.materialize(
         all_assets,
         selection=selection,
         run_config=run_config,
-        resources=build_resources(str(home)),
+        resources=resources or build_resources(str(home)),
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )
@@ -131,7 +131,7 @@ def _failed_with(result, text: str) -> bool:
 
 
 def test_runs_launched_by_dagster_obey_the_lock_and_validate_before_any_work(tmp_path, mini_corpus_dir):
-    """What the UI and the sensor launch goes through the same IO manager setup as the CLI."""
+    """What the UI and the sensor launch goes through the same store setup as the CLI."""
     home = tmp_path / "h"
     ops = {"source_documents": {"config": {"corpus_dir": str(mini_corpus_dir)}}}
     with HomeLock(home, "cli-run"):
@@ -144,6 +144,29 @@ def test_runs_launched_by_dagster_obey_the_lock_and_validate_before_any_work(tmp
     assert _failed_with(_launch(home, bad), "ops.qa_quality_scores.config.dedup_cosine")
     # And a good run takes and releases the lock.
     assert _launch(home, {"ops": ops}, "source_documents").success and busy_holder(home) is None
+
+
+def test_the_home_claim_is_the_stores_and_every_asset_requires_it(tmp_path, mini_corpus_dir):
+    """The claim (run-config check, lock) does not hide in the IO manager: swapping that keeps
+    both, and Definitions without the store fail to load, naming it."""
+    for asset in all_assets:
+        assert "store" in asset.required_resource_keys, asset.key.to_user_string()
+    home = tmp_path / "h"
+    swapped = {
+        **build_resources(str(home)),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "fs")),
+    }
+    ops = {"source_documents": {"config": {"corpus_dir": str(mini_corpus_dir)}}}
+    with HomeLock(home, "cli-run"):
+        assert _failed_with(
+            _launch(home, {"ops": ops}, "source_documents", swapped), "is in use by run cli-run"
+        )
+    bad = {"ops": {**ops, "qa_quality_scores": {"config": {"dedup_cosine": 1.5}}}}
+    assert _failed_with(_launch(home, bad, None, swapped), "ops.qa_quality_scores.config.dedup_cosine")
+    assert _launch(home, {"ops": ops}, "source_documents", swapped).success and busy_holder(home) is None
+    without_store = {k: v for k, v in build_resources(str(home)).items() if k != "store"}
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match="'store'"):
+        dg.Definitions(assets=all_assets, resources=without_store).resolve_implicit_global_asset_job_def()
 
 
 def test_a_killed_run_is_reported_and_cleaned(tmp_path, dagster_home, mini_corpus_dir, capsys):

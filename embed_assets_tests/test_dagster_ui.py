@@ -49,14 +49,7 @@ LINEAGE = {
         "document_chunks",
         "qa_splits",
     },
-    "finetuned_model": {
-        "training_recipe",
-        "training_examples",
-        "base_chunk_index",
-        "qa_splits",
-        "document_chunks",
-        "source_documents",
-    },
+    "finetuned_model": {"training_recipe", "training_examples", "qa_splits"},
     "retrieval_eval": {
         "finetuned_model",
         "qa_splits",

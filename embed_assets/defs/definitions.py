@@ -69,7 +69,7 @@ all_assets = dg.load_assets_from_modules(ALL_ASSET_MODULES)
 
 defs = dg.Definitions(
     assets=all_assets,
-    # One process per run: the run holds its home's lock from start to end (io_manager.py), and the
+    # One process per run: the run holds its home's lock from start to end (the store resource), and the
     # models loaded by one stage stay loaded for the next.
     executor=dg.in_process_executor,
     jobs=[pipeline_job],

@@ -1,10 +1,7 @@
 """Stores asset values as files a person can open: Parquet for frames, JSON otherwise.
 
-Every asset's value passes through this IO manager, so it is also where a run claims its
-artifact home: on setup (once per run: the pipeline uses the in-process executor) it
-validates the whole run config and takes the home's lock (:mod:`embed_assets.home_lock`);
-on teardown it releases it. A run launched from the CLI, the UI or a sensor thus does no
-work with a bad config and never shares a home with another run.
+It only stores and loads values. Claiming the artifact home for a run (the run-config check and
+the home's lock) is :class:`~embed_assets.defs.resources.ArtifactStoreResource`'s setup.
 """
 
 from __future__ import annotations
@@ -15,9 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from pydantic import PrivateAttr
 
-from embed_assets.home_lock import HomeLock
 from embed_assets.lineage import build_info, file_sha256
 
 LATEST = "latest.json"  # per asset folder: which file the last materialization wrote
@@ -42,35 +37,10 @@ class PolarsJsonIOManager(dg.ConfigurableIOManager):
     materialization records the file's path and SHA-256, the package version and git commit."""
 
     home_dir: str = os.environ.get("EMBED_ASSETS_HOME", ".embed_assets")
-    lock_timeout_s: float = 0.0
-    _lock: HomeLock | None = PrivateAttr(default=None)
 
     @property
     def base_dir(self) -> Path:
         return Path(self.home_dir) / "assets"
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        run = context.dagster_run
-        if run is None:  # built outside a run (e.g. a direct call in a script)
-            return
-        from embed_assets.defs.configs import validate_run_config
-
-        validate_run_config(run.run_config)  # before any asset does work, however the run was launched
-        self._lock = HomeLock(self.home_dir, run.run_id, self.lock_timeout_s).acquire()
-        if context.instance is not None:  # lets `embed-assets clean-runs` tell a killed run from a live one
-            from embed_assets.defs.runs import claim_tags
-
-            context.instance.add_run_tags(run.run_id, claim_tags(self.home_dir))
-        if stale := self._lock.stale:
-            context.log.warning(
-                f"the previous {stale.describe()} never released {self.home_dir}: its process was killed. "
-                "Dagster may still list it as STARTED; `embed-assets clean-runs` marks such runs failed."
-            )
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
 
     def _folder(self, asset_key: dg.AssetKey) -> Path:
         return self.base_dir.joinpath(*asset_key.path)

@@ -1,4 +1,4 @@
-"""Dagster resources: the base model, the question generator and the artifact store."""
+"""Dagster resources: the base model, the question generator, the teacher and the artifact home."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from embed_assets.generation.base import QuestionGenerator
+from embed_assets.home_lock import HomeLock
 from embed_assets.models import DEFAULT_BASE_MODEL, load_model, resolve_model_path
 from embed_assets.recipe.presets import Preset, candidates, generators_for
 from embed_assets.recipe.settings import RecipeSettings, TeacherSettings
@@ -33,13 +34,49 @@ class BaseModelResource(dg.ConfigurableResource):
 
 
 class ArtifactStoreResource(dg.ConfigurableResource):
-    """Where large artifacts live: the LanceDB index, models, BEIR folders, the LLM cache.
+    """The artifact home: where large artifacts live (the LanceDB index, models, BEIR folders,
+    the LLM cache), and the run that may write it.
+
+    Every asset requires this resource (a test checks it), so Dagster sets it up once at the
+    start of every run, however the run was launched (CLI, UI, sensor), before any asset works.
+    Setup claims the home for the run: it validates the whole run config, then takes the home's
+    lock (:mod:`embed_assets.home_lock`), which teardown releases. A run thus does no work with a
+    bad config and never shares a home with another run; a Definitions object without this
+    resource fails to load, naming it.
 
     ``root_dir`` defaults to ``$EMBED_ASSETS_HOME`` or ``.embed_assets`` in the working directory.
     """
 
     # Read at import: Dagster config defaults must be plain values, not factories.
     root_dir: str = os.environ.get("EMBED_ASSETS_HOME", ".embed_assets")
+    lock_timeout_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Seconds to wait for another run to release the home; 0 fails at once.",
+    )
+    _lock: HomeLock | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        if run is None:  # built outside a run (e.g. an asset called directly in a test or script)
+            return
+        from embed_assets.defs.configs import validate_run_config
+        from embed_assets.defs.runs import claim_tags
+
+        validate_run_config(run.run_config)
+        self._lock = HomeLock(self.root_dir, run.run_id, self.lock_timeout_s).acquire()
+        if context.instance is not None:  # lets `embed-assets clean-runs` tell a killed run from a live one
+            context.instance.add_run_tags(run.run_id, claim_tags(self.root_dir))
+        if stale := self._lock.stale:
+            context.log.warning(
+                f"the previous {stale.describe()} never released {self.root_dir}: its process was killed. "
+                "Dagster may still list it as STARTED; `embed-assets clean-runs` marks such runs failed."
+            )
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def path(self, *parts: str) -> Path:
         p = Path(self.root_dir).joinpath(*parts)

@@ -1,7 +1,7 @@
 """Runs whose process was killed: Dagster keeps them STARTED forever unless told otherwise.
 
 A run records its process id and host in its tags when it claims its artifact home
-(``io_manager.py``). A STARTED run whose process is gone from this host was killed (SIGKILL,
+(``ArtifactStoreResource`` in ``resources.py``). A STARTED run whose process is gone from this host was killed (SIGKILL,
 OOM killer, a lost terminal): :func:`orphaned_runs` finds them and :func:`mark_failed` marks
 them failed, with a message saying why. Runs launched by the Dagster daemon on a run
 coordinator can be left to Dagster's own run monitoring instead (README, *Killed runs*).

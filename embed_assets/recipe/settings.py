@@ -795,6 +795,6 @@ def run_config_errors(run_config: Any, *, embedding_dim: int | None = None) -> l
 def validate_run_config(run_config: Any, *, embedding_dim: int | None = None) -> None:
     """Raise one :class:`RunConfigError` listing every bad field of ``run_config``
     (``ops.<asset>.config.<field>: message``); the CLI, the sensor and every run's start
-    (the IO manager's setup) call it, so all three reject the same configs."""
+    (the ``store`` resource's setup) call it, so all three reject the same configs."""
     if errors := run_config_errors(run_config, embedding_dim=embedding_dim):
         raise RunConfigError(errors)

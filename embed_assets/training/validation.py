@@ -92,3 +92,26 @@ def labelled_validation_set(
         corpus=corpus,
         relevant={q: taken[q] for q in sorted(taken)},
     )
+
+
+def validation_to_json(val: ValidationSet | None) -> dict | None:
+    """``val`` as plain JSON (relevant sets as sorted lists), to travel in an asset's value:
+    the set the recipe was chosen on is the set the final model's checkpoint is chosen on."""
+    if val is None:
+        return None
+    return {
+        "queries": val.queries,
+        "corpus": val.corpus,
+        "relevant": {q: sorted(ids) for q, ids in val.relevant.items()},
+    }
+
+
+def validation_from_json(value: dict | None) -> ValidationSet | None:
+    """The :class:`ValidationSet` :func:`validation_to_json` wrote."""
+    if value is None:
+        return None
+    return ValidationSet(
+        queries=value["queries"],
+        corpus=value["corpus"],
+        relevant={q: set(ids) for q, ids in value["relevant"].items()},
+    )

@@ -8,7 +8,7 @@ import polars as pl
 from embed_assets.defs.configs import DocumentChunksConfig, SourceDocumentsConfig
 from embed_assets.defs.metadata import counts_table, histogram, preview, stage_metrics
 from embed_assets.defs.provenance import previous_materialization, recorded_value
-from embed_assets.defs.resources import BaseModelResource
+from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.ingest.chunking import chunk_documents
 from embed_assets.ingest.documents import read_corpus, read_jsonl_documents, read_lancedb_chunks
 from embed_assets.lineage import code_version, data_version
@@ -23,7 +23,9 @@ from embed_assets.lineage import code_version, data_version
     "Document ids are content hashes; binary, non-UTF-8, empty and duplicate files are skipped and counted.",
 )
 def source_documents(
-    context: dg.AssetExecutionContext, config: SourceDocumentsConfig
+    context: dg.AssetExecutionContext,
+    config: SourceDocumentsConfig,
+    store: ArtifactStoreResource,  # unused here: every asset requires the home's claim (resources.py)
 ) -> dg.MaterializeResult[pl.DataFrame]:
     start = time.perf_counter()
     if config.lancedb_uri:
@@ -75,6 +77,7 @@ def document_chunks(
     config: DocumentChunksConfig,
     source_documents: pl.DataFrame,
     base_model: BaseModelResource,
+    store: ArtifactStoreResource,  # unused here: every asset requires the home's claim (resources.py)
 ) -> dg.MaterializeResult[pl.DataFrame]:
     start = time.perf_counter()
     chunks = chunk_documents(source_documents, base_model.load().tokenizer, config.to_core())

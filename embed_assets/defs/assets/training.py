@@ -39,13 +39,18 @@ from embed_assets.training.trainer import (
     full_batches,
     saw_validation_documents,
 )
-from embed_assets.training.validation import labelled_validation_set, validation_set
+from embed_assets.training.validation import (
+    labelled_validation_set,
+    validation_from_json,
+    validation_set,
+    validation_to_json,
+)
 
 
 def _settings(training_recipe: dict) -> dict:
     """The resolved training settings the ``training_recipe`` value hands on."""
     settings = training_recipe.get("settings") or {}
-    if "finetuned_model" not in settings:
+    if "finetuned_model" not in settings or "selection" not in training_recipe:
         raise ValueError(
             "training_recipe's stored value predates resolved settings; materialize training_recipe again "
             "(e.g. embed-assets run --select 'training_recipe*')"
@@ -178,6 +183,10 @@ def training_recipe(
         "generators": list(chosen.generators),
         # every setting training_examples and finetuned_model use: the user's, the rest the recipe's
         "settings": config.resolved(chosen, teacher_labelled=teacher_labels.height > 0),
+        # the set the choices were made on, and what it is: finetuned_model chooses its checkpoint
+        # and merge weight on the same set, without building it (and asking the teacher) again
+        "selection": selection,
+        "validation_set": validation_to_json(val),
     }
     scores = {c.preset: c.val_ndcg10 for c in choice.candidates}
     context.log.info("recipe %s: chose %s (%s) %s", recipe.preset, choice.chosen, choice.selected_on, scores)
@@ -230,6 +239,7 @@ def training_examples(
     teacher_labels: pl.DataFrame,
     document_chunks: pl.DataFrame,
     qa_splits: pl.DataFrame,
+    store: ArtifactStoreResource,  # unused here: every asset requires the home's claim (resources.py)
 ):  # no return annotation: with check specs Dagster would read it as a multi-output tuple
     start = time.perf_counter()
     preset = PRESETS[training_recipe["chosen"]]
@@ -391,33 +401,18 @@ def finetuned_model(
     training_recipe: dict,
     training_examples: pl.DataFrame,
     qa_splits: pl.DataFrame,
-    document_chunks: pl.DataFrame,
-    source_documents: pl.DataFrame,
-    base_chunk_index: dict,
     base_model: BaseModelResource,
-    teacher: TeacherResource,
     store: ArtifactStoreResource,
 ) -> dg.MaterializeResult[dict]:
     start = time.perf_counter()
     preset = PRESETS[training_recipe["chosen"]]
-    resolved = _settings(training_recipe)
-    settings = resolved["finetuned_model"]  # what this run trains with: set fields, the rest the recipe's
+    settings = _settings(training_recipe)["finetuned_model"]  # set fields, the rest the recipe's
     config = FinetunedModelSettings(**settings)
     core = config.to_core(preset)
     start_from = _warm_start_model(context) if config.warm_start else None
     init_model = start_from or base_model.path()
     train = training_examples.filter(pl.col("split") == "train")
-    base_vectors = base_corpus_vectors(base_chunk_index, base_model.path())
-    val, selection = _selection_set(
-        config,
-        resolved["selection_queries_dir"],
-        qa_splits,
-        document_chunks,
-        source_documents,
-        teacher,
-        store,
-        (base_model.path(), base_vectors),
-    )
+    val, selection = validation_from_json(training_recipe["validation_set"]), training_recipe["selection"]
     refit = bool(settings["refit"]) and val is not None and train.height < training_examples.height
     run_key = training_run_key(training_examples, qa_splits, settings, refit, init_model, selection)
     out_dir = store.path("models", f"finetuned-{run_key}")
