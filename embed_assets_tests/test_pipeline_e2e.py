@@ -256,12 +256,12 @@ def test_auto_recipe_is_chosen_by_validation_and_recorded(pipeline):
     assert "| template-v1 |" in mats["retrieval_eval"].metadata["ndcg10_by_generator"].value
 
 
-def test_probe_selection_proxy_rescores_each_candidates_prefix_on_every_set(pipeline, tmp_path):
-    """Smoke test of benchmarks/probe_selection_proxy.py: it retrains each preset's selection
+def test_bench_selection_agreement_rescores_each_candidates_prefix_on_every_set(pipeline, tmp_path):
+    """Smoke test of benchmarks/bench_selection_agreement.py: it retrains each preset's selection
     prefix from a kept home and scores it per generator and on a labelled tuning split; its
     rescoring of the saved prefix agrees with the score the product's own selection computed."""
     _, home, _, _ = pipeline
-    module = load_benchmark("probe_selection_proxy")
+    module = load_benchmark("bench_selection_agreement")
     out = tmp_path / "probe.json"
     argv = ["--home", str(home), "--labelled", str(MINI_LABELLED), "--split", "dev", "--steps", "2"]
     assert (

@@ -1,12 +1,12 @@
-"""Which model-free score ranks the recipe candidates the way real queries do?
+"""Does the product's label-free recipe choice agree with real dev queries?
 
 ``auto`` chooses a preset by nDCG@10 on held-out generated questions of every generator
-(:mod:`embed_assets.recipe.selection`). On NFCorpus that score prefers identifier-manual, which
-the real dev queries score below the base. This probe retrains each candidate's selection prefix
-exactly as the product does (``train_prefix`` with the product's rows, config and validation
-set, from a finished run's kept assets) and scores each prefix, and the base, on:
+(:mod:`embed_assets.recipe.selection`); with a teacher, by the teacher's judgement of them. This
+benchmark retrains each candidate's selection prefix exactly as the product does
+(``train_prefix`` with the product's rows, config and validation set, from a finished run's kept
+assets) and scores each prefix, and the base, on:
 
-- the product's validation set (every generator's questions: today's rule);
+- the product's validation set (every generator's questions: the rule without a teacher);
 - each generator's questions alone (same corpus), and their macro-average;
 - a labelled split set aside for tuning (``--split dev``), as
   :func:`~embed_assets.training.validation.labelled_validation_set` builds it;
@@ -16,14 +16,19 @@ set, from a finished run's kept assets) and scores each prefix, and the base, on
   product's do.
 
 Each set's pick (the best preset; a tie keeps the earlier, as ``auto`` does) is printed with the
-labelled split's score of that pick.
+labelled split's score of that pick. It trains on the train split and scores on validation and
+dev only, never on test. ``--home`` is a finished run's artifact home (``W/home`` after
+``bench_nfcorpus.py --work-dir W``, whose Cranfield half split is ``W/labelled``); the retrained
+prefixes go to ``--work-dir`` (default ``HOME/../selection_agreement``).
 
-It trains on the train split and scores on validation and dev only, never on test.
+    python benchmarks/bench_selection_agreement.py --home W/home --labelled ../shared/benchmarks/nfcorpus \\
+        --split dev --seed 7 --out benchmarks/results/selection-agreement-nfcorpus-seed7.json
+    python benchmarks/bench_selection_agreement.py --home W/home --labelled W/labelled --split dev \\
+        --seed 42 --teacher all-mpnet-base-v2 \\
+        --out benchmarks/results/selection-agreement-cranfield-teacher-seed42.json   # a teacher run
 
-    python benchmarks/probe_selection_proxy.py --home /tmp/s12/nfc7/home \\
-        --labelled ../shared/benchmarks/nfcorpus --split dev --seed 7 --out /tmp/probe.json
-    python benchmarks/probe_selection_proxy.py --home W/home --labelled ../shared/benchmarks/nfcorpus \
-        --split dev --teacher all-mpnet-base-v2       # a run made with that teacher
+Prints the JSON record and, with ``--out``, writes it there:
+``benchmarks/results/selection-agreement-<dataset>[-teacher]-seed<N>.json``.
 """
 
 from __future__ import annotations
@@ -101,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="dev", help="the labelled split to compare with (never test)")
     parser.add_argument("--seed", type=int, default=42, help="finetuned_model.seed of the run")
     parser.add_argument("--steps", type=int, default=16, help="recipe.selection_steps")
-    parser.add_argument("--work-dir", type=Path, default=None, help="default: HOME/../probe_selection_proxy")
+    parser.add_argument("--work-dir", type=Path, default=None, help="default: HOME/../selection_agreement")
     parser.add_argument("--batch-size", type=int, default=None, help="smoke tests shrink it")
     parser.add_argument("--teacher", default=None, help="the run's teacher: adds the teacher-judged set")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON record here too")
     args = parser.parse_args(argv)
     if args.split == "test":
         parser.error("--split test: the test split only scores; choose on another split")
-    work = args.work_dir or args.home.parent / "probe_selection_proxy"
+    work = args.work_dir or args.home.parent / "selection_agreement"
 
     mined, splits = latest_value(args.home, "mined_negatives"), latest_value(args.home, "qa_splits")
     chunks, documents = (
