@@ -214,6 +214,25 @@ def retrieval_eval(
         chunk_document=dict(zip(document_chunks["chunk_id"], document_chunks["doc_path"], strict=True)),
         teacher_score=_teacher_side(teacher, store, base_chunk_index, corpus),
     )
+    _log_evaluation(context, evaluation)
+    value = _evaluation_value(evaluation, qa_splits, folder, finetuned_model, labelled, teacher)
+    metadata = {
+        **{f"fine_tuned_{k}": v for k, v in encoder.items()},
+        **_evaluation_metadata(evaluation, value, labelled),
+        **_report(context, store, evaluation, value),
+        **_inputs_metadata(folder, finetuned_model, value),
+        **stage_metrics(start),
+    }
+    # Runs can be filtered by the test sets they were scored on (Runs page, tag filter).
+    context.instance.add_run_tags(
+        context.run_id,
+        {f"embed_assets/{SET_KEYS[name]}_set_version": r.version for name, r in evaluation.sets.items()},
+    )
+    return dg.MaterializeResult(value=value, metadata=metadata, check_results=_checks(evaluation, config))
+
+
+def _log_evaluation(context: dg.AssetExecutionContext, evaluation: Evaluation) -> None:
+    """One log line per query set: base and fine-tuned nDCG@10, and the gain."""
     for name, result in evaluation.sets.items():
         context.log.info(
             "%s nDCG@10 (%d queries): base %.4f, fine-tuned %.4f (%+.2f points)",
@@ -223,24 +242,17 @@ def retrieval_eval(
             result.comparison["fine_tuned"]["NDCG@10"],
             delta_points(result.comparison),
         )
-    value = _evaluation_value(evaluation, qa_splits, folder, finetuned_model, labelled, teacher)
-    metadata = {
-        **{f"fine_tuned_{k}": v for k, v in encoder.items()},
-        **_evaluation_metadata(evaluation, value, labelled),
-        **_report(context, store, evaluation, value),
+
+
+def _inputs_metadata(folder: Path, finetuned_model: dict, value: dict) -> dict:
+    """What was scored: the BEIR folder, the fine-tuned model, its training data and what chose it."""
+    return {
         "beir_dir": dg.MetadataValue.path(str(folder.resolve())),
         "finetuned_model_path": dg.MetadataValue.path(finetuned_model["path"]),
         "training_examples_version": finetuned_model.get("training_examples_version", ""),
         "model_selected_on": value["model_selected_on"],
         "labelled_queries_used_for_selection": value["labelled_queries_used_for_selection"],
-        **stage_metrics(start),
     }
-    # Runs can be filtered by the test sets they were scored on (Runs page, tag filter).
-    context.instance.add_run_tags(
-        context.run_id,
-        {f"embed_assets/{SET_KEYS[name]}_set_version": r.version for name, r in evaluation.sets.items()},
-    )
-    return dg.MaterializeResult(value=value, metadata=metadata, check_results=_checks(evaluation, config))
 
 
 def _labelled_queries(

@@ -84,13 +84,43 @@ def synthetic_qa(
     recipe_hash = stable_hash(settings)
     plan = _incremental_plan(context, config, recipe_hash, chunks)
     todo = plan.to_generate if plan is not None else chunks
+    qa, stats, names = _generate(config, question_generator, store, backends, todo)
+    if plan is not None:
+        qa = pl.concat([plan.reused, qa])
+    qa = qa.unique("qa_id", keep="first", maintain_order=True)
+    if qa.height == 0:
+        raise ValueError(
+            f"generator {', '.join(names)} wrote no question for {chunks.height} chunks: {stats}"
+        )
+    seconds = time.perf_counter() - start
+    return dg.MaterializeResult(
+        value=qa,
+        data_version=dg.DataVersion(data_version(qa, settings)),
+        metadata={
+            **_questions_metadata(qa, names, chunks),
+            **_generation_metadata(stats, plan, todo, recipe_hash),
+            "preview": preview(qa.select("question", "query_type", "hops", "positive_chunk_ids")),
+            "records_per_second": round(qa.height / max(seconds, 1e-9), 1),
+            **stage_metrics(start),
+        },
+    )
+
+
+def _generate(
+    config: SyntheticQAConfig,
+    question_generator: QuestionGeneratorResource,
+    store: ArtifactStoreResource,
+    backends: tuple[str, ...],
+    chunks: pl.DataFrame,
+) -> tuple[pl.DataFrame, dict, list[str]]:
+    """Every backend's questions for ``chunks``, their counters summed, and the generators' names."""
     frames, stats, names = [], {}, []
     for backend in backends:
         generator = question_generator.build(store.path("llm_cache.sqlite"), backend)
         per_chunk = fill("synthetic_qa", config.model_dump(), preset_for_generator(backend))
         try:
             result = generator.generate(
-                todo,
+                chunks,
                 questions_per_chunk=per_chunk["questions_per_chunk"],
                 multi_hop_questions=config.multi_hop_questions,
                 seed=config.seed,
@@ -102,38 +132,35 @@ def synthetic_qa(
         names.append(generator.name)
         for k, v in result.stats.items():
             stats[k] = stats.get(k, 0) + v if isinstance(v, int | float) else v
-    qa = pl.concat(frames) if frames else pl.DataFrame()
-    if plan is not None:
-        qa = pl.concat([plan.reused, qa])
-    qa = qa.unique("qa_id", keep="first", maintain_order=True)
-    if qa.height == 0:
-        raise ValueError(
-            f"generator {', '.join(names)} wrote no question for {chunks.height} chunks: {stats}"
-        )
-    seconds = time.perf_counter() - start
+    return (pl.concat(frames) if frames else pl.DataFrame()), stats, names
+
+
+def _questions_metadata(qa: pl.DataFrame, names: list[str], chunks: pl.DataFrame) -> dict:
+    """Who wrote how many questions, of which kinds, for how many chunks."""
     by_type = qa.group_by("query_type").len().sort("query_type")
-    return dg.MaterializeResult(
-        value=qa,
-        data_version=dg.DataVersion(data_version(qa, settings)),
-        metadata={
-            "generator": ", ".join(names),
-            "questions_by_generator": counts_table(
-                dict(qa.group_by("generator").len().iter_rows()), key="generator"
-            ),
-            "questions": qa.height,
-            "chunks_used": chunks.height,
-            "multi_hop": int((qa["hops"] > 1).sum()),
-            "by_query_type": counts_table(dict(by_type.iter_rows()), key="query_type"),
-            "generator_stats": counts_table(stats, key="counter"),
-            "llm_calls": int(stats.get("llm_calls", 0)),
-            "incremental": plan is not None,
-            "chunks_generated_for": todo.height,
-            "questions_reused": plan.reused.height if plan is not None else 0,
-            "questions_dropped_with_their_chunks": plan.dropped if plan is not None else 0,
-            "recipe_hash": recipe_hash,
-            "cache_hits": int(stats.get("cache_hits", 0)),
-            "preview": preview(qa.select("question", "query_type", "hops", "positive_chunk_ids")),
-            "records_per_second": round(qa.height / max(seconds, 1e-9), 1),
-            **stage_metrics(start),
-        },
-    )
+    return {
+        "generator": ", ".join(names),
+        "questions_by_generator": counts_table(
+            dict(qa.group_by("generator").len().iter_rows()), key="generator"
+        ),
+        "questions": qa.height,
+        "chunks_used": chunks.height,
+        "multi_hop": int((qa["hops"] > 1).sum()),
+        "by_query_type": counts_table(dict(by_type.iter_rows()), key="query_type"),
+    }
+
+
+def _generation_metadata(
+    stats: dict, plan: IncrementalPlan | None, todo: pl.DataFrame, recipe_hash: str
+) -> dict:
+    """The generators' counters, and what an incremental run reused, dropped and generated."""
+    return {
+        "generator_stats": counts_table(stats, key="counter"),
+        "llm_calls": int(stats.get("llm_calls", 0)),
+        "incremental": plan is not None,
+        "chunks_generated_for": todo.height,
+        "questions_reused": plan.reused.height if plan is not None else 0,
+        "questions_dropped_with_their_chunks": plan.dropped if plan is not None else 0,
+        "recipe_hash": recipe_hash,
+        "cache_hits": int(stats.get("cache_hits", 0)),
+    }

@@ -1,6 +1,7 @@
 """The base model's LanceDB chunk index, shared by the round-trip filter and the miner."""
 
 import time
+from pathlib import Path
 
 import dagster as dg
 import lancedb
@@ -42,27 +43,10 @@ def base_chunk_index(
     encoder = corpus_encoder(model, base_model.path(), store.path("encoders", f"base-{key}"))
     cache = EmbeddingCache(uri, key, embedding_dim(model), encoder.encode)
     index = ChunkIndex(str(uri), table)
-    # The same chunks and model were indexed before: the table is reused as it is. A build
-    # killed half-way left fewer rows (or no text index yet): it is built again.
-    reused_table = (
-        table in lancedb.connect(str(uri)).table_names()
-        and index.count() == document_chunks.height
-        and index.has_text_index()
-    )
+    reused_table = _complete(index, document_chunks.height)
     if not reused_table:
         index = build_chunk_index(document_chunks, model, uri, table=table, cache=cache)
     tbl = index.open()
-    # The manifest pins the table version's content. LanceDB names it by the version, or (its V2
-    # naming scheme) by 2**64 - 1 - version so that the newest sorts first.
-    versions = uri / f"{table}.lance" / "_versions"
-    manifest = next(
-        (
-            m
-            for m in (versions / f"{tbl.version}.manifest", versions / f"{2**64 - 1 - tbl.version}.manifest")
-            if m.is_file()
-        ),
-        versions,
-    )
     seconds = time.perf_counter() - start
     return dg.MaterializeResult(
         value={
@@ -77,21 +61,55 @@ def base_chunk_index(
         },
         data_version=dg.DataVersion(version),
         metadata={
-            "rows": index.count(),
-            "uri": dg.MetadataValue.path(str(uri.resolve())),
-            "table": table,
-            "table_version": tbl.version,
-            "artifacts": dg.MetadataValue.json(artifact_hashes(manifest)),
-            "reused_table": reused_table,
-            "embeddings_computed": cache.computed,
-            "embeddings_reused": cache.reused,
-            "ann_index": index.has_ann_index(),
-            "text_index": index.has_text_index(),
+            **_metadata(index, tbl.version, cache, reused_table),
             "chunks_per_second": round(document_chunks.height / max(seconds, 1e-9), 1),
             **encoder.metadata(),
             **stage_metrics(start),
         },
     )
+
+
+def _complete(index: ChunkIndex, rows: int) -> bool:
+    """Whether the table holds all ``rows`` chunks and its text index, so it is reused as it is."""
+    # The same chunks and model were indexed before: the table is reused as it is. A build
+    # killed half-way left fewer rows (or no text index yet): it is built again.
+    return (
+        index.table in lancedb.connect(index.uri).table_names()
+        and index.count() == rows
+        and index.has_text_index()
+    )
+
+
+def _manifest(uri: Path, table: str, version: int) -> Path:
+    """The manifest file of the table's ``version`` (its ``_versions`` folder when there is none)."""
+    # The manifest pins the table version's content. LanceDB names it by the version, or (its V2
+    # naming scheme) by 2**64 - 1 - version so that the newest sorts first.
+    versions = uri / f"{table}.lance" / "_versions"
+    return next(
+        (
+            m
+            for m in (versions / f"{version}.manifest", versions / f"{2**64 - 1 - version}.manifest")
+            if m.is_file()
+        ),
+        versions,
+    )
+
+
+def _metadata(index: ChunkIndex, version: int, cache: EmbeddingCache, reused_table: bool) -> dict:
+    """The table (rows, where, which version, its files' hashes), and what was built and embedded."""
+    uri = Path(index.uri)
+    return {
+        "rows": index.count(),
+        "uri": dg.MetadataValue.path(str(uri.resolve())),
+        "table": index.table,
+        "table_version": version,
+        "artifacts": dg.MetadataValue.json(artifact_hashes(_manifest(uri, index.table, version))),
+        "reused_table": reused_table,
+        "embeddings_computed": cache.computed,
+        "embeddings_reused": cache.reused,
+        "ann_index": index.has_ann_index(),
+        "text_index": index.has_text_index(),
+    }
 
 
 def base_embedding_cache(base_chunk_index: dict, model) -> EmbeddingCache | None:

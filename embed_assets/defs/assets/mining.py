@@ -3,6 +3,7 @@ only in a refit, after validation has chosen)."""
 
 import time
 from functools import partial
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -13,7 +14,7 @@ from embed_assets.defs.configs import MinedNegativesConfig
 from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
 from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
 from embed_assets.evaluation.report import overlaid_distributions_png
-from embed_assets.index.chunk_index import ChunkIndex
+from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache
 from embed_assets.lineage import code_version, data_version
 from embed_assets.mining.negatives import mine_hard_negatives
 
@@ -46,34 +47,50 @@ def mined_negatives(
         embed=partial(cache.text_vectors, model=model) if cache else None,
     )
     seconds = time.perf_counter() - start
-    pos, neg = np.array(dist["positive"]), np.array(dist["negative"])
     return dg.MaterializeResult(
         value=mined,
         data_version=dg.DataVersion(data_version(mined, config)),
         metadata={
-            "train_queries": int((train["split"] == "train").sum()),
-            "val_queries": int((train["split"] == "val").sum()),
-            "queries_mined": mined.height,
-            "question_embeddings_reused": cache.reused if cache else 0,
-            "question_embeddings_computed": cache.computed if cache else train.height,
-            "negatives_per_query_mean": round(float(mined["negative_chunk_ids"].list.len().mean() or 0), 2),
-            "candidate_counts": counts_table(counts, key="counter"),
-            "removed_by_ceiling": int(counts.get("removed_by_ceiling", 0)),
-            "positive_score_mean": round(float(pos.mean()), 4) if pos.size else 0.0,
-            "negative_score_mean": round(float(neg.mean()), 4) if neg.size else 0.0,
-            "positive_scores": histogram(pos, label="positive score"),
-            "negative_scores": histogram(neg, label="negative score"),
-            **image(
-                overlaid_distributions_png(
-                    {"positives": pos, "mined negatives": neg},
-                    xlabel="base-model cosine to the query",
-                    title="positive vs hard-negative scores",
-                ),
-                store.path("reports", context.run_id, "mined_negatives", "scores.png"),
-                "score_distributions",
+            **_queries_metadata(train, mined, cache),
+            **_score_metadata(
+                counts, dist, store.path("reports", context.run_id, "mined_negatives", "scores.png")
             ),
             "preview": preview(mined.select("question", "positive_score", "negative_scores")),
             "queries_per_second": round(train.height / max(seconds, 1e-9), 1),
             **stage_metrics(start),
         },
     )
+
+
+def _queries_metadata(train: pl.DataFrame, mined: pl.DataFrame, cache: EmbeddingCache | None) -> dict:
+    """How many queries were mined, how many question vectors were reused, negatives per query."""
+    return {
+        "train_queries": int((train["split"] == "train").sum()),
+        "val_queries": int((train["split"] == "val").sum()),
+        "queries_mined": mined.height,
+        "question_embeddings_reused": cache.reused if cache else 0,
+        "question_embeddings_computed": cache.computed if cache else train.height,
+        "negatives_per_query_mean": round(float(mined["negative_chunk_ids"].list.len().mean() or 0), 2),
+    }
+
+
+def _score_metadata(counts: dict[str, int], dist: dict[str, list[float]], png_path: Path) -> dict:
+    """The candidates' counters, and the positives' and negatives' scores (histograms and a plot)."""
+    pos, neg = np.array(dist["positive"]), np.array(dist["negative"])
+    return {
+        "candidate_counts": counts_table(counts, key="counter"),
+        "removed_by_ceiling": int(counts.get("removed_by_ceiling", 0)),
+        "positive_score_mean": round(float(pos.mean()), 4) if pos.size else 0.0,
+        "negative_score_mean": round(float(neg.mean()), 4) if neg.size else 0.0,
+        "positive_scores": histogram(pos, label="positive score"),
+        "negative_scores": histogram(neg, label="negative score"),
+        **image(
+            overlaid_distributions_png(
+                {"positives": pos, "mined negatives": neg},
+                xlabel="base-model cosine to the query",
+                title="positive vs hard-negative scores",
+            ),
+            png_path,
+            "score_distributions",
+        ),
+    }

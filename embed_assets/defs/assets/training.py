@@ -29,6 +29,7 @@ from embed_assets.recipe.selection import (
     SELECTED_ON_LABELLED,
     SELECTED_ON_TEACHER,
     CorpusVectors,
+    RecipeChoice,
     choose_recipe,
 )
 from embed_assets.recipe.settings import FinetunedModelSettings, TrainingExamplesSettings
@@ -59,8 +60,7 @@ def _settings(training_recipe: dict) -> dict:
 
 
 def _selection_set(
-    model: FinetunedModelSettings,
-    selection_queries_dir: str | None,
+    config: TrainingRecipeConfig,
     qa_splits: pl.DataFrame,
     document_chunks: pl.DataFrame,
     source_documents: pl.DataFrame,
@@ -72,6 +72,7 @@ def _selection_set(
     what it is: held-out generated questions (judged by the teacher when there is one), or the
     labelled split the user set aside for it (in ``selection_queries_dir``). ``base`` is the base
     model's path and its cached vectors of chunks (a cross-encoder teacher reranks its hits)."""
+    model, selection_queries_dir = config.finetuned_model, config.selection_queries_dir
     split = model.selection_queries_split
     if not split:
         val = validation_set(qa_splits, document_chunks, model.val_distractors, model.seed)
@@ -152,15 +153,9 @@ def training_recipe(
     start = time.perf_counter()
     examples, model = config.training_examples, config.finetuned_model
     index_vectors = base_corpus_vectors(base_chunk_index, base_model.path())
+    base = (base_model.path(), index_vectors)
     val, selection = _selection_set(
-        model,
-        config.selection_queries_dir,
-        qa_splits,
-        document_chunks,
-        source_documents,
-        teacher,
-        store,
-        (base_model.path(), index_vectors),
+        config, qa_splits, document_chunks, source_documents, teacher, store, base
     )
     choice = choose_recipe(
         recipe.preset,
@@ -177,36 +172,51 @@ def training_recipe(
         selected_on=selection["selected_on"],
         labelled_queries_used=selection["labelled_queries_used_for_selection"],
     )
-    chosen = PRESETS[choice.chosen]
-    value = {
-        **choice.to_dict(),
-        "generators": list(chosen.generators),
-        # every setting training_examples and finetuned_model use: the user's, the rest the recipe's
-        "settings": config.resolved(chosen, teacher_labelled=teacher_labels.height > 0),
-        # the set the choices were made on, and what it is: finetuned_model chooses its checkpoint
-        # and merge weight on the same set, without building it (and asking the teacher) again
-        "selection": selection,
-        "validation_set": validation_to_json(val),
-    }
+    value = _recipe_value(choice, config, selection, val, teacher_labelled=teacher_labels.height > 0)
     scores = {c.preset: c.val_ndcg10 for c in choice.candidates}
     context.log.info("recipe %s: chose %s (%s) %s", recipe.preset, choice.chosen, choice.selected_on, scores)
     return dg.MaterializeResult(
         value=value,
         data_version=dg.DataVersion(data_version(value)),
-        metadata={
-            "requested": recipe.preset,
-            "chosen": choice.chosen,
-            **selection,
-            "selected_on": choice.selected_on,  # what decided: also "named by the user", "no validation split"
-            # the base model's validation chunks come from the index's embedding cache
-            "base_val_vectors_from_index": index_vectors is not None,
-            **{f"val_ndcg10_{c.preset}": c.val_ndcg10 for c in choice.candidates if c.val_ndcg10 is not None},
-            "candidates": dg.MetadataValue.md(_candidates_table(choice)),
-            "chosen_settings": dg.MetadataValue.json(value["settings"]),
-            "evidence": chosen.evidence,
-            **stage_metrics(start),
-        },
+        metadata={**_recipe_metadata(choice, value, index_vectors is not None), **stage_metrics(start)},
     )
+
+
+def _recipe_value(
+    choice: RecipeChoice,
+    config: TrainingRecipeConfig,
+    selection: dict,
+    val: ValidationSet | None,
+    teacher_labelled: bool,
+) -> dict:
+    """The asset's value: the choice, and the settings and validation set the next assets use."""
+    chosen = PRESETS[choice.chosen]
+    return {
+        **choice.to_dict(),
+        "generators": list(chosen.generators),
+        # every setting training_examples and finetuned_model use: the user's, the rest the recipe's
+        "settings": config.resolved(chosen, teacher_labelled=teacher_labelled),
+        # the set the choices were made on, and what it is: finetuned_model chooses its checkpoint
+        # and merge weight on the same set, without building it (and asking the teacher) again
+        "selection": selection,
+        "validation_set": validation_to_json(val),
+    }
+
+
+def _recipe_metadata(choice: RecipeChoice, value: dict, base_val_vectors_from_index: bool) -> dict:
+    """What was asked for and chosen, on what, each candidate's score, and the chosen settings."""
+    return {
+        "requested": choice.requested,
+        "chosen": choice.chosen,
+        **value["selection"],
+        "selected_on": choice.selected_on,  # what decided: also "named by the user", "no validation split"
+        # the base model's validation chunks come from the index's embedding cache
+        "base_val_vectors_from_index": base_val_vectors_from_index,
+        **{f"val_ndcg10_{c.preset}": c.val_ndcg10 for c in choice.candidates if c.val_ndcg10 is not None},
+        "candidates": dg.MetadataValue.md(_candidates_table(choice)),
+        "chosen_settings": dg.MetadataValue.json(value["settings"]),
+        "evidence": PRESETS[choice.chosen].evidence,
+    }
 
 
 def _candidates_table(choice) -> str:
@@ -251,15 +261,6 @@ def training_examples(
     # The trainer's own rule: full batches in which no text repeats, at the trainer's seed.
     batch_size = config.batch_size or trainer["batch_size"]
     batches = full_batches(train, batch_size, trainer["seed"])
-    teacher = (
-        {
-            "teacher_labelled": True,
-            "false_negatives_dropped": int(rows["false_negatives_dropped"].sum()),
-            "teacher_margin_mean": round(float(rows["label"].explode().mean() or 0.0), 4),
-        }
-        if "label" in rows.columns
-        else {"teacher_labelled": False}
-    )
     return dg.MaterializeResult(
         value=rows,
         data_version=dg.DataVersion(data_version(rows, settings)),
@@ -273,7 +274,7 @@ def training_examples(
             "dropped_queries_short_of_negatives": mined_negatives.height - rows["qa_id"].n_unique(),
             "rows_without_title_header": int(rows["untitled"].sum()),
             "full_batches_without_repeats": batches,
-            **teacher,
+            **_teacher_metadata(rows),
             "preview": preview(
                 train.drop(
                     "qa_id", "positive_id", "split", "untitled", "false_negatives_dropped", strict=False
@@ -281,20 +282,34 @@ def training_examples(
             ),
             **stage_metrics(start),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="enough_examples_for_batch",
-                passed=batches >= config.min_batches,
-                metadata={
-                    "rows": train.height,
-                    "full_batches": batches,
-                    "needed_batches": config.min_batches,
-                    "batch_size": batch_size,
-                },
-                description=f"{train.height} rows fill {batches} batches of {batch_size} in which "
-                f"no text repeats (the trainer's sampler); training needs ≥ {config.min_batches}",
-            )
-        ],
+        check_results=[_batch_check(train, batches, batch_size, config.min_batches)],
+    )
+
+
+def _teacher_metadata(rows: pl.DataFrame) -> dict:
+    """Whether the teacher labelled the rows: the false negatives it dropped, its mean margin."""
+    if "label" not in rows.columns:
+        return {"teacher_labelled": False}
+    return {
+        "teacher_labelled": True,
+        "false_negatives_dropped": int(rows["false_negatives_dropped"].sum()),
+        "teacher_margin_mean": round(float(rows["label"].explode().mean() or 0.0), 4),
+    }
+
+
+def _batch_check(train: pl.DataFrame, batches: int, batch_size: int, min_batches: int) -> dg.AssetCheckResult:
+    """Enough full batches without a repeated text for the trainer."""
+    return dg.AssetCheckResult(
+        check_name="enough_examples_for_batch",
+        passed=batches >= min_batches,
+        metadata={
+            "rows": train.height,
+            "full_batches": batches,
+            "needed_batches": min_batches,
+            "batch_size": batch_size,
+        },
+        description=f"{train.height} rows fill {batches} batches of {batch_size} in which "
+        f"no text repeats (the trainer's sampler); training needs ≥ {min_batches}",
     )
 
 
@@ -360,11 +375,12 @@ def _log_training(context: dg.AssetExecutionContext, recipe: str, trained: FineT
     )
 
 
-def _model_metadata(result: TrainingResult, out_dir: Path, reused: bool, settings: dict) -> dict:
+def _model_metadata(trained: FineTuned, out_dir: Path, settings: dict) -> dict:
     """The trained model's metadata: where it is, its files' hashes, how training went."""
+    result = trained.result
     return {
         "path": dg.MetadataValue.path(str(out_dir.resolve())),
-        "reused_trained_model": reused,
+        "reused_trained_model": trained.reused,
         "artifacts": dg.MetadataValue.json(artifact_hashes(out_dir)),
         "steps": result.steps,
         "selected_step": result.best_step or result.steps,
@@ -429,30 +445,44 @@ def finetuned_model(
         selection_cache=store.path("recipe_selection"),
         card=lineage,
     )
-    result, reused = trained.result, trained.reused
     _log_training(context, preset.name, trained, out_dir)
-    # The trainer's log history (also in embed_assets_training.json beside the model) as curves.
-    curves = training_curves_png(result.history)
-    png_path = store.path("reports", context.run_id, "finetuned_model", "training_curves.png")
-    report = image(curves, png_path, "training_curves") if curves else {}
     return dg.MaterializeResult(
-        value={
-            "path": str(out_dir.resolve()),
-            "base_model": base_model.path(),
-            **lineage,
-            "steps": result.steps,
-            # the labelled queries that chose this model, so a later evaluation leaves them out
-            "selection_query_texts": dict(val.queries)
-            if selection["labelled_queries_used_for_selection"]
-            else {},
-        },
+        value=_model_value(out_dir, base_model.path(), lineage, trained, val, selection),
         data_version=dg.DataVersion(run_key),
         metadata={
-            **_model_metadata(result, out_dir, reused, settings),
+            **_model_metadata(trained, out_dir, settings),
             "recipe": preset.name,
             "validation_optimistic": validation_optimistic,
-            **report,
+            **_training_curves(trained.result, store, context.run_id),
             **lineage,
             **stage_metrics(start),
         },
     )
+
+
+def _model_value(
+    out_dir: Path,
+    base_model: str,
+    lineage: dict,
+    trained: FineTuned,
+    val: ValidationSet | None,
+    selection: dict,
+) -> dict:
+    """The asset's value: where the model is, where it came from, and the queries that chose it."""
+    return {
+        "path": str(out_dir.resolve()),
+        "base_model": base_model,
+        **lineage,
+        "steps": trained.result.steps,
+        # the labelled queries that chose this model, so a later evaluation leaves them out
+        "selection_query_texts": dict(val.queries)
+        if selection["labelled_queries_used_for_selection"]
+        else {},
+    }
+
+
+def _training_curves(result: TrainingResult, store: ArtifactStoreResource, run_id: str) -> dict:
+    """The trainer's log history (also in embed_assets_training.json beside the model) as curves."""
+    curves = training_curves_png(result.history)
+    png_path = store.path("reports", run_id, "finetuned_model", "training_curves.png")
+    return image(curves, png_path, "training_curves") if curves else {}
