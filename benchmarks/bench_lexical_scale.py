@@ -8,6 +8,8 @@ RSS is its own. Vectors are 8-dimensional placeholders (BM25 never reads them) a
 is built: the tier measures the text path alone.
 
     python benchmarks/bench_lexical_scale.py [--sizes 3633 36330 363300] [--queries 500]
+
+Output: a Markdown table in ``benchmarks/results/lexical-scale.md`` (``--out``).
 """
 
 from __future__ import annotations

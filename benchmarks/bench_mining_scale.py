@@ -8,6 +8,8 @@ benchmark within minutes on a CPU. Search goes through the product's LanceDB ind
 below 100k rows, IVF-PQ above) and mining through ``mine_hard_negatives``.
 
     python benchmarks/bench_mining_scale.py [--sizes 3633 36330 363300] [--queries 500]
+
+Output: a Markdown table in ``benchmarks/results/mining-scale.md`` (``--out``).
 """
 
 from __future__ import annotations

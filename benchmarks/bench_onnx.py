@@ -4,6 +4,8 @@ Encodes N synthetic texts of varied length (deterministic, seeded) with each bac
 a Markdown table of texts/s and cosine to the PyTorch embeddings, plus the command line used.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_onnx.py --n 256
+
+Output: the table on stdout (benchmarks/README.md, 'ONNX speed and fidelity', quotes it).
 """
 
 from __future__ import annotations

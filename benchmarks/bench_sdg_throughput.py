@@ -8,6 +8,8 @@ with the server's ideal ``concurrency / latency``. Prints a Markdown table.
 
     python benchmarks/bench_sdg_throughput.py --chunks 1024 --concurrency 32 --latency 0.2
 
+Output: the table on stdout (benchmarks/README.md, 'LLM question generation throughput').
+
 Target: >= 90% of ideal. What limits it is client CPU per request (litellm's request and
 response handling is a few ms of Python per call), so results depend on free CPU.
 """

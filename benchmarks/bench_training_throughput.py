@@ -6,6 +6,8 @@ length, optimiser and schedule. Only optimiser steps are timed.
 
     python benchmarks/bench_training_throughput.py --steps 12 --rows data.parquet
 
+Output: the table on stdout; ``benchmarks/results/training-throughput.md`` holds the latest.
+
 Without ``--rows`` the rows come from a fresh pipeline run on the test mini corpus
 (template questions, mined negatives), which takes a minute.
 """
