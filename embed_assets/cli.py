@@ -128,26 +128,50 @@ def _set_environment_defaults() -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    """Run the subcommand ``args.command`` names; a :class:`UsageError` of ``run`` becomes exit code 2."""
-    if args.command == "clean-runs":
-        return clean_runs(args.dry_run)
-    if args.command == "audit":
-        return audit_run(args.run_id, args.json)
-    if args.command == "gc":
-        return garbage_collect(args.home, args.dry_run)
+    """Run the subcommand ``args.command`` names; a :class:`UsageError` becomes exit code 2."""
     try:
+        if args.command == "clean-runs":
+            return clean_runs(args.dry_run)
+        if args.command == "audit":
+            return audit_run(args.run_id, args.json)
+        if args.command == "gc":
+            return garbage_collect(args.home, args.dry_run)
         return run_pipeline(args)
     except UsageError as e:
         print(e, file=sys.stderr)
         return 2
 
 
-def clean_runs(dry_run: bool) -> int:
+def open_instance():
+    """The Dagster instance of ``$DAGSTER_HOME``; a :class:`UsageError` naming the settings when its
+    PostgreSQL database (deploy/dagster.yaml) cannot be reached."""
     import dagster as dg
+
+    try:
+        return dg.DagsterInstance.get()
+    except Exception as e:
+        # dagster-postgres retries, then raises its own error with the driver's as the cause.
+        cause = e.__cause__ or e
+        if "postgres" not in f"{type(e).__module__} {type(cause).__module__}".lower():
+            raise
+        reason = str(cause).strip().splitlines()[0]
+        if password := os.environ.get("DAGSTER_PG_PASSWORD"):
+            reason = reason.replace(password, "***")
+        host, port = (
+            os.environ.get("DAGSTER_PG_HOST", "(unset)"),
+            os.environ.get("DAGSTER_PG_PORT", "(unset)"),
+        )
+        raise UsageError(
+            f"the Dagster instance ({os.environ.get('DAGSTER_HOME')}/dagster.yaml) cannot reach its PostgreSQL "
+            f"database at DAGSTER_PG_HOST={host} DAGSTER_PG_PORT={port}: {reason}"
+        ) from None
+
+
+def clean_runs(dry_run: bool) -> int:
 
     from embed_assets.defs.runs import describe, mark_failed, orphaned_runs
 
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     runs = orphaned_runs(instance)
     for run in runs:
         print(f"{'would mark' if dry_run else 'marked'} failed: {describe(run)}")
@@ -158,12 +182,11 @@ def clean_runs(dry_run: bool) -> int:
 
 
 def audit_run(run_id: str, as_json: bool) -> int:
-    import dagster as dg
 
     from embed_assets.defs import audit
 
     try:
-        chain = audit.audit_chain(dg.DagsterInstance.get(), None if run_id == "latest" else run_id)
+        chain = audit.audit_chain(open_instance(), None if run_id == "latest" else run_id)
     except audit.AuditError as e:
         print(e, file=sys.stderr)
         return 2
@@ -172,14 +195,13 @@ def audit_run(run_id: str, as_json: bool) -> int:
 
 
 def garbage_collect(home: str, dry_run: bool) -> int:
-    import dagster as dg
 
     from embed_assets.defs.garbage import collect_garbage
     from embed_assets.home_lock import HomeBusyError, HomeLock
 
     try:
         with HomeLock(home, "embed-assets gc"):  # never under a running pipeline
-            report = collect_garbage(dg.DagsterInstance.get(), home, dry_run)
+            report = collect_garbage(open_instance(), home, dry_run)
     except HomeBusyError as e:
         print(e, file=sys.stderr)
         return 2
@@ -208,7 +230,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         run_config["ops"] = _ops_of_selection(run_config, args.select, all_assets)
     _refuse_busy_home(args.home, args.wait)
     resources["store"] = resources["store"].model_copy(update={"lock_timeout_s": float(args.wait)})
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     _warn_orphaned_runs(instance)
 
     start = time.perf_counter()

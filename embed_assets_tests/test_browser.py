@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -29,6 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 from test_pipeline_e2e import ASSETS, tiny_run_config
+
+from embed_assets_tests.process_groups import start_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).parent / "artifacts" / "browser"
@@ -98,23 +98,9 @@ def dagster_dev(tmp_path_factory):
     }
     log_path = tmp / "dagster_dev.log"
     log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the webserver, daemon, code server and runs
-    )
+    # Its own process group: the webserver, daemon, code server and runs.
+    dagster_dev = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml"]
+    proc = start_group([*dagster_dev, "-h", "127.0.0.1", "-p", str(port)], env, log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -129,13 +115,7 @@ def dagster_dev(tmp_path_factory):
             time.sleep(2)
         yield base
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # by process group id, never a broad pkill
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=30)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        stop_group(proc)
         log.close()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(log_path, ARTIFACTS / "dagster_dev.log")

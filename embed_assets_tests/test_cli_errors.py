@@ -4,8 +4,10 @@ marked failed."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,6 +108,40 @@ def test_a_busy_home_fails_at_once_naming_the_holder(tmp_path, dagster_home, cap
         assert code == 2
         assert "is in use by run run-that-holds-it" in err and f"pid {os.getpid()}" in err
     assert busy_holder(home) is None and read_holder(home) is None  # released cleanly
+
+
+def test_a_runs_processes_share_its_home_and_other_runs_wait_for_the_last(tmp_path):
+    """Each step process of a multiprocess run claims the home for the same run: they share it,
+    another run is refused until the last of them releases, and that one frees the home."""
+    home = tmp_path / "h"
+    first_step, second_step = HomeLock(home, "run-a").acquire(), HomeLock(home, "run-a").acquire()
+    with pytest.raises(HomeBusyError, match="in use by run run-a"):
+        HomeLock(home, "run-b").acquire()
+    first_step.release()
+    assert busy_holder(home).run_id == "run-a"  # the second step still works in it
+    with pytest.raises(HomeBusyError, match="in use by run run-a"):
+        HomeLock(home, "run-b").acquire()
+    second_step.release()
+    assert busy_holder(home) is None and read_holder(home) is None
+    with HomeLock(home, "run-b") as claim:
+        assert claim.stale is None and read_holder(home).run_id == "run-b"
+
+
+def test_a_claim_left_by_a_killed_run_is_reported_and_taken_over(tmp_path):
+    home = tmp_path / "h"
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_claim_and_die, args=(str(home),))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL and read_holder(home).run_id == "killed-run"
+    assert busy_holder(home) is None  # the kernel dropped the dead process's lock
+    with HomeLock(home, "next-run") as claim:
+        assert claim.stale is not None and claim.stale.run_id == "killed-run"
+
+
+def _claim_and_die(home: str) -> None:
+    HomeLock(home, "killed-run").acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _launch(home: Path, run_config: dict, selection: str | None = None, resources: dict | None = None):
@@ -220,3 +256,20 @@ def test_a_killed_run_is_reported_and_cleaned(tmp_path, dagster_home, mini_corpu
     assert dg.DagsterInstance.get().get_run_by_id(holder.run_id).status == dg.DagsterRunStatus.FAILURE
     assert main(["clean-runs"]) == 0
     assert "0 killed run(s)" in capsys.readouterr().out
+
+
+def test_an_unreachable_postgres_instance_is_named_without_its_password(tmp_path, monkeypatch, capsys):
+    """deploy/dagster.yaml with nothing listening at DAGSTER_PG_HOST:DAGSTER_PG_PORT."""
+    (tmp_path / "dagster.yaml").write_text((REPO / "deploy" / "dagster.yaml").read_text())
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port)}
+    env |= {"DAGSTER_PG_USERNAME": "u", "DAGSTER_PG_PASSWORD": "s3cret-pw", "DAGSTER_PG_DB": "d"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, err = _run(["audit"], capsys)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert f"cannot reach its PostgreSQL database at DAGSTER_PG_HOST=127.0.0.1 DAGSTER_PG_PORT={port}" in last
+    assert "s3cret-pw" not in err

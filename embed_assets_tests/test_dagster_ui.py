@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from embed_assets_tests.process_groups import ENTRYPOINT, start_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,25 +124,11 @@ def entrypoint(tmp_path):
         LITELLM_LOCAL_MODEL_COST_MAP="True",
     )
     log = (tmp_path / "entrypoint.log").open("w")
-    proc = subprocess.Popen(
-        ["sh", str(REPO / "scripts" / "docker-entrypoint.sh")],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, stopped as a whole below
-    )
+    proc = start_group(["sh", str(ENTRYPOINT)], env, log)
     try:
         yield f"http://127.0.0.1:{port}/graphql", proc
     finally:
-        # Stop by process group id (never a broad pkill); SIGKILL if SIGTERM is ignored.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=20)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        stop_group(proc, timeout_s=20)
         log.close()
 
 

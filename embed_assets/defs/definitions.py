@@ -65,13 +65,58 @@ def build_resources(
     }
 
 
+EXECUTOR_ENV = "EMBED_ASSETS_EXECUTOR"
+# Imported once by the multiprocess executor's forkserver, so that a step process starts as a fork
+# of it instead of importing torch and transformers again (20-30 s per step on 2 busy cores with
+# "spawn"). Not lancedb or polars: their runtimes warn that a fork can deadlock them.
+_FORKSERVER_PRELOAD = ["torch", "sentence_transformers"]
+
+multiprocess_executor = dg.multiprocess_executor.configured(
+    lambda config: {
+        "max_concurrent": config["max_concurrent"],
+        "start_method": {"forkserver": {"preload_modules": _FORKSERVER_PRELOAD}},
+    },
+    name="multiprocess",
+    config_schema={
+        "max_concurrent": dg.Field(
+            int, default_value=0, description="Step processes at once; 0: one per CPU core."
+        )
+    },
+)
+
+
+def _k8s_job_executor() -> dg.ExecutorDefinition:
+    """dagster-k8s's executor, a Kubernetes Job per step; imported only when chosen (an optional extra)."""
+    try:
+        from dagster_k8s import k8s_job_executor
+    except ImportError as exc:
+        raise ImportError(f"${EXECUTOR_ENV}=k8s needs dagster-k8s: pip install 'embed_assets[k8s]'") from exc
+    return k8s_job_executor
+
+
+_EXECUTORS = {
+    "in_process": lambda: dg.in_process_executor,
+    "multiprocess": lambda: multiprocess_executor,
+    "k8s": _k8s_job_executor,
+}
+
+
+def executor_from_env() -> dg.ExecutorDefinition:
+    """The executor ``$EMBED_ASSETS_EXECUTOR`` names: ``in_process`` (default: one process per run,
+    so a model loaded by one stage stays loaded for the next), ``multiprocess`` (a process per step,
+    independent steps in parallel: Dagster's default) or ``k8s`` (a pod per step: deploy/helm/values.yaml).
+    Nothing relies on the first: every step loads what it needs and claims the home itself."""
+    name = os.environ.get(EXECUTOR_ENV, "in_process")
+    if name not in _EXECUTORS:
+        raise ValueError(f"${EXECUTOR_ENV}={name!r}: use one of {', '.join(_EXECUTORS)}")
+    return _EXECUTORS[name]()
+
+
 all_assets = dg.load_assets_from_modules(ALL_ASSET_MODULES)
 
 defs = dg.Definitions(
     assets=all_assets,
-    # One process per run: the run holds its home's lock from start to end (the store resource), and the
-    # models loaded by one stage stay loaded for the next.
-    executor=dg.in_process_executor,
+    executor=executor_from_env(),
     jobs=[pipeline_job],
     sensors=[corpus_change_sensor],
     resources=build_resources(),

@@ -33,16 +33,22 @@ class BaseModelResource(dg.ConfigurableResource):
         return load_model(self.path())
 
 
+# Every asset is in this concurrency pool. deploy/dagster.yaml limits it to one run at a time at run
+# granularity, so the run queue never starts a second run on the home while one works in it, on any host.
+HOME_POOL = "embed_assets_home"
+
+
 class ArtifactStoreResource(dg.ConfigurableResource):
     """The artifact home: where large artifacts live (the LanceDB index, models, BEIR folders,
     the LLM cache), and the run that may write it.
 
-    Every asset requires this resource (a test checks it), so Dagster sets it up once at the
-    start of every run, however the run was launched (CLI, UI, sensor), before any asset works.
-    Setup claims the home for the run: it validates the whole run config, then takes the home's
-    lock (:mod:`embed_assets.home_lock`), which teardown releases. A run thus does no work with a
-    bad config and never shares a home with another run; a Definitions object without this
-    resource fails to load, naming it.
+    Every asset requires this resource (a test checks it), so Dagster sets it up in every process
+    that works for a run (once under the in-process executor, once per step under the multiprocess
+    or Kubernetes one), however the run was launched (CLI, UI, sensor), before any asset works.
+    Setup claims the home for the run: it validates the whole run config, then takes the run's
+    share of the home's lock (:mod:`embed_assets.home_lock`), which teardown releases. A run thus
+    does no work with a bad config and never shares a home with another run; a Definitions object
+    without this resource fails to load, naming it.
 
     ``root_dir`` defaults to ``$EMBED_ASSETS_HOME`` or ``.embed_assets`` in the working directory.
     """

@@ -12,7 +12,7 @@ from embed_assets.defs.assets.splitting import beir_dir
 from embed_assets.defs.assets.teacher import teacher_cache
 from embed_assets.defs.configs import RetrievalEvalConfig
 from embed_assets.defs.metadata import counts_table, image, stage_metrics
-from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, TeacherResource
+from embed_assets.defs.resources import HOME_POOL, ArtifactStoreResource, BaseModelResource, TeacherResource
 from embed_assets.evaluation.labelled import LabelledQueries, labelled_queries_of, without_queries_that_chose
 from embed_assets.evaluation.metrics import (
     DEFAULT_METRICS,
@@ -159,6 +159,7 @@ def _without_per_query(comparison: dict) -> dict:
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="evaluation",
     code_version=code_version(
         __name__,

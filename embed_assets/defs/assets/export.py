@@ -8,7 +8,7 @@ import polars as pl
 
 from embed_assets.defs.configs import OnnxModelConfig
 from embed_assets.defs.metadata import stage_metrics
-from embed_assets.defs.resources import ArtifactStoreResource
+from embed_assets.defs.resources import HOME_POOL, ArtifactStoreResource
 from embed_assets.export import ParityReport, check_parity, export_onnx, int8_retrieval_drift, withdraw_int8
 from embed_assets.lineage import code_version
 
@@ -20,6 +20,7 @@ INT8_CHECK = dg.AssetCheckKey(dg.AssetKey("onnx_model"), "int8_retrieval_drift")
 # @asset's checks must all be reported on every run, and int8_retrieval_drift has nothing to check
 # when no int8 model was written. The output is named "result", as an @asset's is.
 @dg.multi_asset(
+    pool=HOME_POOL,
     outs={
         "result": dg.AssetOut(
             key="onnx_model",

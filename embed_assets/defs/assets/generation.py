@@ -8,7 +8,12 @@ import polars as pl
 from embed_assets.defs.configs import SyntheticQAConfig
 from embed_assets.defs.metadata import counts_table, preview, stage_metrics
 from embed_assets.defs.provenance import input_materialization, previous_materialization, recorded_value
-from embed_assets.defs.resources import ArtifactStoreResource, QuestionGeneratorResource, RecipeResource
+from embed_assets.defs.resources import (
+    HOME_POOL,
+    ArtifactStoreResource,
+    QuestionGeneratorResource,
+    RecipeResource,
+)
 from embed_assets.generation.incremental import IncrementalPlan, plan_incremental
 from embed_assets.hashing import stable_hash
 from embed_assets.lineage import code_version, data_version
@@ -42,6 +47,7 @@ def _incremental_plan(
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="generation",
     kinds={"polars"},
     # The generators' code, prompts included: a changed prompt is a changed asset.

@@ -8,7 +8,7 @@ import lancedb
 import polars as pl
 
 from embed_assets.defs.metadata import stage_metrics
-from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.defs.resources import HOME_POOL, ArtifactStoreResource, BaseModelResource
 from embed_assets.export.onnx_encoder import corpus_encoder
 from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache, build_chunk_index, model_key
 from embed_assets.lineage import artifact_hashes, code_version, data_version
@@ -17,6 +17,7 @@ from embed_assets.recipe.selection import CorpusVectors
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="indexing",
     kinds={"lancedb"},
     code_version=code_version(__name__, "embed_assets.index.chunk_index", "embed_assets.export.onnx_encoder"),

@@ -8,13 +8,14 @@ import polars as pl
 from embed_assets.defs.configs import DocumentChunksConfig, SourceDocumentsConfig
 from embed_assets.defs.metadata import counts_table, histogram, preview, stage_metrics
 from embed_assets.defs.provenance import previous_materialization, recorded_value
-from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.defs.resources import HOME_POOL, ArtifactStoreResource, BaseModelResource
 from embed_assets.ingest.chunking import chunk_documents
 from embed_assets.ingest.documents import read_corpus, read_jsonl_documents, read_lancedb_chunks
 from embed_assets.lineage import code_version, data_version
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="ingestion",
     kinds={"polars"},
     code_version=code_version(__name__, "embed_assets.ingest.documents"),
@@ -67,6 +68,7 @@ def source_documents(
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="ingestion",
     kinds={"polars"},
     code_version=code_version(__name__, "embed_assets.ingest.chunking"),

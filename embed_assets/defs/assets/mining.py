@@ -12,7 +12,7 @@ import polars as pl
 from embed_assets.defs.assets.indexing import base_embedding_cache
 from embed_assets.defs.configs import MinedNegativesConfig
 from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
-from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource
+from embed_assets.defs.resources import HOME_POOL, ArtifactStoreResource, BaseModelResource
 from embed_assets.evaluation.report import overlaid_distributions_png
 from embed_assets.index.chunk_index import ChunkIndex, EmbeddingCache
 from embed_assets.lineage import code_version, data_version
@@ -20,6 +20,7 @@ from embed_assets.mining.negatives import mine_hard_negatives
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="mining",
     kinds={"lancedb", "polars"},
     code_version=code_version(__name__, "embed_assets.mining.negatives"),

@@ -10,7 +10,12 @@ import polars as pl
 from embed_assets.defs.assets.indexing import base_embedding_cache
 from embed_assets.defs.configs import QAQualityConfig
 from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
-from embed_assets.defs.resources import ArtifactStoreResource, BaseModelResource, QuestionGeneratorResource
+from embed_assets.defs.resources import (
+    HOME_POOL,
+    ArtifactStoreResource,
+    BaseModelResource,
+    QuestionGeneratorResource,
+)
 from embed_assets.evaluation.report import distributions_png
 from embed_assets.index.chunk_index import ChunkIndex
 from embed_assets.lineage import code_version, data_version
@@ -31,6 +36,7 @@ SAMPLE_COLUMNS = (
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="quality",
     kinds={"polars"},
     code_version=code_version(

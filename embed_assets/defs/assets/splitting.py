@@ -7,7 +7,7 @@ import polars as pl
 
 from embed_assets.defs.configs import QASplitsConfig
 from embed_assets.defs.metadata import preview, stage_metrics
-from embed_assets.defs.resources import ArtifactStoreResource
+from embed_assets.defs.resources import HOME_POOL, ArtifactStoreResource
 from embed_assets.lineage import artifact_hashes, code_version, data_version
 from embed_assets.splitting.splits import grouped_split, leaked_documents, write_beir
 
@@ -20,6 +20,7 @@ def beir_dir(store: ArtifactStoreResource, qa_splits: pl.DataFrame, document_chu
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="splitting",
     kinds={"polars"},
     code_version=code_version(__name__, "embed_assets.splitting.splits"),

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from embed_assets.defs.metadata import counts_table, histogram, image, preview, stage_metrics
-from embed_assets.defs.resources import ArtifactStoreResource, TeacherResource
+from embed_assets.defs.resources import HOME_POOL, ArtifactStoreResource, TeacherResource
 from embed_assets.evaluation.report import overlaid_distributions_png
 from embed_assets.lineage import code_version, data_version
 from embed_assets.teacher.labels import TeacherLabels, empty_labels, label_triples
@@ -20,6 +20,7 @@ def teacher_cache(store: ArtifactStoreResource) -> TeacherScoreCache:
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="mining",
     kinds={"pytorch", "polars"},
     code_version=code_version(__name__, "embed_assets.teacher.labels", "embed_assets.teacher.scorer"),

@@ -12,6 +12,7 @@ from embed_assets.defs.configs import TrainingRecipeConfig
 from embed_assets.defs.metadata import image, preview, stage_metrics
 from embed_assets.defs.provenance import previous_materialization, recorded_value, recorded_versions
 from embed_assets.defs.resources import (
+    HOME_POOL,
     ArtifactStoreResource,
     BaseModelResource,
     RecipeResource,
@@ -130,6 +131,7 @@ def _teacher_judged(
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="training",
     kinds={"pytorch"},
     code_version=code_version(__name__, "embed_assets.recipe.presets", "embed_assets.recipe.selection"),
@@ -177,9 +179,17 @@ def training_recipe(
     context.log.info("recipe %s: chose %s (%s) %s", recipe.preset, choice.chosen, choice.selected_on, scores)
     return dg.MaterializeResult(
         value=value,
-        data_version=dg.DataVersion(data_version(value)),
+        data_version=dg.DataVersion(_recipe_data_version(value)),
         metadata={**_recipe_metadata(choice, value, index_vectors is not None), **stage_metrics(start)},
     )
+
+
+def _recipe_data_version(value: dict) -> str:
+    """The version of what the choice decided, without how long each candidate took or whether its
+    checkpoint was reused, so that a rerun on the same inputs gets the same version."""
+    bookkeeping = ("seconds", "reused")
+    candidates = [{k: v for k, v in c.items() if k not in bookkeeping} for c in value["candidates"]]
+    return data_version({**value, "candidates": candidates})
 
 
 def _recipe_value(
@@ -236,6 +246,7 @@ def _candidates_table(choice) -> str:
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="training",
     kinds={"polars"},
     code_version=code_version(__name__, "embed_assets.training.examples"),
@@ -400,6 +411,7 @@ def _model_metadata(trained: FineTuned, out_dir: Path, settings: dict) -> dict:
 
 
 @dg.asset(
+    pool=HOME_POOL,
     group_name="training",
     kinds={"pytorch"},
     code_version=code_version(
