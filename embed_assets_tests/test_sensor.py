@@ -1,5 +1,6 @@
 """The corpus-change sensor: content fingerprints, the user's recipe in every run it requests,
-no run for a touch or a compaction, a retrain for a revert."""
+no run for a touch or a compaction, a retrain for a revert; a LanceDB table's fingerprint read
+incrementally (only new fragments' rows), and the same whatever the cache holds."""
 
 import json
 import os
@@ -9,8 +10,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import dagster as dg
 import pytest
 
+from embed_assets.defs import lancedb_fingerprint as lf
 from embed_assets.defs.configs import validate_run_config
-from embed_assets.defs.sensors import CorpusSourceResource, corpus_change_sensor, corpus_fingerprint
+from embed_assets.defs.sensors import (
+    CorpusSourceResource,
+    corpus_change_sensor,
+    corpus_fingerprint,
+    lancedb_fingerprint,
+    legacy_lancedb_fingerprint,
+)
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    """The fingerprint cache goes to the artifact home: a temporary one, not the checkout's."""
+    monkeypatch.setenv("EMBED_ASSETS_HOME", str(tmp_path / "home"))
 
 
 def _tick(source: CorpusSourceResource, cursor: str | None):
@@ -178,3 +192,156 @@ def test_environment_variables_are_only_defaults(var, monkeypatch):
     assert getattr(reloaded.CorpusSourceResource(**{field: "/explicit"}), field) == "/explicit"
     monkeypatch.delenv(var)
     importlib.reload(sensors)
+
+
+def _rows(ids, text="text {}"):
+    import pyarrow as pa
+
+    return pa.table(
+        {"id": [f"d{i}" for i in ids], "text": [text.format(i) for i in ids], "title": ["T"] * len(ids)}
+    )
+
+
+@pytest.fixture
+def kb(tmp_path):
+    """A LanceDB table written in five appends (five fragments), and its fingerprint function."""
+    import lancedb
+
+    db = lancedb.connect(str(tmp_path / "db"))
+    tbl = db.create_table("kb", data=_rows(range(40)))
+    for start in range(40, 200, 40):
+        tbl.add(_rows(range(start, start + 40)))
+    return db, tbl, lambda: lancedb_fingerprint(str(tmp_path / "db"), "kb", ["text", "title", "id"])
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Which fragments each call hashed (None: all) and whose row addresses it read."""
+    calls = {"hashed": [], "addresses": []}
+    hash_rows, live = lf.row_hashes, lf.live_offsets
+
+    def row_hashes(ds, columns, fragments):
+        calls["hashed"].append(None if fragments is None else [f.id for f in fragments])
+        return hash_rows(ds, columns, fragments)
+
+    def live_offsets(ds, fragments):
+        calls["addresses"].append([f.id for f in fragments])
+        return live(ds, fragments)
+
+    monkeypatch.setattr(lf, "row_hashes", row_hashes)
+    monkeypatch.setattr(lf, "live_offsets", live_offsets)
+    return calls
+
+
+def test_lancedb_fingerprint_is_content_not_fragments_or_order(kb):
+    db, tbl, fingerprint = kb
+    first = fingerprint()
+    # The value is content only, and fixed: cursors written by earlier versions of this scheme
+    # (it once read Lance's manifest by hand) stay valid.
+    assert first == "rows-0df1f5b7e71a0000"
+    tbl.optimize()  # compaction: other fragments, other version, the same rows
+    assert fingerprint() == first
+    shuffled = tbl.to_arrow().take([(7 * i) % 200 for i in range(200)])  # 7 is prime to 200
+    db.create_table("kb", data=shuffled, mode="overwrite")
+    assert fingerprint() == first
+
+
+def test_lancedb_fingerprint_changes_on_add_delete_update_and_comes_back(kb):
+    _, tbl, fingerprint = kb
+    first = fingerprint()
+    seen = {first}
+    tbl.add(_rows([500]))
+    seen.add(fingerprint())
+    tbl.delete("id = 'd500' OR id = 'd3'")
+    seen.add(fingerprint())
+    tbl.add(_rows([3]))
+    assert fingerprint() == first
+    tbl.update(where="id = 'd7'", values={"text": "changed"})
+    seen.add(fingerprint())
+    tbl.merge_insert("id").when_matched_update_all().execute(_rows([1], text="upserted {}"))
+    seen.add(fingerprint())
+    assert len(seen) == 5
+    # A duplicate row counts (a sum, not XOR: two equal rows do not cancel).
+    tbl.add(_rows([8]))
+    assert fingerprint() not in seen
+
+
+def test_lancedb_fingerprint_reads_only_what_changed(kb, spy):
+    _, tbl, fingerprint = kb
+    fingerprint()
+    assert spy["hashed"] == [None]  # the first call hashes every row
+    spy["hashed"].clear()
+    first = fingerprint()
+    assert spy == {"hashed": [], "addresses": []}  # unchanged: the fragment list only
+    tbl.add(_rows(range(200, 210)))
+    grown = fingerprint()
+    assert spy["hashed"] == [[5]] and spy["addresses"] == []  # the new fragment's rows only
+    tbl.delete("id = 'd45'")  # fragment 1 gets a deletion file
+    spy["hashed"].clear()
+    assert fingerprint() not in (first, grown)
+    # Its data files are cached: its live row addresses are read, not its text.
+    assert spy == {"hashed": [], "addresses": [[1]]}
+
+
+def test_lancedb_fingerprint_is_the_same_without_its_cache(kb, tmp_path, spy):
+    import shutil
+
+    _, tbl, fingerprint = kb
+    first = fingerprint()
+    tbl.delete("id = 'd3'")
+    tbl.add(_rows([3]))  # the same content, in other fragments
+    assert fingerprint() == first
+    cache = tmp_path / "home" / "sensor_cache"
+    shutil.rmtree(cache)  # lost
+    assert fingerprint() == first
+    for digests in cache.glob("*/digests.json"):
+        digests.write_text("{not json")  # damaged
+    assert fingerprint() == first
+    shutil.rmtree(cache)
+    cache.write_text("a file where the folder should be")  # unwritable
+    assert fingerprint() == first
+    assert spy["hashed"][-1] is None  # it hashed every row to get there
+
+
+def test_lancedb_fingerprint_full_read_is_the_same_value(kb, monkeypatch, spy):
+    """Where pylance cannot open the table (LanceDB Cloud's tables have no ``to_lance``), every
+    row is hashed by LanceDB's own query: slower, the same value."""
+    import lancedb.table
+
+    _, tbl, fingerprint = kb
+    tbl.delete("id = 'd9'")
+    incremental = fingerprint()
+
+    def remote(self, **kwargs):
+        raise NotImplementedError("a remote table")
+
+    monkeypatch.setattr(lancedb.table.LanceTable, "to_lance", remote)
+    spy["hashed"].clear()
+    assert fingerprint() == incremental
+    assert spy["hashed"] == []  # not through pylance
+
+
+def test_lancedb_fingerprint_of_a_missing_table_or_column_is_none(kb, tmp_path):
+    _, _, fingerprint = kb
+    assert lancedb_fingerprint(str(tmp_path / "db"), "missing", ["text"]) is None
+    assert lancedb_fingerprint(str(tmp_path / "db"), "kb", ["text", "body"]) is None
+    assert lancedb_fingerprint(str(tmp_path / "nowhere"), "kb", ["text"]) is None
+
+
+def test_an_old_cursor_moves_to_the_new_fingerprint_without_a_run(kb, tmp_path):
+    """A cursor written before the incremental fingerprint holds the full-read hash: the first
+    tick compares it with that hash of the table, and requests a run only for a real change."""
+    _, tbl, fingerprint = kb
+    columns = {"text_column": "text", "title_column": "title", "id_column": "id"}
+    source = CorpusSourceResource(lancedb_uri=str(tmp_path / "db"), lancedb_table="kb", **columns)
+    legacy = legacy_lancedb_fingerprint(str(tmp_path / "db"), "kb", ["text", "title", "id"])
+    old_cursor = json.dumps({"fingerprint": legacy, "changes": 4})
+    upgraded, cursor = _tick(source, old_cursor)
+    assert isinstance(upgraded, dg.SkipReason), upgraded
+    assert json.loads(cursor) == {"fingerprint": fingerprint(), "changes": 4}
+    assert isinstance(_tick(source, cursor)[0], dg.SkipReason)
+    # The table changed while the old code ran: that is a change.
+    tbl.add(_rows([900]))
+    changed, cursor = _tick(source, old_cursor)
+    assert isinstance(changed, dg.RunRequest)
+    assert json.loads(cursor) == {"fingerprint": fingerprint(), "changes": 5}

@@ -5,9 +5,10 @@ Lines file or a production LanceDB table, with its column names), the user's rec
 config) and the labelled queries all come from it, and every run it requests carries them.
 
 Fingerprints are content hashes, so touching a file or compacting a LanceDB table
-(``table.optimize()``) triggers nothing. The cursor counts the changes it has seen and the run
-key includes that count: a corpus reverted to an earlier state is a new change and retrains
-(Dagster drops a run request whose key it has seen before).
+(``table.optimize()``) triggers nothing. A LanceDB table's is read incrementally: a tick reads the
+rows of new fragments only (``lancedb_fingerprint.py``). The cursor counts the changes it has seen
+and the run key includes that count: a corpus reverted to an earlier state is a new change and
+retrains (Dagster drops a run request whose key it has seen before).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pydantic import Field
 
 from embed_assets.defs.configs import run_config_errors, upgrade_run_config
 from embed_assets.defs.jobs import pipeline_job
+from embed_assets.defs.lancedb_fingerprint import PREFIX as LANCEDB_PREFIX
+from embed_assets.defs.lancedb_fingerprint import lancedb_fingerprint, legacy_lancedb_fingerprint
 from embed_assets.hashing import stable_hash
 from embed_assets.ingest.documents import SUPPORTED_SUFFIXES
 from embed_assets.lineage import file_sha256
@@ -47,20 +50,6 @@ def file_fingerprint(path: str | Path) -> str | None:
     """A JSON Lines corpus' SHA-256; None when the file is missing."""
     p = Path(path)
     return file_sha256(p)[:16] if p.is_file() else None
-
-
-def lancedb_fingerprint(uri: str, table: str, columns: list[str]) -> str | None:
-    """A hash of the table's rows in ``columns`` (text, title, id): content, not the table's version
-    number, which every compaction bumps. None when the table or a column is missing."""
-    import lancedb
-
-    try:
-        tbl = lancedb.connect(uri).open_table(table)
-        rows = tbl.to_arrow().select(columns)
-    except Exception:  # a missing table or column is a skip, not a sensor failure
-        return None
-    # Row order is not content: a compaction may rewrite fragments in another order.
-    return stable_hash(sorted(json.dumps(r, sort_keys=True, default=str) for r in rows.to_pylist()))
 
 
 class CorpusSourceResource(dg.ConfigurableResource):
@@ -103,14 +92,24 @@ class CorpusSourceResource(dg.ConfigurableResource):
             return f"JSON Lines corpus {self.corpus_jsonl}"
         return f"corpus folder {self.corpus_dir}"
 
+    def _columns(self) -> list[str]:
+        return list(dict.fromkeys(c for c in (self.text_column, self.title_column, self.id_column) if c))
+
     def fingerprint(self) -> str | None:
         """A hash of the source's content; None when it is missing."""
         if self.lancedb_uri:
-            columns = [c for c in (self.text_column, self.title_column, self.id_column) if c]
-            return lancedb_fingerprint(self.lancedb_uri, self.lancedb_table, list(dict.fromkeys(columns)))
+            return lancedb_fingerprint(self.lancedb_uri, self.lancedb_table, self._columns())
         if self.corpus_jsonl:
             return file_fingerprint(self.corpus_jsonl)
         return corpus_fingerprint(self.corpus_dir)
+
+    def is_legacy_fingerprint_of_current_content(self, last: str | None) -> bool:
+        """Whether ``last`` is a fingerprint of the full-read scheme (before ``rows-`` ones) and
+        the table's content still has it: the cursor then moves to the new scheme without a run.
+        One full read, on the first tick after the upgrade only."""
+        if not self.lancedb_uri or not last or last.startswith(LANCEDB_PREFIX):
+            return False
+        return legacy_lancedb_fingerprint(self.lancedb_uri, self.lancedb_table, self._columns()) == last
 
     def source_config(self) -> dict:
         if self.lancedb_uri:
@@ -185,6 +184,9 @@ def corpus_change_sensor(context: dg.SensorEvaluationContext, corpus_source: Cor
     last, changes = _read_cursor(context.cursor)
     if fingerprint == last:
         return dg.SkipReason(f"{source} unchanged")
+    if corpus_source.is_legacy_fingerprint_of_current_content(last):
+        context.update_cursor(json.dumps({"fingerprint": fingerprint, "changes": changes}))
+        return dg.SkipReason(f"{source} unchanged (its fingerprint moved to the incremental scheme)")
     try:
         run_config = corpus_source.run_config()
     except ValueError as e:
