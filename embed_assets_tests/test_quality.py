@@ -7,7 +7,9 @@ import polars as pl
 import pytest
 
 from embed_assets.generation.base import qa_frame
+from embed_assets.generation.template import TemplateQuestionGenerator
 from embed_assets.models import encode
+from embed_assets.quality import filters
 from embed_assets.quality.filters import (
     QualityConfig,
     answer_support,
@@ -87,6 +89,79 @@ def test_near_duplicates_matches_the_greedy_definition_on_many_rows():
     assert 10 < expected.sum() < 60  # the planted paraphrases, not everything or nothing
     for block in (1, 7, 512):
         assert near_duplicates(vecs, order, 0.9, block=block).tolist() == expected.tolist()
+    # The approximate path (one IVF list at this size) keeps the same greedy rule.
+    assert near_duplicates(vecs, order, 0.9, exact_max_rows=0).tolist() == expected.tolist()
+
+
+def test_near_duplicates_takes_the_index_only_above_exact_max_rows(monkeypatch):
+    vecs = _vectors()
+
+    def no_index(*args):
+        raise AssertionError("the approximate path ran")
+
+    monkeypatch.setattr(filters, "_approximate_pairs", no_index)
+    assert near_duplicates(vecs, np.arange(4), 0.9, exact_max_rows=4).tolist() == [False, True, False, False]
+    with pytest.raises(AssertionError, match="approximate path ran"):
+        near_duplicates(vecs, np.arange(4), 0.9, exact_max_rows=3)
+    assert len(vecs) < filters.EXACT_DEDUP_MAX_ROWS  # the default run's sizes stay exact
+
+
+def _exact_and_approximate_pairs(vecs: np.ndarray, order: np.ndarray, nprobe: int) -> tuple[set, set]:
+    ranked = np.ascontiguousarray(vecs[order])
+    exact = set(zip(*(a.tolist() for a in filters._exact_pairs(ranked, 0.9, 512)), strict=True))
+    found = set(zip(*(a.tolist() for a in filters._approximate_pairs(vecs, order, 0.9, nprobe)), strict=True))
+    return exact, found
+
+
+def test_approximate_near_duplicates_agree_with_exact_on_minilm_questions(
+    mini_chunks, base_model, monkeypatch
+):
+    """Real MiniLM vectors of the mini corpus' template questions and sentences, with paraphrases
+    and copies planted: the index (small lists, so a row probes a part of it) finds the exact
+    path's pairs, no pair below the threshold, and the same duplicates."""
+    questions = (
+        TemplateQuestionGenerator()
+        .generate(mini_chunks, questions_per_chunk=3, multi_hop_questions=0, seed=0)
+        .qa["question"]
+    )
+    sentences = [s.strip() for t in mini_chunks["text"] for s in t.split(". ") if len(s.strip()) > 40]
+    texts = list(dict.fromkeys([*questions, *sentences]))[:320]
+    planted = (
+        [t.lower().rstrip("?") + "?" for t in texts[::5]]
+        + [f"Please explain: {t}" for t in texts[::9]]
+        + texts[::13]  # verbatim copies
+    )
+    vecs = encode(base_model, texts + planted)
+    order = np.random.default_rng(0).permutation(len(vecs))
+    monkeypatch.setattr(filters, "_ROWS_PER_LIST", 24)  # ~16 lists: a row probes half of them
+
+    exact_pairs, found = _exact_and_approximate_pairs(vecs, order, nprobe=8)
+    assert found <= exact_pairs  # each candidate's exact cosine was checked
+    assert len(found) >= 0.99 * len(exact_pairs)
+    exact = near_duplicates(vecs, order, 0.9)
+    assert exact.sum() >= len(planted) // 2  # the plants, at least, are duplicates
+    assert near_duplicates(vecs, order, 0.9, exact_max_rows=0).tolist() == exact.tolist()
+
+
+def test_approximate_near_duplicates_find_every_copy_in_a_large_cluster(monkeypatch):
+    """Seeded random unit vectors with planted near-copies, one centre with 150 of them (more than
+    any k-nearest search would return): the index's range search finds the exact path's pairs."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(200, 64))
+    copies = np.repeat(centres, [150] + [2] * 199, axis=0)
+    vecs = np.concatenate(
+        [centres, copies + 0.08 * rng.normal(size=copies.shape), rng.normal(size=(2500, 64))]
+    )
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    order = rng.permutation(len(vecs))
+    monkeypatch.setattr(filters, "_ROWS_PER_LIST", 64)
+
+    exact_pairs, found = _exact_and_approximate_pairs(vecs, order, nprobe=4)
+    assert len(exact_pairs) > 150 * 149 // 2
+    assert found <= exact_pairs
+    assert len(found) >= 0.99 * len(exact_pairs)
+    exact = near_duplicates(vecs, order, 0.9)
+    assert near_duplicates(vecs, order, 0.9, exact_max_rows=0, nprobe=4).tolist() == exact.tolist()
 
 
 # --- answer_support ----------------------------------------------------------------------------

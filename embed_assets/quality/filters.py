@@ -35,6 +35,19 @@ from embed_assets.index.lexical import lexical_ranks
 from embed_assets.models import TextEncoder, text_encoder
 
 _WORD = re.compile(r"[a-z0-9_]{3,}")
+# Rows up to which near_duplicates compares every pair exactly. Up to here exact is no slower than
+# the index (1.7 s each at 14,368 questions; 3.4 s against 5.6 s at 21,552, 40.5 s against 11.8 s at
+# 71,840: benchmarks/bench_near_duplicates.py), and the default run's 7,184 keep their exact result.
+EXACT_DEDUP_MAX_ROWS = 20_000
+# The index's search radius sits this far below the threshold: its 8-bit codes moved a cosine by
+# 0.0005 (standard deviation), at most 0.015, on the benchmark's 71,840 vectors. Each candidate's exact
+# cosine is checked, so the margin costs a little checking, never a pair below the threshold.
+_SQ8_MARGIN = 0.02
+_ROWS_PER_LIST = 256  # rows per IVF list: a row's search scans nprobe lists of about this size
+_KMEANS_ROUNDS = 4
+_SQ8_TRAIN_ROWS = 20_000  # rows whose ranges train the 8-bit codes (30 MB of 384-dim float32)
+_ANN_BATCH = 4096  # rows added or searched per call: bounds the float32 copies to ~6 MB
+_RECHECK_BATCH = 16_384  # candidate pairs whose exact cosine is computed at once (~50 MB)
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,15 @@ def answer_support(answer: str, positive_texts: list[str]) -> float | None:
     return sum(w in context for w in words) / len(words)
 
 
-def near_duplicates(vectors: np.ndarray, order: np.ndarray, threshold: float, block: int = 512) -> np.ndarray:
+def near_duplicates(
+    vectors: np.ndarray,
+    order: np.ndarray,
+    threshold: float,
+    block: int = 512,
+    *,
+    exact_max_rows: int = EXACT_DEDUP_MAX_ROWS,
+    nprobe: int = 8,
+) -> np.ndarray:
     """Boolean mask: True where a row duplicates an earlier row in ``order``.
 
     Greedy in priority order: a row is a duplicate if its cosine with any kept,
@@ -101,25 +122,142 @@ def near_duplicates(vectors: np.ndarray, order: np.ndarray, threshold: float, bl
 
     Two passes, so that the work is matrix products and not one product per row against
     every kept row (which took most of the quality stage on 40,000 questions): first every
-    pair above the threshold, block by block in priority order (memory O(block × rows));
-    then the greedy pass over those pairs, which are few.
+    pair above the threshold, then the greedy pass over those pairs, which are few. Up to
+    ``exact_max_rows`` rows the pairs are found exactly, block by block in priority order
+    (memory O(block × rows), time quadratic). Above it an approximate index finds them (faiss
+    IVF; memory: its 8-bit codes, a quarter of ``vectors``, and the pairs; time about linear):
+    each row's range search returns every indexed row within the radius in the lists it probes,
+    not only its k nearest, since a question can have dozens of near-copies (the default run's
+    have up to 46), and each candidate's exact cosine is checked.
+
+    Recall trade-off of the approximate path: a pair whose rows fall in IVF lists neither of them
+    probes is missed (a pair counts when either side finds it). A missed pair can keep a row that
+    the exact path drops and, rarely, through that kept row, drop one the exact path keeps; a pair
+    below the threshold is never used. ``benchmarks/bench_near_duplicates.py`` measures the
+    recall of duplicate rows against the exact path.
+
+    Args:
+        vectors: ``(rows, dim)`` unit-normalised embeddings (cosine is the dot product).
+        order: the rows in priority order (a permutation of ``range(rows)``): earlier rows are
+            kept first.
+        threshold: cosine at or above which a row duplicates a kept one. Meant for near
+            duplicates (0.9): the pairs above it are held in memory, so a low threshold costs
+            memory on either path.
+        block: rows per matrix product on the exact path.
+        exact_max_rows: compare every pair up to this many rows; above it, the approximate index.
+        nprobe: IVF lists (of about 256 rows each) each row searches on the approximate path: more
+            find more pairs, in proportionally more time.
     """
-    ranked = np.ascontiguousarray(vectors[order], dtype=np.float32)
-    # earlier[p]: positions (in priority order) before p whose cosine with p reaches the threshold.
-    earlier: dict[int, np.ndarray] = {}
-    for start in range(0, len(ranked), block):
+    if len(vectors) <= exact_max_rows:
+        ranked = np.ascontiguousarray(vectors[order], dtype=np.float32)
+        later, earlier = _exact_pairs(ranked, threshold, block)
+    else:
+        later, earlier = _approximate_pairs(vectors, order, threshold, nprobe)
+    dup_ranked = _greedy(len(vectors), later, earlier)
+    dup = np.zeros(len(vectors), dtype=bool)
+    dup[order] = dup_ranked
+    return dup
+
+
+def _exact_pairs(
+    ranked: np.ndarray, threshold: float, block: int, from_row: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of priority positions ``(later, earlier)`` whose cosine reaches ``threshold``:
+    ``ranked`` (the rows in priority order) by blocks of ``block`` rows times every row before them.
+    ``from_row`` skips the blocks before it (a benchmark times the last, largest blocks alone)."""
+    later, earlier = [], []
+    for start in range(from_row, len(ranked), block):
         stop = min(start + block, len(ranked))
         sims = ranked[start:stop] @ ranked[:stop].T
         rows, cols = np.nonzero(sims >= threshold)
         before = cols < rows + start  # only higher-priority rows count
-        rows, cols = rows[before], cols[before]
-        for r in np.unique(rows):
-            earlier[start + int(r)] = cols[rows == r]
-    dup_ranked = np.zeros(len(ranked), dtype=bool)
-    for p in sorted(earlier):
-        dup_ranked[p] = bool((~dup_ranked[earlier[p]]).any())  # a kept earlier neighbour
-    dup = np.zeros(len(vectors), dtype=bool)
-    dup[order] = dup_ranked
+        later.append(rows[before] + start)
+        earlier.append(cols[before])
+    return _concat(later), _concat(earlier)
+
+
+def _approximate_pairs(
+    vectors: np.ndarray, order: np.ndarray, threshold: float, nprobe: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of :func:`_exact_pairs` that a faiss IVF index with 8-bit codes finds.
+
+    faiss and not LanceDB (the product's store): deduplication searches with every row, and on
+    the benchmark's 71,840 vectors (8 lists probed, 2 busy cores) LanceDB's IVF_SQ built in 10.6 s
+    and answered 974 rows/s (74 s for them all; IVF_PQ: 144 s, 264 rows/s), where this function
+    takes 11.8 s in all.
+    """
+    import faiss
+
+    n, dim = vectors.shape
+    # Lists of a fixed size, so a row's search costs the same at any scale; the coarse quantizer
+    # is an HNSW graph, so finding a row's lists stays cheap however many there are.
+    nlist = max(1, n // _ROWS_PER_LIST)
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT),
+        dim,
+        nlist,
+        faiss.ScalarQuantizer.QT_8bit,
+        faiss.METRIC_INNER_PRODUCT,
+    )
+    # Near duplicates land in one list or its neighbours under any fair partition: 4 k-means rounds
+    # on 39 rows a list (faiss' minimum) balance the lists as well as 10 did on the benchmark's 100x
+    # vectors, in half the time. The 8-bit codes' per-dimension ranges train on every sampled row.
+    index.cp.niter = _KMEANS_ROUNDS
+    index.cp.max_points_per_centroid = 39
+    size = min(n, max(39 * nlist, _SQ8_TRAIN_ROWS))
+    train = np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))
+    index.train(_ranked_rows(vectors, order[train]))
+    for start in range(0, n, _ANN_BATCH):
+        index.add(_ranked_rows(vectors, order[start : start + _ANN_BATCH]))
+    index.nprobe = nprobe
+    # Rows are searched list by list: a batch then probes a few neighbouring lists, which stay in
+    # the CPU's cache, instead of lists all over the index.
+    lists = index.invlists
+    by_list = np.concatenate(
+        [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).astype(np.int64) for i in range(nlist)]
+    )
+    keys = []
+    for start in range(0, n, _ANN_BATCH):
+        batch = by_list[start : start + _ANN_BATCH]
+        lims, _, found = index.range_search(_ranked_rows(vectors, order[batch]), threshold - _SQ8_MARGIN)
+        query = np.repeat(batch, np.diff(lims.astype(np.int64)))
+        hi, lo = np.maximum(query, found), np.minimum(query, found)
+        hi, lo = hi[hi != lo], lo[hi != lo]
+        ok = _cosines(vectors, order[hi], order[lo]) >= threshold
+        keys.append(hi[ok] * n + lo[ok])
+    # A pair found from both of its rows comes twice.
+    pairs = np.unique(_concat(keys))
+    return pairs // n, pairs % n
+
+
+def _ranked_rows(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def _cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact cosine of each pair of rows ``(a[i], b[i])``, ``_RECHECK_BATCH`` pairs at a time."""
+    out = np.empty(len(a), dtype=np.float32)
+    for s in range(0, len(a), _RECHECK_BATCH):
+        pair = slice(s, s + _RECHECK_BATCH)
+        out[pair] = np.einsum("ij,ij->i", _ranked_rows(vectors, a[pair]), _ranked_rows(vectors, b[pair]))
+    return out
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _greedy(rows: int, later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    """The greedy pass over pairs of priority positions: a position is a duplicate when one of
+    its earlier partners is kept. Every earlier position is decided before a later one."""
+    dup = np.zeros(rows, dtype=bool)
+    if not len(later):
+        return dup
+    by_later = np.argsort(later, kind="stable")
+    later, earlier = later[by_later], earlier[by_later]
+    starts = np.flatnonzero(np.diff(later, prepend=-1))
+    for p, partners in zip(later[starts], np.split(earlier, starts[1:]), strict=True):
+        dup[p] = not dup[partners].all()  # a kept earlier partner
     return dup
 
 
