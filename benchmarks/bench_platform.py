@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         k for k in one["data_versions"] if one["data_versions"][k] != many["data_versions"].get(k)
     )
     report = {
-        "command": "python benchmarks/bench_platform.py " + " ".join(args.extra),
+        "command": " ".join(["python benchmarks/bench_platform.py", *args.extra]),
         "in_process_sqlite_s": round(in_process_s, 1),
         "multiprocess_postgres_s": round(multiprocess_s, 1),
         "wall_time_ratio": round(multiprocess_s / in_process_s, 2),
