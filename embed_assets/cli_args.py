@@ -7,14 +7,9 @@ flag declarations; it imports nothing heavy (no Dagster), so ``--help`` stays fa
 from __future__ import annotations
 
 import argparse
-import os
 
+from embed_assets.home import default_home
 from embed_assets.recipe.presets import RECIPE_NAMES
-
-
-def _default_home() -> str:
-    """The artifact folder when ``--home`` is not given: ``$EMBED_ASSETS_HOME`` or ``.embed_assets``."""
-    return os.environ.get("EMBED_ASSETS_HOME", ".embed_assets")
 
 
 def build_parser(description: str | None) -> argparse.ArgumentParser:
@@ -51,7 +46,7 @@ def _add_input_arguments(run: argparse.ArgumentParser) -> None:
         "merge weight instead of held-out generated questions (default: none; no choice reads them)",
     )
     run.add_argument("--config", help="YAML run config ({ops: {<asset>: {config: {...}}}})")
-    run.add_argument("--home", default=_default_home(), help="artifact folder")
+    run.add_argument("--home", default=default_home(), help="artifact folder")
 
 
 def _add_model_arguments(run: argparse.ArgumentParser) -> None:
@@ -119,5 +114,5 @@ def _add_maintenance_parsers(sub: argparse._SubParsersAction) -> None:
         "gc",
         help="delete the artifacts of --home that no recorded evaluation's chain and no latest value uses",
     )
-    gc.add_argument("--home", default=_default_home(), help="artifact folder")
+    gc.add_argument("--home", default=default_home(), help="artifact folder")
     gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")

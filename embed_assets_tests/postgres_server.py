@@ -14,12 +14,13 @@ import glob
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from embed_assets_tests.process_groups import free_port
 
 INSTALL_HINT = "no PostgreSQL server binaries (Debian: apt-get install postgresql)"
 
@@ -52,12 +53,6 @@ class PostgresServer:
         }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def postgres_server(db_name: str = "dagster") -> Iterator[PostgresServer]:
     """Start a fresh cluster, create ``db_name`` owned by a password user, yield it, remove it."""
@@ -82,7 +77,7 @@ def postgres_server(db_name: str = "dagster") -> Iterator[PostgresServer]:
         full = ["runuser", "-u", "postgres", "--", *cmd] if as_root else list(cmd)
         subprocess.run(full, check=True, capture_output=True, text=True, cwd=root)
 
-    port = _free_port()
+    port = free_port()
     try:
         run(
             str(bin_dir / "initdb"),

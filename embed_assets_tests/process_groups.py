@@ -1,11 +1,15 @@
-"""Long-running servers the tests start (the Docker entrypoint, ``dagster dev``): each in a process
-group of its own, stopped as a whole by its group id, never by a broad ``pkill``."""
+"""Long-running servers the tests start on loopback (the Docker entrypoint, ``dagster dev``,
+PostgreSQL): a free port for each, each in a process group of its own, stopped as a whole by its
+group id (never by a broad ``pkill``), and the GraphQL the Dagster webserver answers."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import IO
 
@@ -29,3 +33,18 @@ def stop_group(proc: subprocess.Popen, timeout_s: float = 30) -> None:
             return
         except (ProcessLookupError, subprocess.TimeoutExpired):
             continue
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(url: str, query: str, variables: dict | None = None, timeout_s: float = 60) -> dict:
+    """The Dagster webserver's answer to ``query`` (POST, JSON)."""
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        return json.loads(resp.read())

@@ -14,10 +14,8 @@ Skipped only where no chromium is installed and ``CI`` is unset; in CI it always
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import sys
 import time
 import urllib.error
@@ -28,7 +26,7 @@ import pytest
 import yaml
 from test_pipeline_e2e import ASSETS, tiny_run_config
 
-from embed_assets_tests.process_groups import start_group, stop_group
+from embed_assets_tests.process_groups import free_port, graphql, start_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).parent / "artifacts" / "browser"
@@ -64,22 +62,6 @@ query ($runId: ID!) {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory):
     """``dagster dev`` on a free loopback port, with a fresh DAGSTER_HOME and EMBED_ASSETS_HOME;
@@ -87,7 +69,7 @@ def dagster_dev(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dagster_dev")
     (tmp / "dagster_home").mkdir()
     (tmp / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DAGSTER_HOME": str(tmp / "dagster_home"),
@@ -107,7 +89,7 @@ def dagster_dev(tmp_path_factory):
         while True:
             assert proc.poll() is None, f"dagster dev exited early:\n{log_path.read_text()[-3000:]}"
             try:
-                if _graphql(f"{base}/graphql", "{ assetNodes { id } }").get("data", {}).get("assetNodes"):
+                if graphql(f"{base}/graphql", "{ assetNodes { id } }").get("data", {}).get("assetNodes"):
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -228,7 +210,7 @@ def _launch_from_launchpad(driver, base: str, run_config: dict, name: str) -> st
 def _wait_for_run(base: str, run_id: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        run = _graphql(f"{base}/graphql", RUN_QUERY, {"runId": run_id})["data"]["runOrError"]
+        run = graphql(f"{base}/graphql", RUN_QUERY, {"runId": run_id})["data"]["runOrError"]
         if run.get("status") in ("SUCCESS", "FAILURE", "CANCELED"):
             return run
         assert time.monotonic() < deadline, f"run {run_id} still {run.get('status')} after {timeout} s"

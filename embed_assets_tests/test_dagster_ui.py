@@ -8,9 +8,7 @@ against ``dagster-webserver -w workspace.yaml``, started by ``scripts/docker-ent
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from embed_assets_tests.process_groups import ENTRYPOINT, start_group, stop_group
+from embed_assets_tests.process_groups import ENTRYPOINT, free_port, graphql, start_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,20 +80,6 @@ QUERY = """
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(url: str, query: str) -> dict:
-    req = urllib.request.Request(
-        url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 def _entrypoint_env(tmp_path: Path, *path_first: Path, **extra: str) -> dict[str, str]:
     """The entrypoint's environment over an empty Dagster instance at ``tmp_path/dagster``; the
     virtualenv's commands on PATH, after ``path_first``."""
@@ -114,7 +98,7 @@ def _entrypoint_env(tmp_path: Path, *path_first: Path, **extra: str) -> dict[str
 @pytest.fixture
 def entrypoint(tmp_path):
     """``scripts/docker-entrypoint.sh`` on a free loopback port; yields (url, process)."""
-    port = _free_port()
+    port = free_port()
     env = _entrypoint_env(
         tmp_path,
         HOST="127.0.0.1",
@@ -138,7 +122,7 @@ def _wait_for_assets(url: str, proc: subprocess.Popen, timeout_s: float = 240.0)
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the entrypoint exited early"
         try:
-            data = _graphql(url, QUERY)
+            data = graphql(url, QUERY)
             if data.get("data", {}).get("assetNodes"):
                 return data["data"]
             last_error = data

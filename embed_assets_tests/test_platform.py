@@ -30,8 +30,7 @@ import yaml
 from embed_assets.defs.definitions import all_assets
 from embed_assets.defs.resources import HOME_POOL
 from embed_assets_tests.postgres_server import INSTALL_HINT, PostgresServer, postgres_server, server_bin_dir
-from embed_assets_tests.process_groups import ENTRYPOINT, start_group, stop_group
-from embed_assets_tests.test_dagster_ui import _free_port
+from embed_assets_tests.process_groups import ENTRYPOINT, free_port, graphql, start_group, stop_group
 from embed_assets_tests.test_pipeline_e2e import MINI_CORPUS, tiny_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,16 +61,9 @@ def _wait(predicate, timeout_s: float, what: str, interval_s: float = 1.0):
     return value
 
 
-def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as resp:
-        return json.loads(resp.read())
-
-
 def _answers(url: str) -> bool:
     try:
-        return "data" in _graphql(url, "{ version }")
+        return "data" in graphql(url, "{ version }")
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
 
@@ -84,7 +76,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
     (root / "dagster").mkdir()
     recipe = root / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(tiny_run_config()), encoding="utf-8")
-    port = _free_port()
+    port = free_port()
     with postgres_server() as server, pytest.MonkeyPatch.context() as mp:
         env = {
             **os.environ,
@@ -129,7 +121,7 @@ def _launch(deployment: Deployment, assets: list[str], run_config: dict) -> str:
     }
     query = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
       __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
-    answer = _graphql(deployment.url, query, {"params": {"selector": selector, "runConfigData": run_config}})
+    answer = graphql(deployment.url, query, {"params": {"selector": selector, "runConfigData": run_config}})
     launched = answer["data"]["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", answer
     return launched["run"]["runId"]
@@ -196,7 +188,7 @@ def sensor_run(deployment) -> str:
         "repositoryName": "__repository__",
         "sensorName": "corpus_change_sensor",
     }
-    answer = _graphql(deployment.url, query, {"selector": selector})
+    answer = graphql(deployment.url, query, {"selector": selector})
     assert answer["data"]["startSensor"]["sensorState"]["status"] == "RUNNING", answer
     instance = deployment.instance
 

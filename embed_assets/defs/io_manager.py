@@ -7,12 +7,12 @@ the home's lock) is :class:`~embed_assets.defs.resources.ArtifactStoreResource`'
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
+from embed_assets.home import default_home
 from embed_assets.lineage import build_info, file_sha256
 
 LATEST = "latest.json"  # per asset folder: which file the last materialization wrote
@@ -36,7 +36,7 @@ class PolarsJsonIOManager(dg.ConfigurableIOManager):
     and are renamed, so a killed run never leaves a half-written asset behind. Each
     materialization records the file's path and SHA-256, the package version and git commit."""
 
-    home_dir: str = os.environ.get("EMBED_ASSETS_HOME", ".embed_assets")
+    home_dir: str = default_home()
 
     @property
     def base_dir(self) -> Path:

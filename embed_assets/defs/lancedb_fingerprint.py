@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from embed_assets.hashing import stable_hash
+from embed_assets.home import default_home
 
 logger = logging.getLogger("embed_assets.sensors")
 
@@ -112,7 +113,7 @@ def _cache_root(cache_dir: str | Path | None) -> Path:
     # since the code server that evaluates sensors restarts on every reload and deploy.
     if cache_dir is not None:
         return Path(cache_dir)
-    return Path(os.environ.get("EMBED_ASSETS_HOME", ".embed_assets")) / "sensor_cache"
+    return Path(default_home()) / "sensor_cache"
 
 
 def _incremental(tbl, columns: list[str], cache_root: Path) -> tuple[int, int]:

@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from embed_assets.generation.base import QuestionGenerator
+from embed_assets.home import default_home
 from embed_assets.home_lock import HomeLock
 from embed_assets.models import DEFAULT_BASE_MODEL, load_model, resolve_model_path
 from embed_assets.recipe.presets import Preset, candidates, generators_for
@@ -54,7 +55,7 @@ class ArtifactStoreResource(dg.ConfigurableResource):
     """
 
     # Read at import: Dagster config defaults must be plain values, not factories.
-    root_dir: str = os.environ.get("EMBED_ASSETS_HOME", ".embed_assets")
+    root_dir: str = default_home()
     lock_timeout_s: float = Field(
         default=0.0,
         ge=0.0,
