@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Default run: wall time and memory",
         "",
-        f"Command: `python benchmarks/bench_default_run.py {' '.join(args.extra)}`".rstrip()
+        f"Command: `{' '.join(['python benchmarks/bench_default_run.py', *args.extra])}`"
         + " (runs `embed-assets run`)",
         "",
         f"Machine: {platform.machine()}, {psutil.cpu_count()} CPU cores, "
