@@ -31,7 +31,7 @@ setup-teacher: setup
 	$(PIP_INSTALL) -c $(LOCK) -e ".[teacher]"
 
 setup-test: setup
-	$(PIP_INSTALL) -c $(LOCK) -e ".[llm,teacher,dev,k8s]"
+	$(PIP_INSTALL) -c $(LOCK) -e ".[llm,teacher,dev,k8s,ray]"
 
 run: setup
 	$(BIN)/embed-assets run

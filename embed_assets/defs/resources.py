@@ -46,7 +46,8 @@ class ArtifactStoreResource(dg.ConfigurableResource):
     Every asset requires this resource (a test checks it), so Dagster sets it up in every process
     that works for a run (once under the in-process executor, once per step under the multiprocess
     or Kubernetes one), however the run was launched (CLI, UI, sensor), before any asset works.
-    Setup claims the home for the run: it validates the whole run config, then takes the run's
+    Setup claims the home for the run: it validates the whole run config and the Ray setting
+    (:func:`~embed_assets.export.ray_fanout.check_ray_setting`), then takes the run's
     share of the home's lock (:mod:`embed_assets.home_lock`), which teardown releases. A run thus
     does no work with a bad config and never shares a home with another run; a Definitions object
     without this resource fails to load, naming it.
@@ -69,8 +70,10 @@ class ArtifactStoreResource(dg.ConfigurableResource):
             return
         from embed_assets.defs.configs import validate_run_config
         from embed_assets.defs.runs import claim_tags
+        from embed_assets.export.ray_fanout import check_ray_setting
 
         validate_run_config(run.run_config)
+        check_ray_setting()
         self._lock = HomeLock(self.root_dir, run.run_id, self.lock_timeout_s).acquire()
         if context.instance is not None:  # lets `embed-assets clean-runs` tell a killed run from a live one
             context.instance.add_run_tags(run.run_id, claim_tags(self.root_dir))

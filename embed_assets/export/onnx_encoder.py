@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed_assets.export.ray_fanout import RayTextEncoder, connect, ray_settings
 from embed_assets.models import ENCODE_BATCH_SIZE, TextEncoder, best_device, encode
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,19 @@ class CorpusEncoder:
         runtime: ``onnxruntime`` or ``torch``.
         reason: why PyTorch was kept (empty for onnxruntime).
         export_dir: the ONNX export used (None for PyTorch).
+        fanout: where its batches run when not in this process (e.g. Ray's address and workers).
     """
 
     encode: TextEncoder
     runtime: str
     reason: str = ""
     export_dir: Path | None = None
+    fanout: str = ""
 
     def metadata(self) -> dict[str, str]:
         out = {"encoder_runtime": self.runtime}
+        if self.fanout:
+            out["encoder_fanout"] = self.fanout
         if self.reason:
             out["encoder_fallback_reason"] = self.reason
         if self.export_dir:
@@ -82,7 +87,16 @@ def corpus_encoder(
         min_cosine: the lowest per-text cosine with PyTorch that an export may give on a few
             probe texts (a long one included); below it PyTorch is kept.
         device: where PyTorch runs; default the best available. Anything but ``cpu`` keeps PyTorch.
+
+    With ``$EMBED_ASSETS_RAY_ADDRESS`` set, the onnxruntime batches run on Ray workers
+    (:mod:`embed_assets.export.ray_fanout`), with the same vectors; PyTorch stays in this process.
+
+    Raises:
+        RaySettingError: a Ray setting that is malformed or names an unreachable cluster.
     """
+    fanout = ray_settings()
+    if fanout is not None:
+        connect(fanout)  # a bad address fails here, before any work, naming the setting
 
     def torch_encoder(reason: str) -> CorpusEncoder:
         return CorpusEncoder(lambda texts: encode(model, texts, batch_size=batch_size), "torch", reason)
@@ -105,7 +119,10 @@ def corpus_encoder(
     worst = float((encode(model, _PARITY_TEXTS, batch_size) * onnx_encode(_PARITY_TEXTS)).sum(axis=1).min())
     if worst < min_cosine:
         return torch_encoder(f"export disagrees with PyTorch: cosine {worst:.6f} < {min_cosine}")
-    return CorpusEncoder(onnx_encode, "onnxruntime", export_dir=Path(export_dir))
+    if fanout is None:
+        return CorpusEncoder(onnx_encode, "onnxruntime", export_dir=Path(export_dir))
+    ray_encode = RayTextEncoder(Path(export_dir), batch_size, fanout)
+    return CorpusEncoder(ray_encode, "onnxruntime", export_dir=Path(export_dir), fanout=fanout.describe())
 
 
 def onnx_text_encoder(export_dir: Path, batch_size: int = ENCODE_BATCH_SIZE) -> TextEncoder:

@@ -258,9 +258,14 @@ class OnnxEmbedder:
         if not texts:
             return out, 0
         ids = self.tokenizer.encode(texts, truncate="END")
-        # Batch texts of similar length together so that little compute goes to padding.
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in length_batches(ids, batch_size):
             out[idx] = self.embed_ids([ids[i] for i in idx])
         return out, sum(len(row) for row in ids)
+
+
+def length_batches(ids: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """The model batches :meth:`OnnxEmbedder.encode` makes of tokenised texts, as row numbers:
+    texts of similar length together, so that little compute goes to padding. A caller that
+    spreads the batches over workers gets the same vectors, since each batch is padded alike."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
