@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from embed_assets.cli_args import build_parser
+from embed_assets.object_home import ObjectHomeError, check_access, local_root, push
 
 
 class UsageError(ValueError):
@@ -137,7 +138,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "gc":
             return garbage_collect(args.home, args.dry_run)
         return run_pipeline(args)
-    except UsageError as e:
+    except (UsageError, ObjectHomeError) as e:
         print(e, file=sys.stderr)
         return 2
 
@@ -200,7 +201,7 @@ def garbage_collect(home: str, dry_run: bool) -> int:
     from embed_assets.home_lock import HomeBusyError, HomeLock
 
     try:
-        with HomeLock(home, "embed-assets gc"):  # never under a running pipeline
+        with HomeLock(local_root(home), "embed-assets gc"):  # never under a running pipeline
             report = collect_garbage(open_instance(), home, dry_run)
     except HomeBusyError as e:
         print(e, file=sys.stderr)
@@ -229,6 +230,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if args.select:
         run_config["ops"] = _ops_of_selection(run_config, args.select, all_assets)
     _refuse_busy_home(args.home, args.wait)
+    if (home := resources["store"].object_home()) is not None:
+        check_access(home)  # an unreachable or read-only store: one message, before any asset runs
     resources["store"] = resources["store"].model_copy(update={"lock_timeout_s": float(args.wait)})
     instance = open_instance()
     _warn_orphaned_runs(instance)
@@ -250,7 +253,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if evaluation := _evaluation_of(result):
         _print_evaluation(evaluation)
         summary = {"run_id": result.run_id, "wall_seconds": round(wall, 1), "stages": stages, **evaluation}
-        (Path(args.home) / "last_run.json").write_text(json.dumps(summary, indent=2))
+        (local_root(args.home) / "last_run.json").write_text(json.dumps(summary, indent=2))
+        if (home := resources["store"].object_home()) is not None:
+            push(home)
     if not result.success:
         _print_failures(result)
     return 0 if result.success else 1
@@ -316,9 +321,9 @@ def _refuse_busy_home(home: str, wait: float) -> None:
     """:class:`UsageError` when another run holds ``home`` and ``--wait`` does not allow waiting for it."""
     from embed_assets.home_lock import busy_holder
 
-    if wait <= 0 and (holder := busy_holder(home)):
+    if wait <= 0 and (holder := busy_holder(local_root(home))):
         raise UsageError(
-            f"artifact home {Path(home).resolve()} is in use by {holder.describe()}; one run at a time "
+            f"artifact home {local_root(home).resolve()} is in use by {holder.describe()}; one run at a time "
             "per home: wait for it (--wait SECONDS), or use another --home"
         )
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 
 HOME_ENV = "EMBED_ASSETS_HOME"
+# How errors about the home name it: the environment variable, or the store resource's field.
+HOME_SETTING = f"{HOME_ENV} (resources.store.config.root_dir)"
 
 
 def default_home() -> str:

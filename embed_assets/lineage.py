@@ -55,10 +55,15 @@ def data_version(content: pl.DataFrame | Any, config: Any = None, length: int = 
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            digest.update(block)
+        return stream_sha256(f)
+
+
+def stream_sha256(f) -> str:
+    """The SHA-256 of what a binary file object holds from its position on."""
+    digest = hashlib.sha256()
+    while block := f.read(_CHUNK):
+        digest.update(block)
     return digest.hexdigest()
 
 

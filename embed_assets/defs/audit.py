@@ -5,7 +5,8 @@ read (``dagster/input_event_pointer/<asset>``), the code version and the data ve
 from a ``retrieval_eval`` materialization, :func:`audit_chain` follows those pointers back to the
 documents, and for each link collects its run, versions, config and the files it recorded with
 their SHA-256 (``value_path``/``value_sha256`` from the IO manager, ``artifacts`` from the asset);
-then it hashes every file again. A missing or changed file is a failed audit.
+then it hashes every file again (an object home's objects through its filesystem). A missing or
+changed file is a failed audit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from embed_assets.lineage import file_sha256
+from embed_assets.lineage import file_sha256, stream_sha256
+from embed_assets.object_home import is_remote, open_uri, remote_of
 
 POINTER_TAG = "dagster/input_event_pointer/"
 ROOT_ASSET = "retrieval_eval"
@@ -79,6 +81,15 @@ def _files(metadata: dict) -> dict[str, str]:
 
 
 def _check(path: str, expected: str) -> FileCheck:
+    """Hash the file again: a local one, or the object an object home holds (a ``value_path`` URI,
+    or a file of its staging folder on this host, which is hashed from the store, not the copy)."""
+    uri = path if is_remote(path) else remote_of(path)
+    if uri is not None:
+        try:
+            with open_uri(uri) as f:
+                return FileCheck(path, expected, "ok" if stream_sha256(f) == expected else "changed")
+        except FileNotFoundError:
+            return FileCheck(path, expected, "missing")
     if not Path(path).is_file():
         return FileCheck(path, expected, "missing")
     return FileCheck(path, expected, "ok" if file_sha256(path) == expected else "changed")

@@ -12,8 +12,9 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from embed_assets.home import default_home
+from embed_assets.home import HOME_SETTING, default_home
 from embed_assets.lineage import build_info, file_sha256
+from embed_assets.object_home import ObjectHome, is_remote, parse_home, pull, pull_paths_in, push
 
 LATEST = "latest.json"  # per asset folder: which file the last materialization wrote
 
@@ -34,13 +35,22 @@ class PolarsJsonIOManager(dg.ConfigurableIOManager):
     anything JSON-serialisable to ``.../<sha256[:16]>.json``, named by the file's own hash, and
     records which one is the latest in ``<asset>/latest.json``. Writes go to a temp file first
     and are renamed, so a killed run never leaves a half-written asset behind. Each
-    materialization records the file's path and SHA-256, the package version and git commit."""
+    materialization records the file's path and SHA-256, the package version and git commit.
+
+    An object-store ``home_dir`` (``s3://bucket/prefix``) is written the same way in its staging
+    folder, then pushed, value and ``latest.json`` last (after every file the step wrote, so a
+    value never names a folder that is not in the store yet); ``value_path`` is the object's URI.
+    Loading pulls the latest value, and the staging paths it names (model, BEIR folder, index)."""
 
     home_dir: str = default_home()
 
+    def _object_home(self) -> ObjectHome | None:
+        return parse_home(self.home_dir, HOME_SETTING) if is_remote(self.home_dir) else None
+
     @property
     def base_dir(self) -> Path:
-        return Path(self.home_dir) / "assets"
+        home = self._object_home()
+        return (home.staging if home is not None else Path(self.home_dir)) / "assets"
 
     def _folder(self, asset_key: dg.AssetKey) -> Path:
         return self.base_dir.joinpath(*asset_key.path)
@@ -67,9 +77,13 @@ class PolarsJsonIOManager(dg.ConfigurableIOManager):
         pointer = folder / f".{LATEST}.tmp"
         pointer.write_text(json.dumps({"file": path.name, "sha256": sha256, "run_id": context.run_id}))
         pointer.replace(folder / LATEST)
+        shown = str(path.resolve())
+        if (home := self._object_home()) is not None:
+            push(home)
+            shown = home.url(path.relative_to(home.staging).as_posix())
         context.add_output_metadata(
             {
-                "value_path": dg.MetadataValue.path(str(path.resolve())),
+                "value_path": dg.MetadataValue.path(shown),
                 "value_sha256": sha256,
                 "value_bytes": path.stat().st_size,
                 **build_info(),
@@ -79,6 +93,11 @@ class PolarsJsonIOManager(dg.ConfigurableIOManager):
     def latest_path(self, asset_key: dg.AssetKey) -> Path:
         """The file the last materialization of ``asset_key`` in this home wrote."""
         folder = self._folder(asset_key)
+        if (home := self._object_home()) is not None:
+            rel = folder.relative_to(home.staging).as_posix()
+            pull(home, f"{rel}/{LATEST}")
+            if (folder / LATEST).exists():
+                pull(home, f"{rel}/{json.loads((folder / LATEST).read_text())['file']}")
         try:
             return folder / json.loads((folder / LATEST).read_text())["file"]
         except FileNotFoundError:
@@ -91,4 +110,7 @@ class PolarsJsonIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext):
-        return read_value(self.latest_path(context.upstream_output.asset_key))
+        value = read_value(self.latest_path(context.upstream_output.asset_key))
+        if (home := self._object_home()) is not None and not isinstance(value, pl.DataFrame):
+            pull_paths_in(home, value)
+        return value

@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from embed_assets.hashing import stable_hash
 from embed_assets.home import default_home
+from embed_assets.object_home import local_root
 
 logger = logging.getLogger("embed_assets.sensors")
 
@@ -113,7 +114,7 @@ def _cache_root(cache_dir: str | Path | None) -> Path:
     # since the code server that evaluates sensors restarts on every reload and deploy.
     if cache_dir is not None:
         return Path(cache_dir)
-    return Path(default_home()) / "sensor_cache"
+    return local_root(default_home()) / "sensor_cache"
 
 
 def _incremental(tbl, columns: list[str], cache_root: Path) -> tuple[int, int]:

@@ -11,9 +11,10 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from embed_assets.generation.base import QuestionGenerator
-from embed_assets.home import default_home
+from embed_assets.home import HOME_SETTING, default_home
 from embed_assets.home_lock import HomeLock
 from embed_assets.models import DEFAULT_BASE_MODEL, load_model, resolve_model_path
+from embed_assets.object_home import ObjectHome, check_access, is_remote, parse_home, pull, push
 from embed_assets.recipe.presets import Preset, candidates, generators_for
 from embed_assets.recipe.settings import RecipeSettings, TeacherSettings
 
@@ -53,6 +54,10 @@ class ArtifactStoreResource(dg.ConfigurableResource):
     without this resource fails to load, naming it.
 
     ``root_dir`` defaults to ``$EMBED_ASSETS_HOME`` or ``.embed_assets`` in the working directory.
+    An object-store URI (``s3://bucket/prefix``, :mod:`embed_assets.object_home`) works in a local
+    staging folder: setup checks the store can be written, :meth:`path` pulls what it names,
+    teardown pushes what the step wrote (the IO manager pushes before each value too), and the
+    lock is taken on the staging folder.
     """
 
     # Read at import: Dagster config defaults must be plain values, not factories.
@@ -74,7 +79,9 @@ class ArtifactStoreResource(dg.ConfigurableResource):
 
         validate_run_config(run.run_config)
         check_ray_setting()
-        self._lock = HomeLock(self.root_dir, run.run_id, self.lock_timeout_s).acquire()
+        if (home := self.object_home()) is not None:
+            check_access(home)
+        self._lock = HomeLock(self.local_dir, run.run_id, self.lock_timeout_s).acquire()
         if context.instance is not None:  # lets `embed-assets clean-runs` tell a killed run from a live one
             context.instance.add_run_tags(run.run_id, claim_tags(self.root_dir))
         if stale := self._lock.stale:
@@ -85,11 +92,28 @@ class ArtifactStoreResource(dg.ConfigurableResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+            try:
+                if (home := self.object_home()) is not None:
+                    push(home)  # the caches and reports written after the step's last value
+            finally:
+                self._lock.release()
+                self._lock = None
+
+    def object_home(self) -> ObjectHome | None:
+        """The object-store home ``root_dir`` names, or None for a folder."""
+        return parse_home(self.root_dir, HOME_SETTING) if is_remote(self.root_dir) else None
+
+    @property
+    def local_dir(self) -> Path:
+        """Where files are worked on: ``root_dir``, or an object home's staging folder."""
+        home = self.object_home()
+        return home.staging if home is not None else Path(self.root_dir)
 
     def path(self, *parts: str) -> Path:
-        p = Path(self.root_dir).joinpath(*parts)
+        """``root_dir/parts``: a file or folder to read or write (pulled first from an object home)."""
+        if (home := self.object_home()) is not None:
+            pull(home, "/".join(parts))
+        p = self.local_dir.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 

@@ -15,6 +15,7 @@ import socket
 import dagster as dg
 
 from embed_assets.home_lock import pid_alive, run_process_id
+from embed_assets.object_home import is_remote
 
 PID_TAG = "embed_assets/pid"
 HOST_TAG = "embed_assets/host"
@@ -23,7 +24,11 @@ HOME_TAG = "embed_assets/home"
 
 def claim_tags(home: str) -> dict[str, str]:
     """The tags a run records when it claims ``home``."""
-    return {PID_TAG: str(run_process_id()), HOST_TAG: socket.gethostname(), HOME_TAG: os.path.abspath(home)}
+    return {
+        PID_TAG: str(run_process_id()),
+        HOST_TAG: socket.gethostname(),
+        HOME_TAG: home if is_remote(home) else os.path.abspath(home),
+    }
 
 
 def orphaned_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
