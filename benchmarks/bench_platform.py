@@ -1,9 +1,11 @@
-"""The default run on one process and local SQLite, against the same run with a process per step on
-PostgreSQL: every data version and metric must match; reports the wall-time ratio.
+"""The default run on one process, local SQLite and a local home, against the same run with a process
+per step on PostgreSQL with its artifact home in S3: every data version and metric must match; reports
+the wall-time ratio.
 
 1. ``embed-assets run`` (the default corpus and settings) with a local Dagster home: the in-process run.
 2. The same run config through ``dagster job execute`` with ``EMBED_ASSETS_EXECUTOR=multiprocess``, on
-   a throw-away PostgreSQL server holding the instance of ``deploy/dagster.yaml``, in another home.
+   a throw-away PostgreSQL server holding the instance of ``deploy/dagster.yaml``, with
+   ``EMBED_ASSETS_HOME=s3://...`` on a throw-away S3-compatible server (moto, the ``dev`` extra).
 
 Both runs' data versions (per asset) and ``retrieval_eval`` metrics are compared; the report goes to
 ``benchmarks/results/platform-multiprocess.json``.
@@ -29,6 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from embed_assets_tests.postgres_server import postgres_server  # noqa: E402
+from embed_assets_tests.s3_server import s3_server  # noqa: E402
 
 LOCATION = "embed_assets.defs.definitions"
 JOB = "embed_assets_pipeline"
@@ -79,12 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     config = work / "run_config.yaml"
     config.write_text(yaml.safe_dump(local_run.run_config), encoding="utf-8")
 
-    with postgres_server() as server:
+    with postgres_server() as server, s3_server() as s3:
         pg_home = work / "dagster_postgres"
         pg_home.mkdir(exist_ok=True)
         shutil.copy(ROOT / "deploy" / "dagster.yaml", pg_home / "dagster.yaml")
-        env = {**base_env, **server.dagster_env(), "DAGSTER_HOME": str(pg_home)}
-        env |= {"EMBED_ASSETS_EXECUTOR": "multiprocess", "EMBED_ASSETS_HOME": str(work / "home_multiprocess")}
+        s3.create_bucket("bench")
+        env = {**base_env, **server.dagster_env(), **s3.env(), "DAGSTER_HOME": str(pg_home)}
+        env |= {
+            "EMBED_ASSETS_EXECUTOR": "multiprocess",
+            "EMBED_ASSETS_HOME": "s3://bench/home",
+            "EMBED_ASSETS_STAGING": str(work / "staging"),
+        }
         command = [str(bin_dir / "dagster"), "job", "execute", "-m", LOCATION, "-j", JOB, "-c", str(config)]
         multiprocess_s = timed(command, env)
         os.environ.update(server.dagster_env())  # this process opens the same instance
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join(["python benchmarks/bench_platform.py", *args.extra]),
         "in_process_sqlite_s": round(in_process_s, 1),
-        "multiprocess_postgres_s": round(multiprocess_s, 1),
+        "multiprocess_postgres_s3_s": round(multiprocess_s, 1),
         "wall_time_ratio": round(multiprocess_s / in_process_s, 2),
         "assets": len(one["data_versions"]),
         "data_versions_differ": differ,
