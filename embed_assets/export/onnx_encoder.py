@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embed_assets.export.ray_fanout import RayTextEncoder, connect, ray_settings
+from embed_assets.export.ray_fanout import RayTextEncoder, ray_settings
 from embed_assets.models import ENCODE_BATCH_SIZE, TextEncoder, best_device, encode
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,8 @@ def corpus_encoder(
     Raises:
         RaySettingError: a Ray setting that is malformed or names an unreachable cluster.
     """
+    # The store's setup already checked the Ray setting; RayTextEncoder connects only when used.
     fanout = ray_settings()
-    if fanout is not None:
-        connect(fanout)  # a bad address fails here, before any work, naming the setting
 
     def torch_encoder(reason: str) -> CorpusEncoder:
         return CorpusEncoder(lambda texts: encode(model, texts, batch_size=batch_size), "torch", reason)
